@@ -1,0 +1,47 @@
+# The two commands a newcomer needs (see README):
+#   make demo   - set everything up on a fresh machine and run the main job (tether demo)
+#   make test   - set everything up the same way and run the default test suite
+# `make test-slow` runs the long checks (100-episode success rates, 20x kill -9, ...).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tether-installed
+# Debian packages: EGL/Mesa for offscreen MuJoCo rendering, libusb for pyrealsense2,
+# chromium to check that the HTML evaluation report renders.
+APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libusb-1.0-0 chromium
+EXTRAS := dev,realsense,dynamixel,feetech,ur
+
+.PHONY: setup demo test test-slow lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py Makefile
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU torch pin first, so nothing below can pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+demo: setup
+	MUJOCO_GL=egl $(BIN)/tether demo
+
+test: setup
+	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup
+	MUJOCO_GL=egl $(BIN)/python -m pytest -m slow -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

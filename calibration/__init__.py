@@ -1,0 +1,1 @@
+"""Calibration: camera intrinsics, hand-eye, leader/follower offsets, latency, twin system id."""

@@ -1,0 +1,1 @@
+"""Data: the Zarr episode store, the torch dataset, normalizer statistics, converters."""

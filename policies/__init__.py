@@ -1,0 +1,1 @@
+"""Policies: ACT and Diffusion Policy, vision backbones, schedulers, trainer, server, client."""

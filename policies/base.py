@@ -1,0 +1,95 @@
+"""The Policy interface, shared by the inference server, the rollout client and the evaluator.
+
+A policy takes one observation (the newest `state` and `image.<camera>` arrays, as produced by
+`Observation.to_arrays()`) and returns a chunk of future actions. Policies that condition on
+several past observations keep that history themselves; `reset()` clears it between episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    dtype: str  # numpy dtype name, e.g. "uint8", "float32"
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ArraySpec:
+        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(int(s) for s in data["shape"]))
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy needs and gives; the server's `info` reply carries exactly this."""
+
+    policy_type: str  # "act", "diffusion", "scripted", ...
+    observation: tuple[ArraySpec, ...]
+    action_dim: int
+    chunk_size: int  # actions per predict_chunk call
+    fps: float
+    normalizer_hash: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "policy_type": self.policy_type,
+            "observation": [a.as_dict() for a in self.observation],
+            "action_dim": self.action_dim,
+            "chunk_size": self.chunk_size,
+            "fps": self.fps,
+            "normalizer_hash": self.normalizer_hash,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicySpec:
+        return cls(
+            policy_type=str(data["policy_type"]),
+            observation=tuple(ArraySpec.from_dict(a) for a in data["observation"]),
+            action_dim=int(data["action_dim"]),
+            chunk_size=int(data["chunk_size"]),
+            fps=float(data["fps"]),
+            normalizer_hash=str(data.get("normalizer_hash", "")),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+class Policy(ABC):
+    """Observation in, action chunk out. Implementations: ACT, diffusion, scripted, identity."""
+
+    spec: PolicySpec
+
+    def __init__(self) -> None:
+        self.last_inference_ms: float = 0.0
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget history; call at the start of every episode."""
+
+    def predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray:
+        """Return float32 (n_actions, action_dim) actions, the first one for the current tick.
+
+        `options` may carry per-request settings such as `steps` (DDIM steps for diffusion).
+        """
+        t0 = time.perf_counter()
+        chunk = self._predict_chunk(observation, **options)
+        self.last_inference_ms = (time.perf_counter() - t0) * 1e3
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim != 2 or chunk.shape[1] != self.spec.action_dim:
+            raise ValueError(
+                f"{type(self).__name__} returned shape {chunk.shape}; expected (n, {self.spec.action_dim})"
+            )
+        return chunk
+
+    @abstractmethod
+    def _predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray: ...

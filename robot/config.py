@@ -1,0 +1,50 @@
+"""Robot configuration: which drivers, with which parameters, under which safety limits.
+
+Driver names map to classes through an explicit table (no `_target_` strings that import
+arbitrary code): see `robot/factory.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.robot.safety import SafetyConfig
+
+
+@dataclass
+class ArmConfig:
+    name: str
+    driver: str  # key of tether.robot.factory.ARM_DRIVERS, e.g. "dynamixel", "feetech", "ur_rtde"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CameraConfig:
+    name: str
+    driver: str  # key of tether.robot.factory.CAMERA_DRIVERS, e.g. "realsense", "opencv"
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TeleopConfig:
+    device: str = "none"  # key of tether.teleop.factory.DEVICES: "leader", "spacemouse", "keyboard", "scripted"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RobotConfig:
+    """A robot as a config file describes it (see configs/*.yaml)."""
+
+    name: str = "robot"
+    fps: float = 30.0
+    arms: list[ArmConfig] = field(default_factory=list)
+    cameras: list[CameraConfig] = field(default_factory=list)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    # The twin: when set ("lift", "transfer_cube", ...), arms/cameras come from the MuJoCo twin.
+    twin_task: str | None = None
+    twin_params: dict[str, Any] = field(default_factory=dict)

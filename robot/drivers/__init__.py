@@ -1,0 +1,1 @@
+"""Hardware drivers. Each imports its vendor SDK lazily and names the pip extra when it is missing."""

@@ -1,0 +1,443 @@
+"""The device interfaces every driver and the MuJoCo twin implement.
+
+Hardware and the twin are interchangeable behind these classes: switching a session from the
+twin to a real arm is a config change. Units: radians (gripper in its spec's own unit), meters,
+seconds. Host times come from `time.monotonic()`; device times from the device clock, converted
+to seconds. Images are RGB uint8 HWC.
+
+Observation dictionaries handed to recorders and policies use fixed keys: `state` (all arms'
+positions concatenated in robot order, float32), `image.<camera>` (uint8 HxWx3), and recorded
+actions use `action`. Per-stream capture times are stored as `<key>_t`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tether.errors import DeviceClosedError, DeviceError
+
+STATE_KEY = "state"
+ACTION_KEY = "action"
+IMAGE_PREFIX = "image."
+
+
+def image_key(camera_name: str) -> str:
+    """Key of a camera's images in observation dicts and stores: `image.<camera>`."""
+    return f"{IMAGE_PREFIX}{camera_name}"
+
+
+# --------------------------------------------------------------------------------------------
+# Data carried between devices, recorder and policies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera image with its timing.
+
+    `index` is the device's frame counter: a jump larger than one between two reads means the
+    camera dropped frames; an equal index means the reader saw the same frame twice.
+    """
+
+    image: np.ndarray  # uint8 (H, W, 3) RGB
+    t_device: float  # seconds on the device clock (capture time)
+    t_host: float  # seconds, time.monotonic() when the host received it
+    index: int
+    depth: np.ndarray | None = None  # uint16 (H, W), millimetres unless the driver says otherwise
+
+
+@dataclass(frozen=True)
+class JointState:
+    """Measured joint positions (the gripper, if any, is one entry of `position`)."""
+
+    position: np.ndarray  # float64 (n_joints,)
+    t_host: float
+    velocity: np.ndarray | None = None
+    effort: np.ndarray | None = None
+    t_device: float | None = None
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """Static description of an arm: names, limits and home pose as data, not code."""
+
+    name: str
+    joint_names: tuple[str, ...]
+    lower: np.ndarray  # float64 (n,), position limits
+    upper: np.ndarray  # float64 (n,)
+    home: np.ndarray  # float64 (n,)
+    gripper_index: int | None = None  # which entry of `position` is the gripper
+
+    def __post_init__(self) -> None:
+        n = len(self.joint_names)
+        for label in ("lower", "upper", "home"):
+            value = np.asarray(getattr(self, label), dtype=np.float64)
+            if value.shape != (n,):
+                raise ValueError(
+                    f"ArmSpec '{self.name}': {label} has shape {value.shape}, expected ({n},) "
+                    f"to match joint_names"
+                )
+            object.__setattr__(self, label, value)
+        if np.any(self.lower >= self.upper):
+            raise ValueError(f"ArmSpec '{self.name}': every lower limit must be below its upper limit")
+        if np.any(self.home < self.lower) or np.any(self.home > self.upper):
+            raise ValueError(f"ArmSpec '{self.name}': home pose lies outside the joint limits")
+        if self.gripper_index is not None and not 0 <= self.gripper_index < n:
+            raise ValueError(f"ArmSpec '{self.name}': gripper_index {self.gripper_index} out of range")
+
+    @property
+    def dof(self) -> int:
+        return len(self.joint_names)
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    name: str
+    width: int
+    height: int
+    fps: float
+    depth: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A synchronized snapshot of a robot: joint states and the newest frame per camera."""
+
+    t_host: float
+    joints: Mapping[str, JointState]  # arm name -> state, in robot order
+    frames: Mapping[str, Frame] = field(default_factory=dict)  # camera name -> frame
+
+    @property
+    def state(self) -> np.ndarray:
+        """All arms' positions concatenated in robot order (float32)."""
+        return np.concatenate([js.position for js in self.joints.values()]).astype(np.float32)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The policy/recorder view: `state` plus `image.<camera>` arrays."""
+        arrays: dict[str, np.ndarray] = {STATE_KEY: self.state}
+        for name, frame in self.frames.items():
+            arrays[image_key(name)] = frame.image
+        return arrays
+
+    def stream_times(self) -> dict[str, float]:
+        """Capture time (device clock where known) of every stream, keyed like `to_arrays`."""
+        times = {}
+        for name, js in self.joints.items():
+            times[f"{STATE_KEY}.{name}"] = js.t_device if js.t_device is not None else js.t_host
+        for name, frame in self.frames.items():
+            times[image_key(name)] = frame.t_device
+        return times
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------------
+
+
+class _Device(ABC):
+    """Connect/close lifecycle shared by cameras and arms; idempotent on both ends."""
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    @abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the device. Calling it on a connected device does nothing."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device. Calling it twice, or before connect, does nothing."""
+
+    def _require_connected(self) -> None:
+        if not self.is_connected:
+            raise DeviceClosedError(
+                f"{type(self).__name__} '{getattr(self, 'name', '?')}' is not connected; "
+                "call connect() (or use it as a context manager) first."
+            )
+
+
+class Camera(_Device):
+    """A camera whose `read()` returns the newest frame without waiting for a new one.
+
+    `connect()` returns once the first frame has arrived, so `read()` always has something to
+    give; a background thread (see ThreadedCamera) keeps the newest frame so the control loop
+    never blocks on the device.
+    """
+
+    spec: CameraSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @abstractmethod
+    def read(self) -> Frame:
+        """The newest frame. Raises DeviceClosedError when not connected."""
+
+
+class Arm(_Device):
+    """A position-controlled arm (the gripper is one joint of it)."""
+
+    spec: ArmSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @abstractmethod
+    def read(self) -> JointState:
+        """The latest measured joint state."""
+
+    @abstractmethod
+    def command(self, target_position: np.ndarray) -> None:
+        """Send a joint position target. Use it through SafeArm, never directly."""
+
+
+class ThreadedCamera(Camera):
+    """Base for cameras whose device delivers frames at its own pace.
+
+    Subclasses implement `_open`, `_grab` (block until the next frame, return it or None on a
+    timeout) and `_release`. A daemon thread keeps the newest frame; `read()` only takes a lock.
+    """
+
+    first_frame_timeout_s: float = 5.0
+
+    def __init__(self, spec: CameraSpec) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._latest: Frame | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._thread is not None
+
+    def connect(self) -> None:
+        if self._thread is not None:
+            return
+        self._open()
+        self._stop.clear()
+        self._first.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self._thread.start()
+        if not self._first.wait(self.first_frame_timeout_s):
+            error = self._error
+            self.close()
+            raise DeviceError(
+                f"Camera '{self.name}' delivered no frame within {self.first_frame_timeout_s:.1f} s"
+                f"{f' ({error})' if error else ''}; check the cable, the device path and that no "
+                "other program holds the camera."
+            )
+
+    def read(self) -> Frame:
+        self._require_connected()
+        with self._lock:
+            frame = self._latest
+        if frame is None:  # only possible if connect() raced with close()
+            raise DeviceClosedError(f"Camera '{self.name}' has no frame; it was closed.")
+        return frame
+
+    def close(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join(timeout=2.0)
+        self._thread = None
+        with self._lock:
+            self._latest = None
+        self._release()
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The last error the grab thread saw (it keeps trying; the recorder reports stalls)."""
+        return self._error
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._grab()
+            except Exception as exc:  # keep the thread alive; a stall is reported by consumers
+                self._error = exc
+                time.sleep(0.01)
+                continue
+            if frame is None:
+                continue
+            with self._lock:
+                self._latest = frame
+            self._first.set()
+
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _grab(self) -> Frame | None: ...
+
+    @abstractmethod
+    def _release(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Robot: a named set of arms and cameras
+# --------------------------------------------------------------------------------------------
+
+
+class Robot:
+    """Arms and cameras from config, with every arm wrapped in the safety layer.
+
+    `act(action)` splits the action vector by arm (robot order) and sends each part through that
+    arm's SafeArm. Subclasses (the twin) may advance simulated time in `act`.
+    """
+
+    def __init__(
+        self,
+        arms: Mapping[str, Arm],
+        cameras: Mapping[str, Camera] | None = None,
+        safety=None,
+        fps: float = 30.0,
+        name: str = "robot",
+    ) -> None:
+        from tether.robot.safety import SafeArm, SafetyConfig
+
+        if not arms:
+            raise ValueError("A Robot needs at least one arm.")
+        self.name = name
+        self.fps = float(fps)
+        self.raw_arms: dict[str, Arm] = dict(arms)
+        self.cameras: dict[str, Camera] = dict(cameras or {})
+        config = safety if safety is not None else SafetyConfig()
+        self.arms: dict[str, SafeArm] = {
+            arm_name: SafeArm(arm, config) for arm_name, arm in self.raw_arms.items()
+        }
+        self._connected = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        if self._connected:
+            return
+        opened: list = []
+        try:
+            for arm in self.arms.values():
+                arm.connect()
+                opened.append(arm)
+            for cam in self.cameras.values():
+                cam.connect()
+                opened.append(cam)
+        except BaseException:
+            for device in reversed(opened):
+                device.close()
+            raise
+        self._connected = True
+
+    def close(self) -> None:
+        for cam in self.cameras.values():
+            cam.close()
+        for arm in self.arms.values():
+            arm.close()
+        self._connected = False
+
+    # --- description ---------------------------------------------------------------------------
+    @property
+    def arm_specs(self) -> list[ArmSpec]:
+        return [arm.spec for arm in self.raw_arms.values()]
+
+    @property
+    def action_dim(self) -> int:
+        return sum(spec.dof for spec in self.arm_specs)
+
+    @property
+    def state_dim(self) -> int:
+        return self.action_dim
+
+    @property
+    def camera_specs(self) -> list[CameraSpec]:
+        return [cam.spec for cam in self.cameras.values()]
+
+    @property
+    def home(self) -> np.ndarray:
+        return np.concatenate([spec.home for spec in self.arm_specs])
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.concatenate([spec.lower for spec in self.arm_specs])
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.concatenate([spec.upper for spec in self.arm_specs])
+
+    # --- I/O -----------------------------------------------------------------------------------
+    def observe(self) -> Observation:
+        if not self._connected:
+            raise DeviceClosedError(f"Robot '{self.name}' is not connected; call connect() first.")
+        joints = {name: arm.read() for name, arm in self.arms.items()}
+        frames = {name: cam.read() for name, cam in self.cameras.items()}
+        return Observation(t_host=time.monotonic(), joints=joints, frames=frames)
+
+    def act(self, action: np.ndarray, t_target: float | None = None) -> np.ndarray:
+        """Send one action (all arms, robot order) through the safety layer.
+
+        Returns what actually reached the arms (after limits, rate limiting and e-stop).
+        """
+        if not self._connected:
+            raise DeviceClosedError(f"Robot '{self.name}' is not connected; call connect() first.")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (self.action_dim,):
+            raise ValueError(
+                f"Robot '{self.name}' expects an action of shape ({self.action_dim},), got {action.shape}"
+            )
+        sent = []
+        offset = 0
+        for arm in self.arms.values():
+            n = arm.spec.dof
+            sent.append(arm.command(action[offset : offset + n], t_target=t_target))
+            offset += n
+        return np.concatenate(sent)
+
+    def hold(self) -> np.ndarray:
+        """Re-send every arm's last safe command (used by watchdogs when targets stop)."""
+        return np.concatenate([arm.hold() for arm in self.arms.values()])
+
+    def estop(self, reason: str = "operator") -> None:
+        for arm in self.arms.values():
+            arm.estop(reason)
+
+    def reset_estop(self) -> None:
+        for arm in self.arms.values():
+            arm.reset_estop()
+
+    def safety_counts(self) -> dict[str, int]:
+        """Rejections and clamps per reason, summed over arms."""
+        total: dict[str, int] = {}
+        for arm in self.arms.values():
+            for reason, count in arm.filter.counts.items():
+                total[reason] = total.get(reason, 0) + count
+        return total

@@ -1,0 +1,113 @@
+"""In-memory Arm and Camera: real implementations with no device behind them.
+
+Used by tests of the layers above the drivers (safety, runtime, recorder plumbing) and as the
+reference implementation the contract suite is checked against. The arm tracks its target with
+a first-order lag in wall-clock time; the camera produces a synthetic pattern at its own fps on a
+background thread, like a real camera would.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from tether.robot.interfaces import (
+    Arm,
+    ArmSpec,
+    CameraSpec,
+    Frame,
+    JointState,
+    ThreadedCamera,
+)
+
+
+def default_arm_spec(name: str = "arm", dof: int = 6) -> ArmSpec:
+    names = tuple(f"joint{i}" for i in range(dof - 1)) + ("gripper",)
+    return ArmSpec(
+        name=name,
+        joint_names=names,
+        lower=np.full(dof, -np.pi),
+        upper=np.full(dof, np.pi),
+        home=np.zeros(dof),
+        gripper_index=dof - 1,
+    )
+
+
+class MemoryArm(Arm):
+    def __init__(self, spec: ArmSpec | None = None, time_constant_s: float = 0.05) -> None:
+        self.spec = spec or default_arm_spec()
+        self.time_constant_s = time_constant_s
+        self._lock = threading.Lock()
+        self._connected = False
+        self._position = self.spec.home.copy()
+        self._target = self.spec.home.copy()
+        self._t_update = time.monotonic()
+        self.commands: list[np.ndarray] = []  # everything that reached the "motors"
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        self._connected = True
+        self._t_update = time.monotonic()
+
+    def close(self) -> None:
+        self._connected = False
+
+    def read(self) -> JointState:
+        self._require_connected()
+        with self._lock:
+            now = self._advance()
+            return JointState(position=self._position.copy(), t_host=now, t_device=now)
+
+    def command(self, target_position: np.ndarray) -> None:
+        self._require_connected()
+        target = np.asarray(target_position, dtype=np.float64)
+        if target.shape != (self.spec.dof,):
+            raise ValueError(f"MemoryArm expects shape ({self.spec.dof},), got {target.shape}")
+        with self._lock:
+            self._advance()
+            self._target = target.copy()
+            self.commands.append(target.copy())
+
+    def _advance(self) -> float:
+        now = time.monotonic()
+        dt = now - self._t_update
+        alpha = 1.0 - np.exp(-dt / self.time_constant_s) if self.time_constant_s > 0 else 1.0
+        self._position += alpha * (self._target - self._position)
+        self._t_update = now
+        return now
+
+
+class MemoryCamera(ThreadedCamera):
+    """Synthetic frames at `spec.fps`: a moving gradient stamped with the frame index."""
+
+    def __init__(self, spec: CameraSpec | None = None) -> None:
+        super().__init__(spec or CameraSpec(name="cam", width=64, height=48, fps=30.0))
+        self._index = 0
+        self._next_t = 0.0
+
+    def _open(self) -> None:
+        self._index = 0
+        self._next_t = time.monotonic()
+
+    def _grab(self) -> Frame | None:
+        delay = self._next_t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next_t += 1.0 / self.spec.fps
+        t = time.monotonic()
+        h, w = self.spec.height, self.spec.width
+        image = np.empty((h, w, 3), dtype=np.uint8)
+        image[..., 0] = (np.arange(w)[None, :] + self._index) % 256
+        image[..., 1] = (np.arange(h)[:, None] * 2) % 256
+        image[..., 2] = self._index % 256
+        frame = Frame(image=image, t_device=t, t_host=time.monotonic(), index=self._index)
+        self._index += 1
+        return frame
+
+    def _release(self) -> None:
+        pass

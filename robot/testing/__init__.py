@@ -1,0 +1,1 @@
+"""Reusable test suites for implementations of the robot interfaces (see contract.py)."""

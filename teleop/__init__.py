@@ -1,0 +1,1 @@
+"""Teleoperation: input devices (leader arm, spacemouse, keyboard, scripted expert) and the recorder."""

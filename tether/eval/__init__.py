@@ -1,0 +1,1 @@
+"""Batch evaluation on the twin and the end-to-end demo."""
