@@ -1,4 +1,4 @@
-"""CLI commands of the robot side: rollout, and device discovery (wired by tether/cli.py)."""
+"""CLI command of the robot side: rollout (wired by tether/cli.py)."""
 
 import typer
 

@@ -20,7 +20,8 @@ COMMAND_MODULES = [
     "tether.teleop.cli",  # tether record
     "tether.data.cli",  # tether inspect
     "tether.policies.cli",  # tether train, serve, keys
-    "tether.robot.cli",  # tether rollout, find-ports, find-cameras
+    "tether.robot.cli",  # tether rollout
+    "tether.robot.drivers.cli",  # tether find-ports, find-cameras
     "tether.calibration.cli",  # tether calibrate ...
     "tether.eval.cli",  # tether eval, demo
 ]
