@@ -46,6 +46,13 @@ class MemoryArm(Arm):
         self._t_update = time.monotonic()
         self.commands: list[np.ndarray] = []  # everything that reached the "motors"
 
+    @classmethod
+    def from_config(cls, config) -> MemoryArm:
+        """Build from an ArmConfig; params: dof (default 6), time_constant_s."""
+        params = dict(config.params)
+        spec = default_arm_spec(config.name, int(params.pop("dof", 6)))
+        return cls(spec, **params)
+
     @property
     def is_connected(self) -> bool:
         return self._connected
@@ -89,6 +96,10 @@ class MemoryCamera(ThreadedCamera):
         super().__init__(spec or CameraSpec(name="cam", width=64, height=48, fps=30.0))
         self._index = 0
         self._next_t = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> MemoryCamera:
+        return cls(CameraSpec(config.name, config.width, config.height, config.fps))
 
     def _open(self) -> None:
         self._index = 0

@@ -1,0 +1,60 @@
+"""Both install modes import every subpackage: the editable install and a built wheel."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ["robot", "teleop", "policies", "data", "calibration"]
+
+
+def all_subpackages() -> list[str]:
+    names = []
+    for folder in ["tether"] + PARTS:
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(ROOT / folder)
+            prefix = "tether" if folder == "tether" else f"tether.{folder}"
+            names.append(".".join([prefix, *rel.parts]) if rel.parts else prefix)
+    return names
+
+
+IMPORT_ALL = (
+    "import importlib, sys, json; names = json.loads(sys.argv[1]); "
+    "mods = [importlib.import_module(n) for n in names]; "
+    "print(mods[0].__file__)"
+)
+
+
+def test_editable_install_imports_every_subpackage():
+    names = all_subpackages()
+    assert "tether.robot" in names and "tether.data" in names
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL, __import__("json").dumps(names)],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip().startswith(str(ROOT))
+
+
+def test_built_wheel_imports_every_subpackage(tmp_path: Path):
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(wheel_dir), str(ROOT)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    (wheel,) = wheel_dir.glob("tether-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True, capture_output=True,
+    )
+    assert not (site / "robot").exists(), "the wheel must not install a top-level 'robot' package"
+    env = dict(os.environ, PYTHONPATH=str(site))
+    names = all_subpackages()
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL, __import__("json").dumps(names)],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(str(site)), "imported the source tree, not the wheel"
