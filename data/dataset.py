@@ -1,0 +1,234 @@
+"""A torch Dataset of training windows over an episode store.
+
+Sample i is anchored at one step t of one episode and holds
+- observations at t-obs_horizon+1 ... t (`state` float32 (To, D), `image.<cam>` uint8 (To, 3, H, W)),
+- actions at t+action_start ... t+action_start+action_horizon-1 (`action` float32 (Ta, A)),
+with indices outside the episode replaced by the nearest edge step (edge repeat) and flagged in
+`obs_is_pad` / `action_is_pad` (bool), so windows never mix two episodes.
+
+Low-dim arrays are loaded into memory at construction (small); images stay on disk and are
+decoded inside each DataLoader worker. A batch (`__getitems__`) decodes each distinct frame once,
+and a small per-worker cache keeps recently decoded frames, so overlapping windows (obs_horizon
+> 1, or a `LocalitySampler`) share work. See docs/data.md for measured throughput.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tether.data.codecs import is_jpeg_array, jpeg_decode
+from tether.data.store import EpisodeStore, chunk_file, is_image_key
+from torch.utils.data import Dataset, Sampler
+
+from tether.errors import StoreError
+
+
+class EpisodeDataset(Dataset):
+    def __init__(
+        self,
+        store_path: str | Path,
+        obs_horizon: int = 1,
+        action_horizon: int = 16,
+        action_start: int = 0,
+        keys: Iterable[str] | None = None,
+        episodes: Iterable[int] | None = None,
+        frame_cache: int = 32,
+    ) -> None:
+        if obs_horizon < 1:
+            raise ValueError(f"obs_horizon must be >= 1, got {obs_horizon}")
+        if action_horizon < 1:
+            raise ValueError(f"action_horizon must be >= 1, got {action_horizon}")
+        self.store_path = Path(store_path)
+        self.obs_horizon = int(obs_horizon)
+        self.action_horizon = int(action_horizon)
+        self.action_start = int(action_start)
+        self.frame_cache = int(frame_cache)
+        with EpisodeStore.open(self.store_path, "r") as store:
+            self.fps = store.fps
+            available = store.keys
+            if "action" not in available:
+                raise StoreError(f"{self.store_path} has no 'action' key; it cannot train a policy.")
+            obs_keys = (
+                [k for k in available if k == "state" or is_image_key(k)] if keys is None else list(keys)
+            )
+            for key in obs_keys:
+                if key not in available:
+                    raise StoreError(
+                        f"Key '{key}' is not in {self.store_path}; available: {', '.join(available)}."
+                    )
+            self.keys = obs_keys
+            self.image_keys = [k for k in obs_keys if is_image_key(k)]
+            self.lowdim_keys = [k for k in obs_keys if not is_image_key(k)]
+            ends = store.episode_ends
+            n_total = len(ends)
+            chosen = list(range(n_total)) if episodes is None else sorted(int(e) for e in episodes)
+            for e in chosen:
+                if not 0 <= e < n_total:
+                    raise StoreError(f"Episode {e} is not in {self.store_path} ({n_total} episodes).")
+            if not chosen:
+                raise StoreError(f"No episodes selected from {self.store_path}.")
+            self.episodes = chosen
+            n = store.n_steps
+            self._lowdim = {
+                k: np.asarray(store.array(k)[:n]) for k in ("action", *self.lowdim_keys)
+            }
+            self.image_shapes = {k: tuple(store.array(k).shape[1:]) for k in self.image_keys}
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        sample_step, sample_lo, sample_hi = [], [], []
+        for e in chosen:
+            lo, hi = int(starts[e]), int(ends[e])
+            sample_step.append(np.arange(lo, hi))
+            sample_lo.append(np.full(hi - lo, lo))
+            sample_hi.append(np.full(hi - lo, hi - 1))
+        self._step = np.concatenate(sample_step)
+        self._lo = np.concatenate(sample_lo)
+        self._hi = np.concatenate(sample_hi)
+        self._obs_offsets = np.arange(-self.obs_horizon + 1, 1)
+        self._act_offsets = np.arange(self.action_horizon) + self.action_start
+        self._reader: _FrameReader | None = None
+
+    def __len__(self) -> int:
+        return len(self._step)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        idx = np.asarray(indices, dtype=np.int64)
+        if np.any(idx < 0) or np.any(idx >= len(self)):
+            raise IndexError(f"sample index out of range 0..{len(self) - 1}")
+        step, lo, hi = self._step[idx, None], self._lo[idx, None], self._hi[idx, None]
+        obs_raw = step + self._obs_offsets
+        act_raw = step + self._act_offsets
+        obs_idx = np.clip(obs_raw, lo, hi)
+        act_idx = np.clip(act_raw, lo, hi)
+        obs_pad = obs_raw != obs_idx
+        act_pad = act_raw != act_idx
+        batch: dict[str, np.ndarray] = {
+            "action": self._lowdim["action"][act_idx],
+            **{k: self._lowdim[k][obs_idx] for k in self.lowdim_keys},
+        }
+        images = {k: self._images(k, obs_idx) for k in self.image_keys}
+        items = []
+        for j in range(len(idx)):
+            item = {k: torch.from_numpy(v[j]) for k, v in batch.items()}
+            for k, frames in images.items():
+                # frames[j] is (To, H, W, 3); CHW as a view, the collate copy makes it contiguous
+                item[k] = torch.from_numpy(frames[j]).permute(0, 3, 1, 2)
+            item["obs_is_pad"] = torch.from_numpy(obs_pad[j])
+            item["action_is_pad"] = torch.from_numpy(act_pad[j])
+            items.append(item)
+        return items
+
+    def _images(self, key: str, steps: np.ndarray) -> np.ndarray:
+        reader = self._get_reader()
+        out = np.empty((*steps.shape, *self.image_shapes[key]), dtype=np.uint8)
+        unique, inverse = np.unique(steps, return_inverse=True)
+        decoded = [reader.frame(key, int(s)) for s in unique]
+        flat = out.reshape(-1, *self.image_shapes[key])
+        for pos, u in enumerate(inverse.reshape(-1)):
+            flat[pos] = decoded[u]
+        return out
+
+    def _get_reader(self) -> _FrameReader:
+        # Opened lazily per process: DataLoader workers each get their own file handles.
+        if self._reader is None or self._reader.pid != os.getpid():
+            self._reader = _FrameReader(self.store_path, self.image_keys, self.frame_cache)
+        return self._reader
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+    # ------------------------------------------------------------------ conveniences
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """Normalizer statistics of the whole store (saved ones when current)."""
+        from tether.data.stats import get_stats
+
+        return get_stats(str(self.store_path))
+
+    def locality_sampler(self, block: int = 8, seed: int = 0) -> LocalitySampler:
+        return LocalitySampler(len(self), block=block, seed=seed)
+
+
+class LocalitySampler(Sampler[int]):
+    """Random order of blocks of `block` consecutive samples.
+
+    Neighbouring samples share frames (a window of obs_horizon To overlaps the next by To-1), so
+    a batch made of short runs decodes far fewer JPEGs than a fully random one. The runs are
+    shuffled every epoch; with block=1 this is plain random sampling.
+    """
+
+    def __init__(self, n: int, block: int = 8, seed: int = 0) -> None:
+        self.n = int(n)
+        self.block = max(1, int(block))
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        starts = np.arange(0, self.n, self.block)
+        rng.shuffle(starts)
+        for s in starts:
+            yield from range(int(s), min(int(s) + self.block, self.n))
+
+
+def split_episodes(
+    store_or_count: str | Path | EpisodeStore | int, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Split episode indices into (train, val) by episode, never by step, reproducibly."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if isinstance(store_or_count, int):
+        n = store_or_count
+    elif isinstance(store_or_count, EpisodeStore):
+        n = store_or_count.n_episodes
+    else:
+        with EpisodeStore.open(store_or_count, "r") as store:
+            n = store.n_episodes
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, n - 1) if n > 0 else 0
+    return sorted(int(e) for e in order[n_val:]), sorted(int(e) for e in order[:n_val])
+
+
+class _FrameReader:
+    """Decodes single frames; reads JPEG chunk files directly (skipping zarr's per-call overhead)."""
+
+    def __init__(self, path: Path, keys: list[str], cache_size: int) -> None:
+        self.pid = os.getpid()
+        self.store = EpisodeStore.open(path, "r")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._direct = {k: is_jpeg_array(self.store.array(k)) for k in keys}
+
+    def frame(self, key: str, step: int) -> np.ndarray:
+        cached = self._cache.get((key, step))
+        if cached is not None:
+            self._cache.move_to_end((key, step))
+            return cached
+        if self._direct[key]:
+            try:
+                image = jpeg_decode(chunk_file(self.store, key, step).read_bytes())
+            except FileNotFoundError:  # never written: the fill value (black)
+                image = np.zeros(self.store.array(key).shape[1:], dtype=np.uint8)
+        else:
+            image = np.asarray(self.store.array(key)[step])
+        if self.cache_size > 0:
+            self._cache[(key, step)] = image
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return image

@@ -1,0 +1,852 @@
+"""The Zarr episode store: diffusion_policy's ReplayBuffer layout, with an atomic commit point.
+
+On disk (zarr format 3 by default, format 2 on request):
+
+    <store>/data/<key>        arrays concatenated over time: `state` (T,D float32), `action`
+                              (T,A float32), `image.<cam>` (T,H,W,3 uint8, one JPEG frame per
+                              chunk), `timestamp` and per-stream `<stream>_t` (float64 seconds)
+    <store>/meta/episode_ends int64, cumulative end index of every committed episode
+
+Root attributes hold `tether_format`, `format_version`, `fps`, the robot config and calibration
+reference; `meta` attributes hold one metadata dict per committed episode and the normalizer
+statistics.
+
+Crash safety: episode data is appended to the tail of every `data/` array first, its metadata
+second, and `meta/episode_ends` last. Each file write is atomic (zarr's LocalStore writes to a
+temp file and renames), so `episode_ends` is the single commit point: a writer killed at any
+moment leaves every committed episode intact, and the partial tail is truncated when the store
+is next opened for writing (and hidden when opened read-only). See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tether.data.codecs import (
+    DEFAULT_JPEG_QUALITY,
+    image_encoding,
+    is_jpeg_array,
+    lowdim_encoding,
+    register_codecs,
+)
+
+from tether.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "tether-episodes"
+FORMAT_VERSION = 1
+EPISODE_ENDS = "meta/episode_ends"
+LOWDIM_CHUNK = 1024  # rows per chunk of low-dim arrays
+_LOCK_NAME = ".tether-writer.lock"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `open` found and fixed: a partial (uncommitted) tail left by a crashed writer."""
+
+    partial_steps: int  # steps beyond the last committed episode
+    dropped_metadata: int  # metadata entries of uncommitted episodes
+    invalid_ends: int  # trailing episode_ends entries that were not a valid commit
+    repaired: bool  # True when the tail was truncated on disk (append mode)
+
+    @property
+    def clean(self) -> bool:
+        return self.partial_steps == 0 and self.dropped_metadata == 0 and self.invalid_ends == 0
+
+
+def is_image_key(key: str) -> bool:
+    return key.startswith("image.") and not _is_time_key(key) and not key.endswith("_index")
+
+
+def _is_time_key(key: str) -> bool:
+    return key == "timestamp" or key.endswith("_t") or key.endswith("_t_host")
+
+
+class EpisodeStore:
+    """A dataset of episodes in one Zarr directory. Use `create` or `open`, not the constructor.
+
+    Modes: "r" read-only; "a" append (takes an exclusive writer lock, repairs a crashed tail).
+    """
+
+    def __init__(self, path: Path, mode: str, _internal: bool = False) -> None:
+        if not _internal:
+            raise TypeError("use EpisodeStore.create(...) or EpisodeStore.open(...)")
+        self.path = Path(path)
+        self.mode = mode
+        self._lock_fd: int | None = None
+        self._writer: EpisodeWriter | None = None
+        self.recovery = Recovery(0, 0, 0, False)
+        self._load()
+
+    # ------------------------------------------------------------------ creation and opening
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        fps: float,
+        *,
+        zarr_format: int = 3,
+        image_codec: str = "jpeg",
+        image_quality: int = DEFAULT_JPEG_QUALITY,
+        robot_config: Mapping[str, Any] | None = None,
+        calibration: str | Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> EpisodeStore:
+        """Create an empty store and open it for appending."""
+        import zarr
+
+        path = Path(path)
+        if zarr_format not in (2, 3):
+            raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format}.")
+        if not fps > 0:
+            raise StoreError(f"fps must be positive, got {fps}.")
+        image_encoding(image_codec, image_quality, zarr_format)  # validate early
+        if path.exists():
+            if not overwrite:
+                raise StoreError(
+                    f"{path} already exists. Open it with EpisodeStore.open(path, mode='a') to "
+                    "append, pick a new path, or pass overwrite=True to replace it."
+                )
+            if not _looks_like_store(path) and any(path.iterdir()):
+                raise StoreError(
+                    f"Refusing to overwrite {path}: it is a non-empty directory that is not an "
+                    "episode store."
+                )
+            shutil.rmtree(path)
+        root_attrs = {
+            "tether_format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "fps": float(fps),
+            "image_codec": image_codec,
+            "image_quality": int(image_quality),
+            "robot_config": _jsonable(robot_config or {}),
+            "calibration": _jsonable(calibration),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **_jsonable(dict(attrs or {})),
+        }
+        try:
+            root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+            root.create_group("data")
+            meta = root.create_group("meta")
+            meta.attrs["episodes"] = []
+            enc = lowdim_encoding(zarr_format)
+            meta.create_array(
+                "episode_ends", shape=(0,), chunks=(1 << 16,), dtype="int64", fill_value=0, **enc.kwargs
+            )
+            root.attrs.update(root_attrs)  # written last: a store without it is not a store
+        except OSError as exc:
+            raise _os_error(exc, f"creating {path}") from exc
+        return cls.open(path, mode="a")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
+        """Open an existing store read-only ("r") or for appending ("a")."""
+        if mode not in ("r", "a"):
+            raise StoreError(f"mode must be 'r' (read-only) or 'a' (append), got '{mode}'.")
+        return cls(Path(path), mode, _internal=True)
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.active:
+            self._writer.discard()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> EpisodeStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # release the lock if the user forgot close()
+        with contextlib.suppress(Exception):
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def fps(self) -> float:
+        return float(self._root_attrs["fps"])
+
+    @property
+    def zarr_format(self) -> int:
+        return int(self._root.metadata.zarr_format)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Store-level attributes (fps, robot_config, calibration, format version, ...)."""
+        return dict(self._root_attrs)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self._ends.copy()
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    def __len__(self) -> int:
+        return self.n_episodes
+
+    @property
+    def n_steps(self) -> int:
+        """Committed steps over all episodes."""
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(np.concatenate([[0], self._ends])).astype(np.int64)
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self._arrays)
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k in self.keys if is_image_key(k)]
+
+    def array(self, key: str):
+        """The zarr array behind `data/<key>` (its length may include an uncommitted tail)."""
+        if key not in self._arrays:
+            raise StoreError(f"Store {self.path} has no key '{key}'. Keys: {', '.join(self.keys)}.")
+        return self._arrays[key]
+
+    def episode_metadata(self, episode: int) -> dict[str, Any]:
+        self._check_episode(episode)
+        return dict(self._episodes_meta[episode])
+
+    def episode_range(self, episode: int) -> tuple[int, int]:
+        """(start, stop) step indices of an episode in the concatenated arrays."""
+        self._check_episode(episode)
+        start = int(self._ends[episode - 1]) if episode > 0 else 0
+        return start, int(self._ends[episode])
+
+    # ------------------------------------------------------------------ reading
+    def get_episode(self, episode: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        start, stop = self.episode_range(episode)
+        return self._read(start, stop, keys)
+
+    def slice_episode(
+        self, episode: int, start: int = 0, stop: int | None = None, keys: Iterable[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Steps `start:stop` of one episode (episode-relative, like Python slicing)."""
+        ep_start, ep_stop = self.episode_range(episode)
+        rel = range(ep_stop - ep_start)[slice(start, stop)]
+        if rel.step != 1:
+            raise StoreError("slice_episode supports contiguous slices only.")
+        return self._read(ep_start + rel.start, ep_start + max(rel.start, rel.stop), keys)
+
+    def iter_episodes(self, keys: Iterable[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for episode in range(self.n_episodes):
+            yield self.get_episode(episode, keys)
+
+    def _read(self, start: int, stop: int, keys: Iterable[str] | None) -> dict[str, np.ndarray]:
+        selected = self.keys if keys is None else list(keys)
+        return {key: np.asarray(self.array(key)[start:stop]) for key in selected}
+
+    # ------------------------------------------------------------------ writing
+    def begin_episode(self, flush_every: int = 32) -> EpisodeWriter:
+        """Start an episode; data goes to the uncommitted tail until `commit()`."""
+        self._require_writable()
+        if self._writer is not None and self._writer.active:
+            raise StoreError("An episode is already being written; commit() or discard() it first.")
+        self._writer = EpisodeWriter(self, flush_every)
+        return self._writer
+
+    def add_episode(self, data: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> int:
+        """Write a whole episode (`key -> (T, ...)` arrays) and commit it. Returns its index."""
+        writer = self.begin_episode()
+        try:
+            writer.extend(data)
+            return writer.commit(metadata)
+        except BaseException:
+            if writer.active:
+                writer.discard()
+            raise
+
+    def update_episode_metadata(self, episode: int, **fields: Any) -> None:
+        """Change metadata of a committed episode (for example the success flag after review)."""
+        self._require_writable()
+        self._check_episode(episode)
+        episodes = list(self._episodes_meta)
+        episodes[episode] = {**episodes[episode], **_jsonable(fields)}
+        self._write_meta_attr("episodes", episodes)
+        self._episodes_meta = episodes
+
+    def set_attrs(self, **fields: Any) -> None:
+        """Update store-level attributes (not the format keys)."""
+        self._require_writable()
+        for key in ("tether_format", "format_version"):
+            if key in fields:
+                raise StoreError(f"'{key}' is managed by the store and cannot be set.")
+        try:
+            self._root.attrs.update(_jsonable(fields))
+        except OSError as exc:
+            raise _os_error(exc, "writing attributes") from exc
+        self._root_attrs = dict(self._root.attrs)
+
+    @property
+    def meta_attrs(self) -> dict[str, Any]:
+        return dict(self._meta.attrs)
+
+    def _write_meta_attr(self, key: str, value: Any) -> None:
+        try:
+            self._meta.attrs[key] = value
+        except OSError as exc:
+            raise _os_error(exc, f"writing meta attribute '{key}'") from exc
+
+    def delete_episodes(self, episodes: Iterable[int]) -> None:
+        """Remove episodes and compact the store (frames are copied, never re-encoded).
+
+        The store is rewritten beside itself and swapped in with directory renames, so a crash
+        leaves either the old or the new store (plus a `.old`/`.new` sibling to clean up).
+        """
+        self._require_writable()
+        drop = sorted(set(int(e) for e in episodes))
+        for episode in drop:
+            self._check_episode(episode)
+        if not drop:
+            return
+        keep = [e for e in range(self.n_episodes) if e not in set(drop)]
+        self._rewrite(keep)
+
+    def delete_episode(self, episode: int) -> None:
+        self.delete_episodes([episode])
+
+    def append_from(self, other: EpisodeStore | str | Path, episodes: Iterable[int] | None = None) -> list[int]:
+        """Copy committed episodes of another store into this one (merge). Returns new indices.
+
+        JPEG frames with the same quality are copied as bytes (no generation loss); everything
+        else goes through the normal, checked append path.
+        """
+        self._require_writable()
+        source = other if isinstance(other, EpisodeStore) else EpisodeStore.open(other, "r")
+        if abs(source.fps - self.fps) > 1e-9:
+            raise StoreError(
+                f"Cannot merge {source.path} (fps {source.fps}) into {self.path} (fps {self.fps}); "
+                "resample one of them first."
+            )
+        if self.n_steps and set(source.keys) != set(self.keys):
+            raise StoreError(
+                f"Cannot merge {source.path}: its keys {source.keys} differ from {self.keys}."
+            )
+        added = []
+        for episode in range(source.n_episodes) if episodes is None else episodes:
+            added.append(self._copy_episode(source, int(episode)))
+        return added
+
+    @classmethod
+    def merge(cls, out: str | Path, sources: Iterable[str | Path], **create_kwargs: Any) -> EpisodeStore:
+        """Create `out` holding every committed episode of `sources`, in order."""
+        sources = [EpisodeStore.open(s, "r") for s in sources]
+        if not sources:
+            raise StoreError("merge needs at least one source store.")
+        first = sources[0]
+        kwargs = {
+            "zarr_format": first.zarr_format,
+            "image_codec": first.attrs.get("image_codec", "jpeg"),
+            "image_quality": first.attrs.get("image_quality", DEFAULT_JPEG_QUALITY),
+            "robot_config": first.attrs.get("robot_config"),
+            "calibration": first.attrs.get("calibration"),
+            **create_kwargs,
+        }
+        store = cls.create(out, first.fps, **kwargs)
+        for source in sources:
+            store.append_from(source)
+        return store
+
+    # ------------------------------------------------------------------ internals: loading
+    def _load(self) -> None:
+        import zarr
+
+        register_codecs()
+        path = self.path
+        if not path.exists():
+            raise StoreError(f"No episode store at {path}: the path does not exist.")
+        if not _looks_like_store(path):
+            raise StoreError(
+                f"{path} is not an episode store (no zarr group metadata found). Create one with "
+                "`tether record` or EpisodeStore.create()."
+            )
+        if self.mode == "a":
+            self._take_lock()
+        try:
+            self._root = zarr.open_group(str(path), mode="r" if self.mode == "r" else "r+")
+        except Exception as exc:
+            raise StoreError(f"{path} could not be opened as a zarr group: {exc}") from exc
+        self._root_attrs = dict(self._root.attrs)
+        fmt = self._root_attrs.get("tether_format")
+        version = self._root_attrs.get("format_version")
+        if fmt != FORMAT_NAME:
+            raise StoreError(
+                f"{path} is a zarr group but not a tether episode store (attribute tether_format "
+                f"is {fmt!r}). If it is a diffusion_policy replay buffer, convert it first."
+            )
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise StoreError(
+                f"{path} has store format version {version}, newer than this tether supports "
+                f"({FORMAT_VERSION}). Upgrade tether to read it."
+            )
+        try:
+            self._meta = self._root["meta"]
+            data = self._root["data"]
+            ends_array = self._meta["episode_ends"]
+        except KeyError as exc:
+            raise StoreError(f"{path} is missing {exc}; the store is damaged.") from exc
+        self._arrays = {name: arr for name, arr in data.arrays()}
+        self._ends_array = ends_array
+        self._episodes_meta = list(self._meta.attrs.get("episodes", []))
+        self._recover(np.asarray(ends_array[:], dtype=np.int64))
+
+    def _recover(self, ends: np.ndarray) -> None:
+        """Keep the longest valid prefix of episode_ends; hide or truncate everything after it."""
+        lengths = [arr.shape[0] for arr in self._arrays.values()]
+        limit = min(lengths) if lengths else 0
+        valid = 0
+        previous = 0
+        for end in ends:
+            if end <= previous or end > limit:
+                break
+            previous = int(end)
+            valid += 1
+        invalid = len(ends) - valid
+        self._ends = ends[:valid].copy()
+        committed = self.n_steps
+        partial = max(lengths) - committed if lengths else 0
+        dropped_meta = max(0, len(self._episodes_meta) - valid)
+        self._episodes_meta = self._episodes_meta[:valid]
+        while len(self._episodes_meta) < valid:  # never expected: metadata precedes the commit
+            self._episodes_meta.append({})
+        repaired = False
+        if (partial or dropped_meta or invalid) and self.mode == "a":
+            self._truncate_tail()
+            if invalid:
+                self._ends_array.resize((valid,))
+            if dropped_meta:
+                self._write_meta_attr("episodes", self._episodes_meta)
+            repaired = True
+        self.recovery = Recovery(partial, dropped_meta, invalid, repaired)
+        if not self.recovery.clean:
+            log.warning(
+                "Store %s: found an uncommitted tail of %d steps (%d metadata entries, %d invalid "
+                "commit entries) from an interrupted writer; %s. %d committed episodes are intact.",
+                self.path, partial, dropped_meta, invalid,
+                "it was truncated" if repaired else "it is hidden (opened read-only)",
+                valid,
+            )
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(
+                f"{self.path} is open for writing by another process; close it there first "
+                "(or open this one read-only with mode='r')."
+            ) from exc
+        self._lock_fd = fd
+
+    # ------------------------------------------------------------------ internals: writing
+    def _require_writable(self) -> None:
+        if self.mode != "a":
+            raise StoreError(
+                f"{self.path} is open read-only; open it with EpisodeStore.open(path, mode='a') "
+                "to write."
+            )
+        if self._lock_fd is None:
+            raise StoreError(f"{self.path} was closed; open it again to write.")
+
+    def _check_episode(self, episode: int) -> None:
+        if not 0 <= episode < self.n_episodes:
+            raise StoreError(
+                f"Episode {episode} does not exist; {self.path} has {self.n_episodes} episodes "
+                f"(0..{self.n_episodes - 1})."
+            )
+
+    def _truncate_tail(self) -> None:
+        committed = self.n_steps
+        for arr in self._arrays.values():
+            if arr.shape[0] != committed:
+                arr.resize((committed, *arr.shape[1:]))
+
+    def _prepare_block(self, block: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Validate a block of steps against the schema; returns normalized arrays and length."""
+        if not block:
+            raise StoreError("An episode block must contain at least one key.")
+        out: dict[str, np.ndarray] = {}
+        length = None
+        for key, value in block.items():
+            if "/" in key or not key:
+                raise StoreError(f"Invalid key '{key}': keys may not be empty or contain '/'.")
+            arr = _normalize(key, np.asarray(value))
+            if length is None:
+                length = arr.shape[0]
+            elif arr.shape[0] != length:
+                raise StoreError(
+                    f"Key '{key}' has {arr.shape[0]} steps but other keys have {length}; every "
+                    "key of an episode block needs the same number of steps."
+                )
+            out[key] = arr
+        if self._arrays:
+            missing = sorted(set(self._arrays) - set(out))
+            extra = sorted(set(out) - set(self._arrays))
+            if missing or extra:
+                raise StoreError(
+                    f"Episode keys do not match the store {self.path}: missing {missing}, "
+                    f"unexpected {extra}. Every episode must record the same streams."
+                )
+            for key, arr in out.items():
+                existing = self._arrays[key]
+                if tuple(existing.shape[1:]) != arr.shape[1:]:
+                    raise StoreError(
+                        f"Key '{key}': step shape {arr.shape[1:]} does not match the store's "
+                        f"{tuple(existing.shape[1:])}."
+                    )
+                if np.dtype(existing.dtype) != arr.dtype:
+                    raise StoreError(
+                        f"Key '{key}': dtype {arr.dtype} does not match the store's {existing.dtype}."
+                    )
+        return out, int(length or 0)
+
+    def _ensure_arrays(self, block: Mapping[str, np.ndarray]) -> None:
+        if self._arrays:
+            return
+        data = self._root["data"]
+        fmt = self.zarr_format
+        codec = self._root_attrs.get("image_codec", "jpeg")
+        quality = int(self._root_attrs.get("image_quality", DEFAULT_JPEG_QUALITY))
+        for key, arr in block.items():
+            if is_image_key(key):
+                enc = image_encoding(codec, quality, fmt)
+                chunks = (1, *arr.shape[1:])
+            else:
+                enc = lowdim_encoding(fmt)
+                chunks = (LOWDIM_CHUNK, *arr.shape[1:])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                created = data.create_array(
+                    key, shape=(0, *arr.shape[1:]), chunks=chunks, dtype=arr.dtype, fill_value=0,
+                    **enc.kwargs,
+                )
+            self._arrays[key] = created
+
+    def _append_block(self, block: Mapping[str, np.ndarray], n: int) -> None:
+        self._ensure_arrays(block)
+        for key, arr in block.items():
+            target = self._arrays[key]
+            start = target.shape[0]
+            target.resize((start + n, *target.shape[1:]))
+            target[start : start + n] = arr
+
+    def _commit(self, n_steps: int, metadata: Mapping[str, Any]) -> int:
+        start = self.n_steps
+        end = start + n_steps
+        for key, arr in self._arrays.items():
+            if arr.shape[0] != end:
+                raise StoreError(
+                    f"Internal error: key '{key}' has {arr.shape[0]} steps, expected {end}; the "
+                    "episode was not committed."
+                )
+        episode = self.n_episodes
+        entry = {"index": episode, "length": n_steps, **_jsonable(dict(metadata))}
+        episodes = [*self._episodes_meta, entry]
+        self._write_meta_attr("episodes", episodes)  # 2. metadata
+        new_ends = np.concatenate([self._ends, [end]]).astype(np.int64)
+        self._ends_array.resize((len(new_ends),))  # 3. the commit point
+        self._ends_array[len(new_ends) - 1 :] = new_ends[-1:]
+        self._ends = new_ends
+        self._episodes_meta = episodes
+        return episode
+
+    # ------------------------------------------------------------------ internals: copying
+    def _copy_episode(self, source: EpisodeStore, episode: int) -> int:
+        start, stop = source.episode_range(episode)
+        n = stop - start
+        metadata = source.episode_metadata(episode)
+        metadata.pop("index", None)
+        metadata.pop("length", None)
+        lowdim = {k: np.asarray(source.array(k)[start:stop]) for k in source.keys if not is_image_key(k)}
+        if not self._arrays:  # adopt the source schema so frames can be copied as bytes
+            self._ensure_arrays({
+                k: np.zeros((0, *source.array(k).shape[1:]), dtype=source.array(k).dtype)
+                for k in source.keys
+            })
+        raw_keys = [
+            k for k in source.image_keys
+            if k in self._arrays and _same_jpeg(source.array(k), self._arrays[k])
+        ]
+        writer = self.begin_episode()
+        try:
+            # Images that can be copied as bytes are handled outside the checked block path.
+            block = dict(lowdim)
+            for key in source.image_keys:
+                if key not in raw_keys:
+                    block[key] = np.asarray(source.array(key)[start:stop])
+            prepared, _ = self._prepare_block_partial(block, raw_keys, source, n)
+            self._ensure_arrays(prepared)
+            for key in raw_keys:
+                dst = self._arrays[key]
+                base = dst.shape[0]
+                dst.resize((base + n, *dst.shape[1:]))
+                _copy_chunks(source, key, start, self, key, base, n)
+            self._append_block(prepared, n)
+            writer._steps = n
+            return writer.commit(metadata)
+        except OSError as exc:
+            if writer.active:
+                writer.discard()
+            raise _os_error(exc, f"copying episode {episode} from {source.path}") from exc
+        except BaseException:
+            if writer.active:
+                writer.discard()
+            raise
+
+    def _prepare_block_partial(self, block, raw_keys, source, n):
+        """Validate `block`; the raw-copied keys were already checked by `_same_jpeg`."""
+        full_keys = set(block) | set(raw_keys)
+        if full_keys != set(self._arrays):
+            raise StoreError(
+                f"Cannot copy from {source.path}: keys {sorted(full_keys)} differ from "
+                f"{self.keys}."
+            )
+        saved = self._arrays
+        self._arrays = {k: v for k, v in saved.items() if k in block}
+        try:
+            return self._prepare_block(block)
+        finally:
+            self._arrays = saved
+
+    def _rewrite(self, keep: list[int]) -> None:
+        new_path = self.path.with_name(self.path.name + ".new")
+        old_path = self.path.with_name(self.path.name + ".old")
+        for leftover in (new_path, old_path):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        attrs = {k: v for k, v in self._root_attrs.items() if k not in _CREATE_ATTRS}
+        fresh = EpisodeStore.create(
+            new_path, self.fps, zarr_format=self.zarr_format,
+            image_codec=self._root_attrs.get("image_codec", "jpeg"),
+            image_quality=int(self._root_attrs.get("image_quality", DEFAULT_JPEG_QUALITY)),
+            robot_config=self._root_attrs.get("robot_config"),
+            calibration=self._root_attrs.get("calibration"), attrs=attrs,
+        )
+        try:
+            fresh.append_from(self, keep)
+        finally:
+            fresh.close()
+        self.close()
+        os.rename(self.path, old_path)
+        os.rename(new_path, self.path)
+        shutil.rmtree(old_path)
+        self._load_after_swap()
+
+    def _load_after_swap(self) -> None:
+        self.mode = "a"
+        self._writer = None
+        self._load()
+
+
+_CREATE_ATTRS = {
+    "tether_format", "format_version", "fps", "image_codec", "image_quality", "robot_config",
+    "calibration", "created",
+}
+
+
+class EpisodeWriter:
+    """Buffers one episode's steps and appends them to the store's uncommitted tail.
+
+    `append` takes one step (`key -> array`), `extend` a block of steps; every `flush_every`
+    steps the buffer is written, so memory stays bounded for long episodes. Nothing is visible
+    to readers until `commit()`.
+    """
+
+    def __init__(self, store: EpisodeStore, flush_every: int = 32) -> None:
+        self.store = store
+        self.flush_every = max(1, int(flush_every))
+        self._buffer: dict[str, list[np.ndarray]] = {}
+        self._buffered = 0
+        self._steps = 0  # steps already written to the tail
+        self.active = True
+
+    @property
+    def n_steps(self) -> int:
+        return self._steps + self._buffered
+
+    def append(self, step: Mapping[str, np.ndarray]) -> None:
+        self._require_active()
+        if self._buffer and set(step) != set(self._buffer):
+            raise StoreError(
+                f"Step keys {sorted(step)} differ from this episode's keys {sorted(self._buffer)}."
+            )
+        for key, value in step.items():
+            self._buffer.setdefault(key, []).append(np.asarray(value))
+        self._buffered += 1
+        if self._buffered >= self.flush_every:
+            self.flush()
+
+    def extend(self, block: Mapping[str, np.ndarray]) -> None:
+        self._require_active()
+        self.flush()
+        self._write(block)
+
+    def flush(self) -> None:
+        self._require_active()
+        if not self._buffered:
+            return
+        try:
+            block = {key: np.stack(values) for key, values in self._buffer.items()}
+        except ValueError as exc:
+            self._buffer, self._buffered = {}, 0
+            raise StoreError(f"Steps of this episode have inconsistent shapes: {exc}") from exc
+        self._buffer, self._buffered = {}, 0
+        self._write(block)
+
+    def commit(self, metadata: Mapping[str, Any] | None = None) -> int:
+        """Write what is buffered, then the metadata, then the commit point. Returns the index."""
+        self.flush()
+        if self._steps == 0:
+            raise StoreError("Cannot commit an empty episode; record at least one step or discard().")
+        try:
+            episode = self.store._commit(self._steps, metadata or {})
+        except OSError as exc:
+            self._abort()
+            raise _os_error(exc, "committing the episode") from exc
+        self.active = False
+        return episode
+
+    def discard(self) -> None:
+        """Drop everything written for this episode; committed episodes are untouched."""
+        if not self.active:
+            return
+        self._buffer, self._buffered = {}, 0
+        self.active = False
+        self.store._truncate_tail()
+
+    def _write(self, block: Mapping[str, np.ndarray]) -> None:
+        prepared, n = self.store._prepare_block(block)
+        if n == 0:
+            return
+        try:
+            self.store._append_block(prepared, n)
+        except OSError as exc:
+            self._abort()
+            raise _os_error(exc, "writing episode data") from exc
+        self._steps += n
+
+    def _abort(self) -> None:
+        self.active = False
+        self._buffer, self._buffered = {}, 0
+        with contextlib.suppress(Exception):
+            self.store._truncate_tail()
+
+    def _require_active(self) -> None:
+        if not self.active:
+            raise StoreError("This episode was already committed or discarded; begin a new one.")
+
+
+# ---------------------------------------------------------------------- helpers
+def _looks_like_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+def _normalize(key: str, arr: np.ndarray) -> np.ndarray:
+    """Apply the on-disk dtype rules, refusing anything that would lose meaning."""
+    if arr.ndim == 0:
+        raise StoreError(f"Key '{key}' must be an array with a leading time axis, got a scalar.")
+    if _is_time_key(key):
+        if arr.dtype.kind not in "fiu":
+            raise StoreError(f"Time key '{key}' must be numeric seconds, got dtype {arr.dtype}.")
+        return arr.astype(np.float64, copy=False)
+    if key.endswith("_index"):
+        if arr.dtype.kind not in "iu":
+            raise StoreError(f"Index key '{key}' must hold integers, got dtype {arr.dtype}.")
+        return arr.astype(np.int64, copy=False)
+    if is_image_key(key):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+            raise StoreError(
+                f"Image key '{key}' must be uint8 (T, H, W, 3) RGB, got {arr.dtype} {arr.shape}."
+            )
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise StoreError(f"Key '{key}' contains NaN or inf; refusing to record it.")
+        return arr.astype(np.float32, copy=False)
+    if arr.dtype.kind in "biu":
+        return arr
+    raise StoreError(f"Key '{key}' has unsupported dtype {arr.dtype}; use numbers or uint8 images.")
+
+
+def _same_jpeg(a, b) -> bool:
+    if not (is_jpeg_array(a) and is_jpeg_array(b)):
+        return False
+    return _jpeg_level(a) == _jpeg_level(b) and tuple(a.shape[1:]) == tuple(b.shape[1:])
+
+
+def _jpeg_level(array) -> int | None:
+    meta = array.metadata
+    if meta.zarr_format == 2:
+        return meta.compressor.get_config().get("level")
+    for codec in meta.codecs:
+        config = getattr(codec, "codec_config", None)
+        if config is not None:
+            return config.get("level")
+    return None
+
+
+def chunk_file(store: EpisodeStore, key: str, step: int) -> Path:
+    """Path of the file holding frame `step` of image key `key` (one frame per chunk)."""
+    arr = store.array(key)
+    coords = (step,) + (0,) * (len(arr.shape) - 1)
+    return store.path / "data" / key / arr.metadata.encode_chunk_key(coords)
+
+
+def _copy_chunks(src: EpisodeStore, src_key: str, src_start: int, dst: EpisodeStore, dst_key: str,
+                 dst_start: int, n: int) -> None:
+    for i in range(n):
+        source = chunk_file(src, src_key, src_start + i)
+        target = chunk_file(dst, dst_key, dst_start + i)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            payload = source.read_bytes()
+        except FileNotFoundError:  # an all-zero frame is not stored (fill value)
+            target.unlink(missing_ok=True)
+            continue
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, target)
+
+
+def _os_error(exc: OSError, action: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StoreError(
+            f"Disk full while {action} ({exc.strerror}). The episode being written was dropped; "
+            "committed episodes are intact. Free space or record to another disk."
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"Permission denied while {action}: {exc}. Check the store's location.")
+    return StoreError(f"I/O error while {action}: {exc}")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types only (numpy scalars/arrays, tuples, Paths, dataclasses converted)."""
+    from tether.config import to_dict
+
+    return json.loads(json.dumps(to_dict(value), default=str))
