@@ -1,0 +1,371 @@
+"""The pieces every servo-bus emulator shares: a pseudo-terminal, a reader thread, servo memory.
+
+A real bus adapter (U2D2, Waveshare/Feetech board) appears as a serial device; a pty slave looks
+the same to pyserial, so the vendors' `PortHandler` opens it unchanged and every byte the SDK
+sends reaches this emulator, which answers with the bytes a servo would. Protocol subclasses
+only parse packets and build replies; the servo model here holds the control table and moves
+the present position toward the goal in wall-clock time.
+
+Fault injection, for tests of the driver's error paths: a servo can be made silent (rx
+timeout), report a hardware error (alert bit / overload), or the next replies can carry a
+corrupted checksum. A port opened at a baud rate the bus is not running at gets no replies,
+like a real bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import termios
+import threading
+import time
+import tty
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+TICKS_PER_TURN = 4096
+
+
+@dataclass(frozen=True)
+class Register:
+    address: int
+    size: int
+    signed: str = "none"  # "none", "twos" (two's complement) or "bit<N>" (sign-magnitude, bit N)
+
+
+@dataclass(frozen=True)
+class ServoLayout:
+    """Where a servo family keeps the registers the motion model touches."""
+
+    table_size: int
+    eeprom_end: int  # first RAM address; EEPROM below it is write-protected while torque is on
+    torque_enable: Register
+    goal_position: Register
+    present_position: Register
+    present_velocity: Register
+    present_effort: Register  # current (Dynamixel) or load (Feetech)
+    min_position: Register
+    max_position: Register
+    moving: Register
+    read_only_from: int  # addresses >= this are read-only (present values)
+    operating_mode: Register | None = None
+    goal_velocity: Register | None = None
+    hardware_error: Register | None = None
+
+
+def encode(value: int, register: Register) -> bytes:
+    """Little-endian bytes of `value` in the register's sign convention."""
+    size = register.size
+    if register.signed.startswith("bit"):
+        bit = int(register.signed[3:])
+        value = (-value | (1 << bit)) if value < 0 else value
+    elif register.signed == "twos" and value < 0:
+        value += 1 << (8 * size)
+    return int(value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+
+def decode(data: bytes, register: Register) -> int:
+    value = int.from_bytes(data, "little")
+    if register.signed.startswith("bit"):
+        bit = int(register.signed[3:])
+        if value & (1 << bit):
+            value = -(value & ~(1 << bit))
+    elif register.signed == "twos" and value >= 1 << (8 * register.size - 1):
+        value -= 1 << (8 * register.size)
+    return value
+
+
+class EmulatedServo:
+    """One servo: a control table plus a first-order position response to the goal.
+
+    Call `move_to(ticks)` to move the horn by hand (a leader arm's operator does that).
+    Set `responding = False` to make it silent, `hardware_error` to a non-zero code to report
+    a fault, or `physics = False` to freeze its present values for byte-exact tests.
+    """
+
+    def __init__(
+        self,
+        servo_id: int,
+        model_number: int,
+        layout: ServoLayout,
+        position: int = TICKS_PER_TURN // 2,
+        max_speed_ticks_s: float = 6000.0,
+        time_constant_s: float = 0.02,
+    ) -> None:
+        self.id = servo_id
+        self.model_number = model_number
+        self.layout = layout
+        self.memory = bytearray(layout.table_size)
+        self.max_speed_ticks_s = max_speed_ticks_s
+        self.time_constant_s = time_constant_s
+        self.responding = True
+        self.hardware_error = 0
+        self.physics = True
+        self._lock = threading.RLock()
+        self._position = float(position)
+        self._velocity = 0.0
+        self._t = time.monotonic()
+        self.set(layout.min_position, 0)
+        self.set(layout.max_position, TICKS_PER_TURN - 1)
+        self.set(layout.goal_position, int(position))
+        self._write_present()
+
+    # --- register access (no protocol checks) -------------------------------------------------
+    def get(self, register: Register) -> int:
+        with self._lock:
+            start = register.address
+            return decode(bytes(self.memory[start : start + register.size]), register)
+
+    def set(self, register: Register, value: int) -> None:
+        with self._lock:
+            start = register.address
+            self.memory[start : start + register.size] = encode(value, register)
+
+    @property
+    def torque_enabled(self) -> bool:
+        return self.get(self.layout.torque_enable) != 0
+
+    @property
+    def position(self) -> int:
+        """Present position in ticks."""
+        self.update()
+        return self.get(self.layout.present_position)
+
+    def move_to(self, ticks: float) -> None:
+        """Move the horn by hand (back-drive it); the servo reports the new position."""
+        with self._lock:
+            self.update()
+            self._position = float(ticks)
+            self._velocity = 0.0
+            self._write_present()
+
+    # --- what the protocol layer calls --------------------------------------------------------
+    def read(self, address: int, length: int) -> bytes:
+        self.update()
+        with self._lock:
+            return bytes(self.memory[address : address + length])
+
+    def write(self, address: int, data: bytes) -> int:
+        """Apply a write; returns a protocol-neutral error code (0 ok, else a WRITE_* code)."""
+        end = address + len(data)
+        if end > self.layout.table_size:
+            return WRITE_OUT_OF_RANGE
+        if end > self.layout.read_only_from:
+            return WRITE_ACCESS
+        with self._lock:
+            self.update()
+            if address < self.layout.eeprom_end and self.eeprom_protected():
+                return WRITE_ACCESS
+            previous = bytes(self.memory[address:end])
+            self.memory[address:end] = data
+            code = self.check_write(address, end)
+            if code == WRITE_REJECTED:
+                self.memory[address:end] = previous
+            if self.get(self.layout.torque_enable) and self.hardware_error:
+                self.set(self.layout.torque_enable, 0)  # a faulted servo keeps torque off
+            return code
+
+    def eeprom_protected(self) -> bool:
+        """Dynamixel refuses EEPROM writes while torque is on; families differ."""
+        return self.torque_enabled
+
+    def check_write(self, start: int, end: int) -> int:
+        """Validate the registers just written; the protocol emulator may override this."""
+        return WRITE_OK
+
+    def reboot(self) -> None:
+        with self._lock:
+            self.hardware_error = 0
+            self.set(self.layout.torque_enable, 0)
+
+    # --- motion model ------------------------------------------------------------------------
+    def update(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            dt = now - self._t
+            self._t = now
+            if not self.physics or dt <= 0:
+                return
+            before = self._position
+            if self.torque_enabled and not self.hardware_error:
+                goal = self.goal_ticks()
+                if goal is not None:
+                    alpha = 1.0 - pow(2.718281828459045, -dt / self.time_constant_s)
+                    step = (goal - self._position) * alpha
+                    limit = self.max_speed_ticks_s * dt
+                    self._position += max(-limit, min(limit, step))
+            self._velocity = (self._position - before) / dt
+            self._write_present()
+
+    def goal_ticks(self) -> float | None:
+        """Where the servo is driving to in its current mode (None: nowhere, it is limp)."""
+        return float(self.get(self.layout.goal_position))
+
+    def _write_present(self) -> None:
+        layout = self.layout
+        self.set(layout.present_position, int(round(self._position)))
+        self.set(layout.present_velocity, int(round(self.velocity_units(self._velocity))))
+        effort = 0.0
+        if self.torque_enabled:
+            goal = self.goal_ticks()
+            if goal is not None:
+                effort = max(-1000.0, min(1000.0, 2.0 * (goal - self._position)))
+        self.set(layout.present_effort, int(effort))
+        self.set(layout.moving, 1 if abs(self._velocity) > 1.0 else 0)
+        if layout.hardware_error is not None:
+            self.set(layout.hardware_error, self.hardware_error)
+
+    def velocity_units(self, ticks_per_s: float) -> float:
+        """Convert ticks/s to the family's velocity register unit."""
+        return ticks_per_s
+
+
+WRITE_OK = 0
+WRITE_OUT_OF_RANGE = 1  # address/length past the control table
+WRITE_ACCESS = 2  # read-only register, or EEPROM while torque is on
+WRITE_REJECTED = 3  # value outside the allowed range: not applied
+WRITE_CLAMPED = 4  # value outside the limits: applied after clamping (Feetech angle error)
+
+
+class PtyBusEmulator(ABC):
+    """A servo bus on a pseudo-terminal. Subclasses parse and answer one protocol.
+
+    Start it, hand `port` (the pty slave's path, e.g. /dev/pts/7) to the SDK's PortHandler,
+    stop it when done. It is a context manager.
+    """
+
+    protocol_name = "servo"
+
+    def __init__(self, servos: dict[int, EmulatedServo], baudrate: int = 1_000_000) -> None:
+        self.servos = dict(servos)
+        self.baudrate = int(baudrate)
+        self.corrupt_replies = 0  # the next N replies carry a wrong checksum
+        self.reply_delay_s = 0.0
+        self.counts: Counter[str] = Counter()
+        self._master: int | None = None
+        self._slave: int | None = None
+        self.port = ""
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._buffer = bytearray()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        if self._thread is not None:
+            return self.port
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{self.protocol_name}-bus-emulator", daemon=True
+        )
+        self._thread.start()
+        log.debug("%s bus emulator on %s", self.protocol_name, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._thread = None
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._master = self._slave = None
+
+    def servo(self, servo_id: int) -> EmulatedServo:
+        return self.servos[servo_id]
+
+    # --- the reader thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._master is not None
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.05)
+                if not ready:
+                    continue
+                chunk = os.read(self._master, 4096)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                continue
+            if not self._baud_matches():
+                self.counts["wrong_baud"] += 1
+                self._buffer.clear()
+                continue
+            self._buffer.extend(chunk)
+            for packet in self.extract_packets(self._buffer):
+                for reply in self.handle(packet):
+                    self._send(reply)
+
+    def _send(self, reply: bytes) -> None:
+        if self.corrupt_replies > 0:
+            self.corrupt_replies -= 1
+            reply = reply[:-1] + bytes([reply[-1] ^ 0x5A])
+            self.counts["corrupted"] += 1
+        if self.reply_delay_s:
+            time.sleep(self.reply_delay_s)
+        assert self._master is not None
+        os.write(self._master, reply)
+
+    def _baud_matches(self) -> bool:
+        """True when the port is configured at the bus baud rate (unknown speeds pass)."""
+        try:
+            attrs = termios.tcgetattr(self._slave)
+        except (termios.error, TypeError):
+            return True
+        speed = _BAUD_BY_CONSTANT.get(attrs[5])
+        return speed is None or speed == self.baudrate
+
+    # --- protocol ----------------------------------------------------------------------------
+    @abstractmethod
+    def extract_packets(self, buffer: bytearray) -> list[bytes]:
+        """Remove complete instruction packets from `buffer` (discarding garbage) and return them."""
+
+    @abstractmethod
+    def handle(self, packet: bytes) -> list[bytes]:
+        """Execute one instruction packet; return the status packets to send back, in order."""
+
+
+_BAUD_BY_CONSTANT = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (
+        9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600,
+        1000000, 1152000, 2000000, 2500000, 3000000, 3500000, 4000000,
+    )
+    if hasattr(termios, f"B{rate}")
+}
+
+
+def parse_ids(text: str) -> list[int]:
+    """'1-6' or '1,2,5' or '1-3,7' -> [1, 2, ...] (used by the emulate-bus command)."""
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            low, high = part.split("-", 1)
+            ids.extend(range(int(low), int(high) + 1))
+        else:
+            ids.append(int(part))
+    if not ids or any(not 0 <= i <= 252 for i in ids):
+        raise ValueError(f"servo ids must be in 0..252, got '{text}'")
+    return ids
