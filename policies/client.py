@@ -1,0 +1,385 @@
+"""The robot-side client of the inference server (ZMQ DEALER).
+
+`PolicyClient` speaks the protocol in `tether.policies.protocol`. Blocking calls (`info`,
+`ping`, `reset`, `infer`) wait at most `timeout_s`; after a timeout the socket is thrown away
+and a fresh one connects (the "lazy pirate" pattern), so a reply that arrives late can never be
+mistaken for the answer to a newer request. The rollout loop uses the non-blocking pair
+`send_infer` / `poll_reply` to ask for the next chunk while the current one executes.
+
+Every reply is validated like the server validates requests: the action chunk must be a finite
+float32 (n, action_dim) array. `check_spec` compares the server's `info` with what the robot
+observes and raises a PolicyError listing every mismatch before the robot moves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from tether.policies import protocol
+from tether.policies.base import ArraySpec, PolicySpec
+from tether.policies.protocol import MessageError, RemoteError
+
+from tether.errors import PolicyError, ProtocolError, TetherError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ChunkReply", "PolicyClient", "ServerInfo", "ServerTimeout", "RemoteError"]
+
+
+class ServerTimeout(TetherError, TimeoutError):
+    """The server did not answer in time (not running, stalled, or refusing our CURVE key)."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    spec: PolicySpec
+    protocol: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class ChunkReply:
+    """An action chunk with its timing. `t_*` without `server` are client monotonic seconds."""
+
+    actions: np.ndarray  # float32 (n, action_dim), writable copy
+    request_id: int
+    tag: Any  # whatever the caller attached to the request (the rollout: its tick index)
+    t_sent: float
+    t_received: float
+    t_server_recv: float  # server clock
+    t_server_reply: float  # server clock
+    queue_ms: float
+    infer_ms: float
+
+    @property
+    def round_trip_ms(self) -> float:
+        return (self.t_received - self.t_sent) * 1e3
+
+    @property
+    def overhead_ms(self) -> float:
+        """Round trip minus the server's own time (transport + codec + scheduling)."""
+        return self.round_trip_ms - (self.t_server_reply - self.t_server_recv) * 1e3
+
+
+class PolicyClient:
+    """A connection to `tether serve` at `address`.
+
+    Example:
+        with PolicyClient("tcp://127.0.0.1:5555") as client:
+            client.check_spec(observation_specs_for(robot), robot.action_dim)
+            chunk = client.infer(robot.observe().to_arrays()).actions
+    """
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 1.0,
+        keys_dir: Path | str | None = None,
+        client_name: str = "client",
+        max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self.keys_dir = Path(keys_dir) if keys_dir is not None else None
+        self.client_name = client_name
+        self.max_message_bytes = max_message_bytes
+        self.clock_offset_s: float | None = None  # server clock minus client clock
+        self.reconnects = 0
+        self._ids = itertools.count(1)
+        self._context: zmq.Context | None = None
+        self._socket: zmq.Socket | None = None
+        self._poller = zmq.Poller()
+        self._info: ServerInfo | None = None
+        self._pending: dict[int, tuple[float, Any]] = {}  # id -> (t_sent, tag) of infer requests
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> PolicyClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Create the socket (ZMQ connects lazily, so this succeeds with no server up)."""
+        if self._socket is not None:
+            return
+        if self._context is None:
+            self._context = zmq.Context()
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 4)
+        sock.setsockopt(zmq.RCVHWM, 16)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue requests for a peer that is not there
+        if self.keys_dir is not None:
+            from tether.policies.keys import configure_client
+
+            configure_client(sock, self.keys_dir, self.client_name)
+        sock.connect(self.address)
+        self._socket = sock
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+        self._pending.clear()
+
+    def reconnect(self) -> None:
+        """Drop the socket and everything in flight, then connect afresh."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        self._pending.clear()
+        self.reconnects += 1
+        self.connect()
+
+    # --- blocking calls ------------------------------------------------------------------------
+    def info(self, refresh: bool = False) -> ServerInfo:
+        """What the server serves (cached after the first call)."""
+        if self._info is None or refresh:
+            header, _ = self._call("info")
+            try:
+                spec = PolicySpec.from_dict(header["spec"])
+                self._info = ServerInfo(
+                    spec, int(header["protocol"]), int(header["max_message_bytes"])
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"the server's info reply is malformed: {exc!r}") from None
+        return self._info
+
+    def ping(self) -> tuple[float, float]:
+        """One ping: (round trip minus server time in s, clock offset estimate in s)."""
+        t0 = time.monotonic()
+        header, _ = self._call("ping", t_sent=t0)
+        t3 = time.monotonic()
+        t1, t2 = float(header["t_recv"]), float(header["t_reply"])
+        return (t3 - t0) - (t2 - t1), ((t1 - t0) + (t2 - t3)) / 2.0
+
+    def estimate_clock_offset(self, n: int = 8) -> float:
+        """Server clock minus client clock from the ping with the smallest round trip."""
+        samples = [self.ping() for _ in range(max(1, n))]
+        self.clock_offset_s = min(samples)[1]
+        return self.clock_offset_s
+
+    def reset(self) -> None:
+        """Clear the policy's history (start of an episode)."""
+        self._call("reset")
+
+    def infer(self, observation: Mapping[str, np.ndarray], steps: int | None = None) -> ChunkReply:
+        """Send one observation and wait for its chunk (at most timeout_s)."""
+        request_id = self.send_infer(observation, steps=steps, wait_s=self.timeout_s)
+        reply = self.poll_reply(self.timeout_s)
+        if reply is None:
+            self._pending.pop(request_id, None)
+            self.reconnect()
+            raise self._timeout("infer")
+        return reply
+
+    # --- asynchronous inference ----------------------------------------------------------------
+    def send_infer(
+        self,
+        observation: Mapping[str, np.ndarray],
+        steps: int | None = None,
+        tag: Any = None,
+        wait_s: float = 0.0,
+    ) -> int:
+        """Send an infer request without waiting for the reply; returns its id.
+
+        Only the arrays the policy needs are sent (once `info()` was called). Raises
+        ServerTimeout when no server connection is ready within `wait_s` (nothing is queued).
+        """
+        self.connect()
+        arrays = self._select(observation)
+        request_id = next(self._ids)
+        fields: dict[str, Any] = {"t_sent": time.monotonic()}
+        if steps is not None:
+            fields["steps"] = int(steps)
+        if not self._send(protocol.request("infer", request_id, arrays, **fields), wait_s):
+            raise self._timeout("infer", sent=False)
+        self._pending[request_id] = (fields["t_sent"], tag)
+        return request_id
+
+    @property
+    def pending(self) -> int:
+        """Infer requests sent and not yet answered."""
+        return len(self._pending)
+
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest unanswered infer request was sent, or None."""
+        if not self._pending:
+            return None
+        return time.monotonic() - min(t for t, _ in self._pending.values())
+
+    def poll_reply(self, timeout_s: float = 0.0) -> ChunkReply | None:
+        """The next answered infer request, or None if none arrives within timeout_s.
+
+        Raises RemoteError for an error reply and ProtocolError for a malformed one; both
+        consume the request they answer.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            message = self._receive(remaining)
+            if message is None:
+                return None
+            request_id = message.id
+            if request_id not in self._pending:
+                continue  # an answer to a request we gave up on
+            t_sent, tag = self._pending.pop(request_id)
+            protocol.raise_if_error(message)
+            return self._chunk_reply(message, request_id, t_sent, tag)
+
+    # --- spec checks ---------------------------------------------------------------------------
+    def check_spec(self, observation: Sequence[ArraySpec], action_dim: int) -> PolicySpec:
+        """Raise PolicyError unless the robot provides what the served policy needs."""
+        spec = self.info().spec
+        problems = spec_mismatches(spec, observation, action_dim)
+        if problems:
+            raise PolicyError(
+                f"the policy served at {self.address} ({spec.policy_type}) does not fit this "
+                "robot:\n  - " + "\n  - ".join(problems) + "\nServe a checkpoint trained for this "
+                "robot, or change the robot's cameras (width/height) to match."
+            )
+        return spec
+
+    # --- internals -----------------------------------------------------------------------------
+    def _select(self, observation: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._info is None:
+            return dict(observation)
+        names = [a.name for a in self._info.spec.observation]
+        missing = [n for n in names if n not in observation]
+        if missing:
+            raise PolicyError(f"the observation lacks {', '.join(missing)} that the policy needs")
+        return {n: observation[n] for n in names}
+
+    def _call(self, op: str, **fields) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self.connect()
+        request_id = next(self._ids)
+        if not self._send(protocol.request(op, request_id, **fields), self.timeout_s):
+            raise self._timeout(op, sent=False)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            message = self._receive(max(0.0, deadline - time.monotonic()))
+            if message is None:
+                self.reconnect()
+                raise self._timeout(op)
+            if message.id != request_id:
+                self._pending.pop(message.id, None)  # a late infer reply: nobody waits for it now
+                continue
+            protocol.raise_if_error(message)
+            if message.op != op:
+                raise ProtocolError(f"asked '{op}', the server answered '{message.op}'")
+            return message.header, message.arrays
+
+    def _send(self, frames: list, wait_s: float) -> bool:
+        """Send when a server connection is ready within wait_s; False if none was.
+
+        With ZMQ_IMMEDIATE the socket refuses to queue a request for a server it is not (yet)
+        connected to, so a request is never delivered minutes late to a server that came back.
+        """
+        assert self._socket is not None
+        if wait_s > 0 and not self._socket.poll(int(wait_s * 1000), zmq.POLLOUT):
+            return False
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def _receive(self, timeout_s: float) -> protocol.Message | None:
+        assert self._socket is not None
+        if not self._poller.poll(int(max(0.0, timeout_s) * 1000)):
+            return None
+        frames = self._socket.recv_multipart(copy=False)
+        try:
+            return protocol.decode(
+                frames, self.max_message_bytes, allowed_ops=(*protocol.OPS, protocol.ERROR_OP)
+            )
+        except MessageError as exc:
+            rid = exc.request_id
+            if rid in self._pending:
+                self._pending.pop(rid)
+            raise ProtocolError(f"malformed reply from {self.address}: {exc}") from None
+
+    def _chunk_reply(
+        self, message: protocol.Message, request_id: int, t_sent: float, tag: Any
+    ) -> ChunkReply:
+        t_received = time.monotonic()
+        action = message.arrays.get("action")
+        if action is None or action.dtype != np.float32 or action.ndim != 2 or action.shape[0] < 1:
+            raise ProtocolError(f"reply {request_id} has no float32 (n, action_dim) 'action' array")
+        if self._info is not None and action.shape[1] != self._info.spec.action_dim:
+            raise ProtocolError(
+                f"reply {request_id} has action_dim {action.shape[1]}, the server's info says "
+                f"{self._info.spec.action_dim}"
+            )
+        if not np.isfinite(action).all():
+            raise ProtocolError(f"reply {request_id} contains NaN or inf actions")
+        header = message.header
+        try:
+            return ChunkReply(
+                actions=np.array(action, dtype=np.float32),
+                request_id=request_id,
+                tag=tag,
+                t_sent=t_sent,
+                t_received=t_received,
+                t_server_recv=float(header["t_recv"]),
+                t_server_reply=float(header["t_reply"]),
+                queue_ms=float(header.get("queue_ms", 0.0)),
+                infer_ms=float(header.get("infer_ms", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"reply {request_id} has a malformed header: {exc!r}") from None
+
+    def _timeout(self, op: str, sent: bool = True) -> ServerTimeout:
+        hint = (
+            " The server may be refusing this client's CURVE key; check --keys on both sides."
+            if self.keys_dir is not None
+            else ""
+        )
+        what = "reply" if sent else "connection (request not sent)"
+        return ServerTimeout(
+            f"no '{op}' {what} from {self.address} within {self.timeout_s:.2f} s. Is `tether "
+            f"serve` running there and reachable?{hint}"
+        )
+
+
+def spec_mismatches(
+    spec: PolicySpec, observation: Sequence[ArraySpec], action_dim: int
+) -> list[str]:
+    """Human-readable differences between a policy's needs and what a robot provides."""
+    have = {a.name: a for a in observation}
+    problems = []
+    for need in spec.observation:
+        got = have.get(need.name)
+        if got is None:
+            problems.append(
+                f"policy needs '{need.name}' ({need.dtype} {tuple(need.shape)}), the robot has "
+                f"only {', '.join(have) or 'nothing'}"
+            )
+        elif got.dtype != need.dtype or tuple(got.shape) != tuple(need.shape):
+            problems.append(
+                f"'{need.name}': policy needs {need.dtype} {tuple(need.shape)}, robot gives "
+                f"{got.dtype} {tuple(got.shape)}"
+            )
+    if spec.action_dim != action_dim:
+        problems.append(
+            f"policy outputs {spec.action_dim} actions per step, the robot takes {action_dim}"
+        )
+    return problems

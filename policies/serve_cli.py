@@ -1,0 +1,129 @@
+"""`tether serve` and `tether keys generate` (registered by policies/cli.py via _register_serve)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+SIMPLE_PREFIX = "simple:"
+
+
+def _register_serve(app: typer.Typer) -> None:
+    """Add `serve` and the `keys` group to the `tether` app."""
+    app.command("serve")(serve)
+    keys_app = typer.Typer(
+        help="CURVE keys for serving a policy beyond localhost.", no_args_is_help=True
+    )
+    keys_app.command("generate")(keys_generate)
+    app.add_typer(keys_app, name="keys")
+
+
+def serve(
+    policy: str = typer.Argument(
+        ..., help="A checkpoint/run directory, or simple:identity|hold|waypoint (needs --robot)."
+    ),
+    bind: str = typer.Option(
+        "tcp://127.0.0.1:5555", "--bind", "-b", help="ZMQ endpoint to listen on."
+    ),
+    keys: Path | None = typer.Option(
+        None, "--keys", help="Directory from `tether keys generate` (CURVE)."
+    ),
+    robot: str | None = typer.Option(
+        None, "--robot", help="Robot whose observations a simple: policy takes."
+    ),
+    chunk_size: int = typer.Option(50, "--chunk-size", help="Chunk length of a simple: policy."),
+    delay_ms: float = typer.Option(
+        0.0, "--delay-ms", help="Extra inference delay (latency injection)."
+    ),
+    max_message_mb: float = typer.Option(
+        16.0, "--max-message-mb", help="Largest request accepted."
+    ),
+    device: str = typer.Option("cpu", "--device", help="Torch device for checkpoints."),
+) -> None:
+    """Serve a policy to robots over ZMQ (msgpack + raw frames, validated, never pickle).
+
+    Example: tether serve runs/act_lift --bind tcp://127.0.0.1:5555
+    Example: tether serve simple:hold --robot twin:lift --delay-ms 20
+    """
+    from tether.policies.server import PolicyServer, ServerConfig, warn_if_exposed
+
+    from tether.errors import TetherError
+
+    try:
+        loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device)
+        config = ServerConfig(
+            address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
+        )
+        if warn_if_exposed(bind, keys):
+            console.print(
+                f"[yellow]warning:[/yellow] {bind} is reachable beyond this machine and no --keys "
+                "were given; anyone on the network can query this policy."
+            )
+        server = PolicyServer(loaded, config).start()
+    except TetherError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    spec = loaded.spec
+    console.print(
+        f"serving [bold]{spec.policy_type}[/bold] on {server.endpoint}: "
+        f"{', '.join(f'{a.name} {a.dtype}{list(a.shape)}' for a in spec.observation)} -> "
+        f"{spec.chunk_size}x{spec.action_dim} @ {spec.fps:g} Hz"
+        f"{' (CURVE)' if keys else ''}. Ctrl-C stops."
+    )
+    server.serve_forever()
+
+
+def load_served_policy(
+    policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str
+):
+    """A checkpoint, or a simple policy built for `robot`, optionally slowed by `delay_s`."""
+    from tether.policies.simple import SlowPolicy, make_simple_policy
+
+    from tether.errors import ConfigError
+
+    if policy.startswith(SIMPLE_PREFIX):
+        if robot is None:
+            raise ConfigError(
+                f"'{policy}' needs --robot (for example --robot twin:lift) to know its inputs"
+            )
+        from tether.robot.factory import make_robot
+
+        return make_simple_policy(
+            policy[len(SIMPLE_PREFIX) :], make_robot(robot), chunk_size, delay_s
+        )
+    path = Path(policy)
+    if not path.exists():
+        raise ConfigError(
+            f"policy '{policy}' is neither a checkpoint path nor simple:<name>; check the path"
+        )
+    from tether.policies.checkpoint import load_policy
+
+    loaded = load_policy(path, device=device)
+    return SlowPolicy(loaded, delay_s) if delay_s > 0 else loaded
+
+
+def keys_generate(
+    directory: Path = typer.Argument(..., help="Where to write the key files."),
+    client: str = typer.Option("client", "--client", help="Name of the client key pair to add."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing keys."),
+) -> None:
+    """Create CURVE keys: a server pair and an authorized client pair.
+
+    Example: tether keys generate ~/.tether/keys   (then: tether serve CKPT --keys ~/.tether/keys)
+    """
+    from tether.policies.keys import generate_keys
+
+    from tether.errors import TetherError
+
+    try:
+        paths = generate_keys(directory, client, overwrite)
+    except TetherError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"server keys: {paths['server_public']} (+ secret, stays on the server)")
+    console.print(f"client keys: {paths['client_secret']} (copy to the robot with server.key)")
+    console.print(f"authorized clients: {paths['authorized']}/")

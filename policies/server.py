@@ -1,0 +1,416 @@
+"""The inference server: a ZMQ ROUTER that serves one Policy to one or more robot clients.
+
+Two threads with one job each:
+
+- the I/O thread owns the sockets. It stamps every message with its receive time, validates it
+  (protocol.decode + the policy's observation spec), answers `ping`, `info` and every error at
+  once, and queues `reset` / `infer` per client. Replies from the worker come back to it over an
+  inproc socket, because ZMQ sockets must not be shared between threads.
+- the worker thread runs the policy. It takes the next request round-robin over the clients
+  that have one queued, so a client that floods the server, or whose requests are slow, delays
+  every other client by at most one inference; each client may queue only
+  `max_queued_per_client` requests (more get a `busy` error).
+
+Nothing that arrives is trusted: a malformed message gets an error reply with a code naming the
+problem, a frame over the size limit makes ZMQ drop the connection (it cannot be answered
+without buffering it), and the server keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import zmq
+from tether.policies import protocol
+from tether.policies.base import Policy
+from tether.policies.protocol import MessageError
+
+from tether.errors import ConfigError, TetherError
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass
+class ServerConfig:
+    """How the server listens and how much it will hold for its clients.
+
+    address: ZMQ endpoint, `tcp://127.0.0.1:5555` or `ipc:///tmp/tether.sock`; tcp port 0 picks a
+        free port (see PolicyServer.endpoint).
+    keys_dir: a directory from `tether keys generate`; enables CURVE encryption and refuses
+        clients whose public key is not in `<keys_dir>/authorized_clients/`.
+    max_message_bytes: larger requests get `too_large`; a single frame larger than this makes
+        ZMQ drop the sender's connection.
+    max_queued_per_client / max_clients: bound the memory the server holds for requests.
+    hwm: ZMQ send/receive high-water marks (messages per peer).
+    """
+
+    address: str = "tcp://127.0.0.1:5555"
+    keys_dir: Path | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_queued_per_client: int = 2
+    max_clients: int = 32
+    hwm: int = 32
+
+
+@dataclass
+class ServerStats:
+    """Counters for logs and tests (read them from any thread; they only grow)."""
+
+    received: int = 0
+    inferences: int = 0
+    errors: Counter = field(default_factory=Counter)
+    dropped_replies: int = 0
+
+
+@dataclass
+class _Job:
+    identity: bytes
+    message: protocol.Message
+    frames: list  # keeps the zero-copy array buffers alive until the job is done
+    t_recv: float
+
+
+class PolicyServer:
+    """Serve `policy` on `config.address` until `stop()`; use as a context manager in tests.
+
+    Example:
+        with PolicyServer(policy, ServerConfig("tcp://127.0.0.1:0")) as server:
+            client = PolicyClient(server.endpoint)
+    """
+
+    def __init__(self, policy: Policy, config: ServerConfig | None = None) -> None:
+        self.policy = policy
+        self.config = config or ServerConfig()
+        if self.config.max_queued_per_client < 1 or self.config.max_clients < 1:
+            raise ConfigError("max_queued_per_client and max_clients must be >= 1")
+        self.stats = ServerStats()
+        self._context: zmq.Context | None = None
+        self._auth = None
+        self._router: zmq.Socket | None = None
+        self._endpoint: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scheduler = _RoundRobin(self.config.max_queued_per_client, self.config.max_clients)
+        self._wake_address = f"inproc://tether-server-{id(self)}"
+        self._info = self._info_header()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> PolicyServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint (with the real port when the address asked for port 0)."""
+        if self._endpoint is None:
+            raise TetherError("the server is not started; call start() first")
+        return self._endpoint
+
+    def start(self) -> PolicyServer:
+        """Bind and start the I/O and worker threads; returns once the socket is bound."""
+        if self._threads:
+            return self
+        warn_if_exposed(self.config.address, self.config.keys_dir)
+        self._stop.clear()
+        self._scheduler = _RoundRobin(self.config.max_queued_per_client, self.config.max_clients)
+        self._context = zmq.Context()
+        self._router = self._make_router()
+        io_thread = threading.Thread(target=self._io_loop, name="tether-server-io", daemon=True)
+        worker = threading.Thread(target=self._work_loop, name="tether-server-worker", daemon=True)
+        self._threads = [io_thread, worker]
+        # The inproc PULL must be bound before the worker connects, and only the I/O thread
+        # may touch its sockets: it binds, then signals.
+        io_thread.start()
+        self._started.wait(5.0)
+        if self._start_error is not None:
+            self.stop()
+            raise self._start_error
+        worker.start()
+        log.info("policy server (%s) listening on %s", self.policy.spec.policy_type, self._endpoint)
+        return self
+
+    def stop(self) -> None:
+        """Stop both threads and close every socket (idempotent)."""
+        self._stop.set()
+        self._scheduler.close()
+        stuck = []
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+            if thread.is_alive():
+                stuck.append(thread.name)
+        self._threads = []
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._context is not None:
+            if stuck:  # a policy call that never returns: leave its socket to the daemon thread
+                log.warning("server threads still busy at stop: %s", ", ".join(stuck))
+            else:
+                self._context.term()
+            self._context = None
+        self._started.clear()
+
+    def serve_forever(self) -> None:
+        """Block until interrupted (Ctrl-C) or stop() from another thread."""
+        self.start()
+        try:
+            while not self._stop.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            log.info("interrupted; shutting the server down")
+        finally:
+            self.stop()
+
+    # --- sockets -------------------------------------------------------------------------------
+    def _make_router(self) -> zmq.Socket:
+        assert self._context is not None
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.config.hwm)
+        sock.setsockopt(zmq.SNDHWM, self.config.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        if self.config.keys_dir is not None:
+            from tether.policies.keys import configure_server
+
+            self._auth = configure_server(self._context, sock, Path(self.config.keys_dir))
+        try:
+            sock.bind(self.config.address)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise TetherError(
+                f"cannot bind the policy server to {self.config.address}: {exc}. Is another "
+                "server using it? Choose another port with --bind tcp://127.0.0.1:<port>."
+            ) from None
+        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    # --- I/O thread ----------------------------------------------------------------------------
+    def _io_loop(self) -> None:
+        assert self._context is not None and self._router is not None
+        router = self._router
+        replies = self._context.socket(zmq.PULL)
+        replies.setsockopt(zmq.LINGER, 0)
+        try:
+            replies.bind(self._wake_address)
+        except zmq.ZMQError as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(replies, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(100))
+                if replies in events:
+                    while True:
+                        try:
+                            frames = replies.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._send(frames[0].bytes, frames[1:])
+                if router in events:
+                    for _ in range(64):  # bounded burst, then serve replies again
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frames, time.monotonic())
+        finally:
+            replies.close()
+            router.close()
+
+    def _handle(self, frames: list, t_recv: float) -> None:
+        self.stats.received += 1
+        identity, body = frames[0].bytes, frames[1:]
+        if not body:
+            self.stats.errors["empty"] += 1  # nothing to answer to
+            return
+        try:
+            message = protocol.decode(body, self.config.max_message_bytes)
+            if message.op == "infer":
+                protocol.check_arrays(message.arrays, self.policy.spec.observation)
+            elif message.arrays:
+                raise MessageError(
+                    "extra_array", f"op '{message.op}' takes no arrays, got {len(message.arrays)}"
+                )
+        except MessageError as exc:
+            self.stats.errors[exc.code] += 1
+            rid = exc.request_id if exc.request_id is not None else protocol.peek_id(body[0])
+            self._send(identity, protocol.error_reply(rid, exc.code, exc.detail))
+            return
+        if message.op == "ping":
+            header = {"id": message.id, "op": "ping", "t_recv": t_recv, "t_reply": time.monotonic()}
+            self._send(identity, protocol.encode(header))
+        elif message.op == "info":
+            header = {"id": message.id, "op": "info", "t_recv": t_recv, **self._info}
+            self._send(identity, protocol.encode(header))
+        else:
+            refusal = self._scheduler.put(_Job(identity, message, body, t_recv))
+            if refusal is not None:
+                code, text = refusal
+                self.stats.errors[code] += 1
+                self._send(identity, protocol.error_reply(message.id, code, text))
+
+    def _send(self, identity: bytes, frames: list) -> None:
+        assert self._router is not None
+        try:
+            self._router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # the client stopped reading and its queue is full: drop, keep serving
+            self.stats.dropped_replies += 1
+        except zmq.ZMQError as exc:
+            self.stats.dropped_replies += 1
+            log.debug("reply dropped: %s", exc)
+
+    # --- worker thread -------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        assert self._context is not None
+        out = self._context.socket(zmq.PUSH)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(self._wake_address)
+        try:
+            while not self._stop.is_set():
+                job = self._scheduler.get(timeout=0.1)
+                if job is None:
+                    continue
+                reply = self._run(job)
+                out.send_multipart([job.identity, *reply], copy=False)
+        finally:
+            out.close()
+
+    def _run(self, job: _Job) -> list:
+        message = job.message
+        t_start = time.monotonic()
+        queue_ms = (t_start - job.t_recv) * 1e3
+        try:
+            if message.op == "reset":
+                self.policy.reset()
+                return protocol.encode(
+                    {
+                        "id": message.id,
+                        "op": "reset",
+                        "t_recv": job.t_recv,
+                        "t_reply": time.monotonic(),
+                    }
+                )
+            options: dict[str, Any] = {}
+            if message.header.get("steps") is not None:
+                options["steps"] = int(message.header["steps"])
+            chunk = self.policy.predict_chunk(message.arrays, **options)
+            infer_ms = (time.monotonic() - t_start) * 1e3
+            if not np.isfinite(chunk).all():
+                raise TetherError("the policy produced NaN or inf actions")
+        except Exception as exc:  # a policy bug must not take the server down
+            self.stats.errors["policy_error"] += 1
+            log.warning("policy failed on '%s': %s: %s", message.op, type(exc).__name__, exc)
+            return protocol.error_reply(message.id, "policy_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            job.frames = []
+        self.stats.inferences += 1
+        header = {
+            "id": message.id,
+            "op": "infer",
+            "t_recv": job.t_recv,
+            "queue_ms": queue_ms,
+            "infer_ms": infer_ms,
+            "t_reply": time.monotonic(),
+        }
+        return protocol.encode(header, {"action": chunk})
+
+    def _info_header(self) -> dict[str, Any]:
+        spec = self.policy.spec
+        return {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "spec": spec.as_dict(),
+            "max_message_bytes": self.config.max_message_bytes,
+            "max_queued_per_client": self.config.max_queued_per_client,
+        }
+
+
+class _RoundRobin:
+    """Per-client FIFO queues served one request per client in turn (thread-safe)."""
+
+    def __init__(self, max_per_client: int, max_clients: int) -> None:
+        self._queues: OrderedDict[bytes, deque[_Job]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._max_per_client = max_per_client
+        self._max_clients = max_clients
+        self._closed = False
+
+    def put(self, job: _Job) -> tuple[str, str] | None:
+        """Queue `job`; returns (code, message) when it is refused."""
+        with self._cond:
+            queue = self._queues.get(job.identity)
+            if queue is None:
+                if len(self._queues) >= self._max_clients:
+                    return (
+                        "too_many_clients",
+                        f"the server already has requests from {self._max_clients} clients; retry later",
+                    )
+                queue = self._queues[job.identity] = deque()
+            if len(queue) >= self._max_per_client:
+                return (
+                    "busy",
+                    f"{len(queue)} of your requests are already queued (limit "
+                    f"{self._max_per_client}); wait for a reply before sending more",
+                )
+            queue.append(job)
+            self._cond.notify()
+            return None
+
+    def get(self, timeout: float) -> _Job | None:
+        """The oldest job of the next client in turn; that client then goes to the back."""
+        with self._cond:
+            if not self._queues and not self._closed:
+                self._cond.wait(timeout)
+            if not self._queues:
+                return None
+            identity, queue = next(iter(self._queues.items()))
+            job = queue.popleft()
+            if queue:
+                self._queues.move_to_end(identity)
+            else:
+                del self._queues[identity]
+            return job
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._queues.clear()
+            self._cond.notify_all()
+
+
+def is_local_address(address: str) -> bool:
+    """True for ipc/inproc endpoints and tcp endpoints on the loopback interface."""
+    if not address.startswith("tcp://"):
+        return True
+    host = urlparse(address).hostname or address[len("tcp://") :].rsplit(":", 1)[0]
+    return host in LOCAL_HOSTS or host.strip("[]") in LOCAL_HOSTS
+
+
+def warn_if_exposed(address: str, keys_dir: Path | None) -> bool:
+    """Log a warning when binding beyond loopback without CURVE keys; returns True if it warned."""
+    if keys_dir is None and not is_local_address(address):
+        log.warning(
+            "binding the policy server to %s without CURVE keys: anyone who can reach this "
+            "address can drive the robot's policy. Create keys with `tether keys generate DIR` "
+            "and pass `--keys DIR` to both `tether serve` and `tether rollout`.",
+            address,
+        )
+        return True
+    return False

@@ -1,0 +1,550 @@
+"""Run a policy on a robot: chunk scheduling, latency alignment, blending, and a stall watchdog.
+
+One code path serves evaluation in-process and deployment through the inference server:
+
+    result = run_episode(robot, policy_or_client, RolloutConfig(), seed=3)
+
+`policy_or_client` is a `tether.policies.base.Policy` (in-process) or a
+`tether.policies.client.PolicyClient` (server). Every tick of the fixed-rate loop:
+
+1. observe the robot; the tick's step index s comes from its scheduled time, so ticks lost to
+   overruns still advance s and the alignment below stays right;
+2. take in any chunk that has arrived. A chunk computed from the observation of step s0 holds
+   the actions for steps s0, s0+1, ...; the rows for steps already past are dropped, never
+   executed late;
+3. ask for the next chunk when at most `request_threshold` planned actions remain and no
+   request is in flight (asynchronously for a server: the current chunk keeps running);
+4. send the action for step s (temporal ensemble of all chunks covering s, or the newest chunk
+   when switching) through the safety layer. If no chunk covers s, hold the last safe command
+   at once (the watchdog: at most one control period after the last valid action ran out),
+   report the stall, and keep asking; execution resumes with the first chunk that arrives.
+
+`realtime=True` paces the loop to the wall clock (deployment, latency tests). With
+`realtime=False` (lockstep, for batch evaluation on the twin) the loop runs as fast as it can and
+waits for every chunk it asks for, so results do not depend on machine speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from tether.policies.base import Policy, PolicySpec
+from tether.robot.runtime import RateLoop, Tick
+
+from tether.errors import ConfigError, PolicyError, TetherError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EpisodeResult", "RolloutConfig", "Stall", "run_episode"]
+
+
+@dataclass
+class RolloutConfig:
+    """How chunks are requested, aligned and blended (all counts in control ticks).
+
+    max_steps: episode length; None uses the twin task's `max_steps`.
+    fps: control rate; None uses the robot's.
+    realtime: pace to the wall clock (True) or run in lockstep as fast as possible (False).
+    blend: "ensemble" (ACT temporal ensembling, weight exp(-m*i), i=0 oldest) or "switch"
+        (execute the newest chunk from its first unexpired action).
+    request_threshold: ask for the next chunk once at most this many planned actions remain;
+        None = every tick for "ensemble", half a chunk for "switch".
+    steps: denoising steps per request (diffusion policies), None = the policy's default.
+    request_timeout_s: a request unanswered this long is abandoned and sent again (reconnecting).
+    start_timeout_s: how long to wait for the first chunk before giving up (the clock and the
+        arm start only once it is there).
+    stop_on_success: end the episode at the first successful step (twin tasks).
+    record_frames: keep every camera frame in the result (for videos).
+    """
+
+    max_steps: int | None = None
+    fps: float | None = None
+    realtime: bool = True
+    blend: Literal["ensemble", "switch"] = "ensemble"
+    ensemble_m: float = 0.01
+    request_threshold: int | None = None
+    steps: int | None = None
+    request_timeout_s: float = 0.5
+    start_timeout_s: float = 10.0
+    stop_on_success: bool = True
+    record_frames: bool = False
+
+    def __post_init__(self) -> None:
+        if self.blend not in ("ensemble", "switch"):
+            raise ConfigError(f"rollout blend must be 'ensemble' or 'switch', got {self.blend!r}")
+        if self.request_threshold is not None and self.request_threshold < 0:
+            raise ConfigError("rollout request_threshold must be >= 0")
+        if not self.request_timeout_s > 0:
+            raise ConfigError("rollout request_timeout_s must be positive")
+
+
+@dataclass
+class Stall:
+    """A span of ticks without a valid action, during which the arm held position."""
+
+    start_step: int  # first step without an action
+    end_step: int | None  # first step with an action again (None: never resumed)
+    hold_delay_ms: float  # from the moment the last action ran out to the hold command
+    duration_s: float
+    reason: str
+
+
+@dataclass
+class EpisodeResult:
+    """Everything one episode produced; arrays are per executed tick."""
+
+    seed: int | None
+    success: bool | None  # None when the robot has no success check
+    length: int  # ticks executed
+    max_steps: int
+    wall_time_s: float
+    first_success_step: int | None
+    actions: np.ndarray  # (T, A) float32, commands that reached the arms (after safety)
+    targets: np.ndarray  # (T, A) float32, policy actions before safety (NaN while holding)
+    joints: np.ndarray  # (T, A) float32, measured positions at each tick's observation
+    held: np.ndarray  # (T,) bool, ticks where the watchdog held position
+    latency_ms: list[float]  # per chunk: request sent -> chunk usable on the robot side
+    inference_ms: list[float]  # per chunk: model time alone
+    chunks: int  # chunks received and used
+    stale_chunks: int  # chunks that arrived with every action already past
+    dropped_actions: int  # rows dropped because their time had passed
+    request_errors: dict[str, int]  # timeouts, refused requests, malformed replies
+    safety: dict[str, int]  # safety-layer interventions by reason, during this episode
+    stalls: int
+    stall_events: list[Stall]
+    loop: dict[str, float | int]  # RateLoop statistics
+    frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly scalars (no per-tick arrays)."""
+        lat = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(1)
+        return {
+            "seed": self.seed,
+            "success": self.success,
+            "length": self.length,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "chunks": self.chunks,
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "latency_p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "stale_chunks": self.stale_chunks,
+            "dropped_actions": self.dropped_actions,
+            "held_ticks": int(self.held.sum()),
+            "stalls": self.stalls,
+            "max_hold_delay_ms": round(
+                max((s.hold_delay_ms for s in self.stall_events), default=0.0), 3
+            ),
+            "request_errors": dict(self.request_errors),
+            "safety": dict(self.safety),
+            "loop": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.loop.items()},
+            "stall_events": [asdict(s) for s in self.stall_events],
+        }
+
+
+def run_episode(
+    robot, source, config: RolloutConfig | None = None, seed: int | None = None
+) -> EpisodeResult:
+    """Run one episode of `source` (a Policy or a PolicyClient) on `robot`; see the module doc.
+
+    The robot is connected if needed; a robot with `reset(seed)` (the twin) is reset first.
+    Raises PolicyError before anything moves when the policy does not fit the robot.
+    """
+    config = config or RolloutConfig()
+    chunk_source = as_chunk_source(source, config.steps)
+    return _Episode(robot, chunk_source, config, seed).run()
+
+
+# --------------------------------------------------------------------------------------------
+# Chunk sources: a Policy in this process, or the inference server through PolicyClient
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    step: int  # step of the observation the chunk was computed from (row 0 is for this step)
+    actions: np.ndarray  # (n, A) float32
+    latency_ms: float
+    inference_ms: float
+
+
+class ChunkSource:
+    """Where chunks come from. `request` must not block for a remote source."""
+
+    spec: PolicySpec
+    synchronous: bool
+
+    def check(self, robot) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def request(self, observation: dict[str, np.ndarray], step: int) -> None: ...
+
+    def poll(self, timeout_s: float) -> Chunk | None: ...
+
+    def in_flight_s(self) -> float | None:
+        """Age of the outstanding request, or None when nothing is in flight."""
+        return None
+
+    def abandon(self) -> None:
+        """Forget the outstanding request (it timed out)."""
+
+
+class LocalSource(ChunkSource):
+    """A Policy called in the control loop's thread (evaluation; no network involved)."""
+
+    synchronous = True
+
+    def __init__(self, policy: Policy, steps: int | None) -> None:
+        self.policy = policy
+        self.spec = policy.spec
+        self.options = {"steps": steps} if steps is not None else {}
+        self._ready: Chunk | None = None
+
+    def check(self, robot) -> None:
+        from tether.policies.client import spec_mismatches
+        from tether.policies.simple import observation_specs_for
+
+        problems = spec_mismatches(self.spec, observation_specs_for(robot), robot.action_dim)
+        if problems:
+            raise PolicyError(
+                f"the {self.spec.policy_type} policy does not fit robot '{robot.name}':\n  - "
+                + "\n  - ".join(problems)
+            )
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self._ready = None
+
+    def request(self, observation: dict[str, np.ndarray], step: int) -> None:
+        t0 = time.monotonic()
+        names = [a.name for a in self.spec.observation]
+        actions = self.policy.predict_chunk({n: observation[n] for n in names}, **self.options)
+        latency = (time.monotonic() - t0) * 1e3
+        self._ready = Chunk(step, actions, latency, self.policy.last_inference_ms)
+
+    def poll(self, timeout_s: float) -> Chunk | None:
+        chunk, self._ready = self._ready, None
+        return chunk
+
+
+class RemoteSource(ChunkSource):
+    """The inference server through a PolicyClient; requests are asynchronous."""
+
+    synchronous = False
+
+    def __init__(self, client, steps: int | None) -> None:
+        self.client = client
+        self.steps = steps
+        self.spec = client.info().spec
+
+    def check(self, robot) -> None:
+        from tether.policies.simple import observation_specs_for
+
+        self.spec = self.client.check_spec(observation_specs_for(robot), robot.action_dim)
+
+    def reset(self) -> None:
+        self.client.reset()
+
+    def request(self, observation: dict[str, np.ndarray], step: int) -> None:
+        self.client.send_infer(observation, steps=self.steps, tag=step)
+
+    def poll(self, timeout_s: float) -> Chunk | None:
+        reply = self.client.poll_reply(timeout_s)
+        if reply is None:
+            return None
+        return Chunk(int(reply.tag), reply.actions, reply.round_trip_ms, reply.infer_ms)
+
+    def in_flight_s(self) -> float | None:
+        return self.client.oldest_pending_age()
+
+    def abandon(self) -> None:
+        self.client.reconnect()
+
+
+def as_chunk_source(source, steps: int | None = None) -> ChunkSource:
+    """Wrap a Policy or a PolicyClient (anything else is a TypeError)."""
+    if isinstance(source, ChunkSource):
+        return source
+    if isinstance(source, Policy):
+        return LocalSource(source, steps)
+    from tether.policies.client import PolicyClient
+
+    if isinstance(source, PolicyClient):
+        return RemoteSource(source, steps)
+    raise TypeError(f"expected a Policy or a PolicyClient, got {type(source).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Blending
+# --------------------------------------------------------------------------------------------
+
+
+class _SwitchPlan:
+    """Execute the newest chunk; an older chunk only fills steps the newest does not cover."""
+
+    def __init__(self) -> None:
+        self._step0 = 0
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._actions = None
+
+    def add_chunk(self, step0: int, actions: np.ndarray) -> None:
+        self._step0, self._actions = step0, np.asarray(actions, dtype=np.float32)
+
+    def action_at(self, step: int) -> np.ndarray | None:
+        if self._actions is None:
+            return None
+        k = step - self._step0
+        return self._actions[k] if 0 <= k < len(self._actions) else None
+
+
+def _make_blender(config: RolloutConfig):
+    if config.blend == "switch":
+        return _SwitchPlan()
+    from tether.policies.ensembling import TemporalEnsembler
+
+    return TemporalEnsembler(config.ensemble_m)
+
+
+# --------------------------------------------------------------------------------------------
+# The episode loop
+# --------------------------------------------------------------------------------------------
+
+
+class _Episode:
+    def __init__(self, robot, source: ChunkSource, config: RolloutConfig, seed: int | None) -> None:
+        self.robot = robot
+        self.source = source
+        self.config = config
+        self.seed = seed
+        self.fps = float(config.fps or robot.fps)
+        self.period = 1.0 / self.fps
+        task = getattr(robot, "task", None)
+        max_steps = config.max_steps or getattr(task, "max_steps", None)
+        if not max_steps:
+            raise ConfigError("rollout needs max_steps (the robot has no task that sets one)")
+        self.max_steps = int(max_steps)
+        chunk_size = int(source.spec.chunk_size)
+        if config.request_threshold is not None:
+            self.threshold = config.request_threshold
+        else:
+            self.threshold = chunk_size if config.blend == "ensemble" else chunk_size // 2
+        self.blender = _make_blender(config)
+        self.newest_end = -1  # first step not covered by any chunk received so far
+        self.t_origin = 0.0
+        self.records: dict[str, list] = {"actions": [], "targets": [], "joints": [], "held": []}
+        self.frames: dict[str, list[np.ndarray]] = {}
+        self.latency_ms: list[float] = []
+        self.inference_ms: list[float] = []
+        self.chunks = 0
+        self.stale = 0
+        self.dropped = 0
+        self.errors: dict[str, int] = {}
+        self.stalls: list[Stall] = []
+        self.stall: Stall | None = None
+        self.t_stall = 0.0
+        self.last_command: np.ndarray | None = None
+        self.success_step: int | None = None
+
+    def run(self) -> EpisodeResult:
+        robot = self.robot
+        if not robot.is_connected:
+            robot.connect()
+        self.source.check(robot)
+        if hasattr(robot, "reset"):
+            robot.reset(self.seed if self.seed is not None else 0)
+        self.source.reset()
+        self.blender.reset()
+        safety_before = dict(robot.safety_counts())
+        first = robot.observe()
+        self.last_command = first.state.astype(np.float64)
+        t0 = time.monotonic()
+        self._first_chunk(first.to_arrays())
+        loop = RateLoop(self.fps, realtime=self.config.realtime)
+        stats = loop.run(self._tick, max_ticks=None)
+        wall = time.monotonic() - t0
+        if self.stall is not None:
+            self._end_stall(None)
+        safety_after = robot.safety_counts()
+        safety = {
+            k: v - safety_before.get(k, 0)
+            for k, v in safety_after.items()
+            if v - safety_before.get(k, 0)
+        }
+        success = bool(robot.is_success()) if hasattr(robot, "is_success") else None
+        if self.success_step is not None:
+            success = True
+        a = robot.action_dim
+        return EpisodeResult(
+            seed=self.seed,
+            success=success,
+            length=len(self.records["held"]),
+            max_steps=self.max_steps,
+            wall_time_s=wall,
+            first_success_step=self.success_step,
+            actions=np.asarray(self.records["actions"], dtype=np.float32).reshape(-1, a),
+            targets=np.asarray(self.records["targets"], dtype=np.float32).reshape(-1, a),
+            joints=np.asarray(self.records["joints"], dtype=np.float32).reshape(-1, a),
+            held=np.asarray(self.records["held"], dtype=bool),
+            latency_ms=self.latency_ms,
+            inference_ms=self.inference_ms,
+            chunks=self.chunks,
+            stale_chunks=self.stale,
+            dropped_actions=self.dropped,
+            request_errors=self.errors,
+            safety=safety,
+            stalls=len(self.stalls),
+            stall_events=self.stalls,
+            loop=stats.as_dict(),
+            frames=self.frames,
+        )
+
+    def _first_chunk(self, arrays: dict[str, np.ndarray]) -> None:
+        """Wait for the chunk of step 0 before the clock starts: starting is not a stall."""
+        deadline = time.monotonic() + max(
+            self.config.start_timeout_s, self.config.request_timeout_s
+        )
+        while self.chunks == 0:
+            if time.monotonic() > deadline:
+                raise TetherError(
+                    f"no valid action chunk within {self.config.start_timeout_s:.1f} s of starting "
+                    f"(request errors: {self.errors or 'none'}); check that the policy server is "
+                    "running and answering (`tether serve ...`)."
+                )
+            if self.source.in_flight_s() is None:
+                try:
+                    self.source.request(arrays, 0)
+                except TetherError as exc:
+                    self._error(getattr(exc, "code", type(exc).__name__))
+                    time.sleep(0.05)
+                    continue
+            self._collect(0, self.config.request_timeout_s)
+
+    # --- one control tick ----------------------------------------------------------------------
+    def _tick(self, tick: Tick) -> bool:
+        if tick.index == 0:
+            self.t_origin = tick.t_scheduled
+        if self.config.realtime:
+            step = int(round((tick.t_scheduled - self.t_origin) / self.period))
+        else:
+            step = tick.index
+        if step >= self.max_steps:
+            return False
+        observation = self.robot.observe()
+        arrays = observation.to_arrays()
+        if self.config.record_frames:
+            for name, frame in observation.frames.items():
+                self.frames.setdefault(name, []).append(frame.image.copy())
+        self._collect(step, 0.0)
+        self._maybe_request(arrays, step)
+        action = self.blender.action_at(step)
+        if action is None:
+            sent = self._hold(step)
+            target = np.full(self.robot.action_dim, np.nan, dtype=np.float32)
+        else:
+            if self.stall is not None:
+                self._end_stall(step)
+            sent = self.robot.act(np.asarray(action, dtype=np.float64))
+            target = action
+        self.last_command = np.asarray(sent, dtype=np.float64)
+        self.records["actions"].append(np.asarray(sent, dtype=np.float32))
+        self.records["targets"].append(np.asarray(target, dtype=np.float32))
+        self.records["joints"].append(observation.state)
+        self.records["held"].append(action is None)
+        if hasattr(self.robot, "is_success") and self.robot.is_success():
+            if self.success_step is None:
+                self.success_step = step
+            if self.config.stop_on_success:
+                return False
+        return step + 1 < self.max_steps
+
+    def _maybe_request(self, arrays: dict[str, np.ndarray], step: int) -> None:
+        age = self.source.in_flight_s()
+        if age is not None:
+            if age < self.config.request_timeout_s:
+                return
+            self._error("timeout")
+            log.warning("no chunk within %.0f ms; abandoning the request", age * 1e3)
+            self.source.abandon()
+        remaining = max(0, self.newest_end - step)
+        if remaining > self.threshold:
+            return
+        try:
+            self.source.request(arrays, step)
+        except TetherError as exc:
+            self._error(getattr(exc, "code", type(exc).__name__))
+            log.debug("request at step %d failed: %s", step, exc)
+            return
+        if self.source.synchronous or not self.config.realtime:
+            # Lockstep: the simulated world waits for the chunk it asked for.
+            self._collect(step, self.config.request_timeout_s)
+
+    def _collect(self, step: int, timeout_s: float) -> None:
+        while True:
+            try:
+                chunk = self.source.poll(timeout_s)
+            except TetherError as exc:  # an error reply or a malformed chunk: not a valid chunk
+                self._error(getattr(exc, "code", type(exc).__name__))
+                log.warning("invalid chunk: %s", exc)
+                return
+            if chunk is None:
+                if timeout_s > 0 and self.source.in_flight_s() is not None:
+                    self._error("timeout")
+                    self.source.abandon()
+                return
+            self._accept(chunk, step)
+            timeout_s = 0.0
+
+    def _accept(self, chunk: Chunk, step: int) -> None:
+        actions = chunk.actions
+        if actions.ndim != 2 or actions.shape[1] != self.robot.action_dim:
+            self._error("wrong_action_shape")
+            return
+        if not np.isfinite(actions).all():
+            self._error("non_finite")
+            return
+        end = chunk.step + len(actions)
+        late = max(0, step - chunk.step)
+        self.latency_ms.append(chunk.latency_ms)
+        self.inference_ms.append(chunk.inference_ms)
+        if end <= step:
+            self.stale += 1
+            self.dropped += len(actions)
+            return
+        self.dropped += late
+        self.chunks += 1
+        start = chunk.step + late
+        self.blender.add_chunk(start, actions[late:])
+        self.newest_end = max(self.newest_end, end)
+
+    def _hold(self, step: int) -> np.ndarray:
+        """Watchdog: re-command the last safe position (through the safety layer)."""
+        if self.stall is None:
+            t_out = self.t_origin + step * self.period if self.config.realtime else time.monotonic()
+            delay_ms = max(0.0, (time.monotonic() - t_out) * 1e3)
+            reason = "no chunk yet" if self.chunks == 0 else "chunk ran out"
+            self.stall = Stall(step, None, delay_ms, 0.0, reason)
+            self.t_stall = time.monotonic()
+            log.warning("rollout stalled at step %d (%s): holding position", step, reason)
+        assert self.last_command is not None
+        return self.robot.act(self.last_command)
+
+    def _end_stall(self, step: int | None) -> None:
+        assert self.stall is not None
+        self.stall.end_step = step
+        self.stall.duration_s = time.monotonic() - self.t_stall
+        if step is not None:
+            log.warning(
+                "rollout resumed at step %d after %.0f ms of holding",
+                step,
+                self.stall.duration_s * 1e3,
+            )
+        self.stalls.append(self.stall)
+        self.stall = None
+
+    def _error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
