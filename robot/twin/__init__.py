@@ -1,5 +1,51 @@
-"""The MuJoCo digital twin: arms, tasks, scripted experts and rendered cameras."""
+"""The MuJoCo digital twin: arms, tasks, scripted experts and rendered cameras.
+
+Importing this package is cheap (the CLI imports it for `--help`); MuJoCo loads on first use
+of `make_twin_robot`, `TwinRobot`, `make_env` and friends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tether.robot.config import RobotConfig
+    from tether.robot.twin.robot import TwinRobot
+
+__all__ = ["TASKS", "TwinRobot", "make_env", "make_twin_robot", "task_names"]
+
+_LAZY = {
+    "TwinRobot": "tether.robot.twin.robot",
+    "TwinParams": "tether.robot.twin.robot",
+    "TwinArm": "tether.robot.twin.devices",
+    "TwinCamera": "tether.robot.twin.devices",
+    "TASKS": "tether.robot.twin.tasks",
+    "ScriptedExpert": "tether.robot.twin.expert",
+}
 
 
-def make_twin_robot(config):  # replaced by the twin implementation
-    raise NotImplementedError("the twin is being built (issue 4)")
+def make_twin_robot(config: RobotConfig) -> TwinRobot:
+    """Build (not connect) the twin for `config.twin_task` with `config.twin_params`."""
+    from tether.robot.twin.robot import make_twin_robot as build
+
+    return build(config)
+
+
+def make_env(task: str, **kwargs: Any):
+    """A gymnasium.Env of a twin task; see tether.robot.twin.env.TwinEnv for the options."""
+    from tether.robot.twin.env import TwinEnv
+
+    return TwinEnv(task, **kwargs)
+
+
+def task_names() -> list[str]:
+    """Names of the twin's tasks (without importing MuJoCo)."""
+    return ["insertion", "lift", "transfer_cube"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tether.robot.twin' has no attribute '{name}'")

@@ -1,0 +1,231 @@
+"""TwinRobot: a Robot whose arms and cameras are the MuJoCo twin, plus episode control.
+
+Fast mode (default): `act()` advances simulated time by exactly one control period, so data
+generation and evaluation run as fast as the CPU allows and are deterministic under a seed.
+Realtime mode: `observe()` and `act()` first step physics up to the wall clock, so a human at a
+leader arm or a latency test sees a robot that moves in real time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from tether.robot.config import RobotConfig
+from tether.robot.interfaces import CameraSpec, Observation, Robot
+from tether.robot.safety import SafetyConfig
+from tether.robot.twin.devices import TwinArm, TwinCamera
+from tether.robot.twin.sim import Delay, TwinSim
+from tether.robot.twin.tasks import Task, make_task
+
+from tether.errors import ConfigError
+
+
+@dataclass
+class TwinParams:
+    """Options of `twin_params` in a RobotConfig (all optional).
+
+    cameras: camera names (default: the task's, e.g. ["top"]); [] for no rendering at all.
+    width, height: image size (default 320x240; up to 640x480). depth: also render depth.
+    camera_fps: capture rate in simulated time (default: the control rate).
+    realtime: pace physics to the wall clock instead of stepping once per act().
+    command_latency_s / command_jitter_s: delay before a command reaches the actuators.
+    camera_latency_s / camera_jitter_s: delay between capture and delivery of a frame.
+    seed: the first episode's seed (reset(seed) chooses later ones).
+    """
+
+    cameras: list[str] | None = None
+    width: int = 320
+    height: int = 240
+    depth: bool = False
+    camera_fps: float | None = None
+    realtime: bool = False
+    command_latency_s: float = 0.0
+    command_jitter_s: float = 0.0
+    camera_latency_s: float = 0.0
+    camera_jitter_s: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> TwinParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown twin_params {unknown}. Known: {', '.join(sorted(known))}."
+            )
+        out = cls(**params)
+        if out.cameras is not None and (
+            not isinstance(out.cameras, list | tuple) or not all(isinstance(c, str) for c in out.cameras)
+        ):
+            raise ConfigError(f"twin_params.cameras must be a list of names, got {out.cameras!r}")
+        for label in ("width", "height"):
+            value = getattr(out, label)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"twin_params.{label} must be a positive integer, got {value!r}")
+        if out.width > 640 or out.height > 480:
+            raise ConfigError(
+                f"twin_params width x height {out.width}x{out.height} exceeds 640x480, the "
+                "twin's offscreen buffer; pick a smaller image."
+            )
+        for label in ("command_latency_s", "command_jitter_s", "camera_latency_s", "camera_jitter_s"):
+            if float(getattr(out, label)) < 0:
+                raise ConfigError(f"twin_params.{label} must be >= 0 seconds")
+        return out
+
+
+class TwinRobot(Robot):
+    """The twin as a Robot: same arms/cameras API as hardware, plus reset/is_success/task."""
+
+    def __init__(
+        self,
+        task: Task,
+        params: TwinParams | None = None,
+        fps: float = 50.0,
+        safety: SafetyConfig | None = None,
+        name: str | None = None,
+    ) -> None:
+        params = params or TwinParams()
+        self.task = task
+        self.params = params
+        self.realtime = bool(params.realtime)
+        self.sim = TwinSim(
+            task.scene(),
+            task.sim_arms(),
+            control_hz=fps,
+            command_delay=Delay(params.command_latency_s, params.command_jitter_s),
+        )
+        task.bind(self.sim)
+        arms = {
+            arm_name: TwinArm(self.sim, i, arm_name)
+            for i, (arm_name, *_rest) in enumerate(task.sim_arms())
+        }
+        camera_names = list(task.default_cameras if params.cameras is None else params.cameras)
+        for cam in camera_names:
+            if cam not in task.cameras:
+                raise ConfigError(
+                    f"Task '{task.name}' has no camera '{cam}'. Its cameras: "
+                    f"{', '.join(task.cameras)}."
+                )
+        cam_fps = float(params.camera_fps or fps)
+        camera_delay = Delay(params.camera_latency_s, params.camera_jitter_s)
+        cameras = {
+            cam: TwinCamera(
+                self.sim,
+                CameraSpec(cam, params.width, params.height, cam_fps, params.depth),
+                camera_delay,
+            )
+            for cam in camera_names
+        }
+        super().__init__(arms, cameras, safety=safety, fps=fps, name=name or f"twin-{task.name}")
+        self.sim.add_after_step_hook(self._track_success)
+        self._steps = 0
+        self._success_steps = 0
+        self._succeeded = False
+        self.reset(params.seed)
+
+    # --- episode control -----------------------------------------------------------------------
+    def reset(self, seed: int) -> Observation | None:
+        """New episode: objects placed from `seed`, arms at home, safety filters re-seeded.
+
+        Returns the first observation when connected (None before connect()).
+        """
+        rng = np.random.default_rng(int(seed))
+        with self.sim.lock:
+            self.sim.reset(seed)
+            for i, arm in enumerate(self.raw_arms.values()):
+                self.sim.set_arm_pose(i, arm.spec.home)
+            self.task.place_objects(self.sim, rng)
+            self.sim.forward()
+            self._steps = 0
+            self._success_steps = 0
+            self._succeeded = False
+            for cam in self.cameras.values():
+                cam.restart()
+        for safe in self.arms.values():
+            safe.filter.seed(safe.spec.home, safe._clock())
+        return self.observe() if self._connected else None
+
+    @property
+    def sim_time(self) -> float:
+        """Simulated seconds since the last reset."""
+        return self.sim.time
+
+    @property
+    def steps(self) -> int:
+        """Control ticks (act calls) since the last reset."""
+        return self._steps
+
+    @property
+    def max_steps(self) -> int:
+        return self.task.max_steps(self.fps)
+
+    def is_success(self) -> bool:
+        """The task's success check on the current state (the per-step success signal)."""
+        with self.sim.lock:
+            return self.task.is_success(self.sim)
+
+    @property
+    def success_held_s(self) -> float:
+        """How long success has held without interruption, in simulated seconds."""
+        return self._success_steps * self.sim.timestep
+
+    @property
+    def succeeded(self) -> bool:
+        """True once success has held for the task's hold time at any point this episode."""
+        return self._succeeded
+
+    def _track_success(self) -> None:
+        # Checked once per control period (contacts are cheap, but not free at 500 Hz).
+        if self.sim._step_index % self.sim.substeps:
+            return
+        if self.task.is_success(self.sim):
+            self._success_steps += self.sim.substeps
+            if self._success_steps * self.sim.timestep >= self.task.hold_s - 1e-9:
+                self._succeeded = True
+        else:
+            self._success_steps = 0
+
+    # --- I/O -----------------------------------------------------------------------------------
+    def observe(self) -> Observation:
+        if self.realtime and self._connected:
+            self.sim.catch_up()
+        return super().observe()
+
+    def act(self, action: np.ndarray, t_target: float | None = None) -> np.ndarray:
+        """Send one action; in fast mode, then advance simulated time by one control period."""
+        if self.realtime and self._connected:
+            self.sim.catch_up()
+        sent = super().act(action, t_target=t_target)
+        if not self.realtime:
+            self.sim.advance()
+        self._steps += 1
+        return sent
+
+    def privileged_state(self) -> dict[str, np.ndarray]:
+        """Object poses (for experts and debugging; policies never see this)."""
+        with self.sim.lock:
+            out = {}
+            for b in range(self.sim.model.nbody):
+                if self.sim.model.body_jntnum[b] == 1 and self.sim.model.jnt_type[
+                    self.sim.model.body_jntadr[b]
+                ] == 0:
+                    name = self.sim.model.body(b).name
+                    out[f"{name}_pos"] = self.sim.data.xpos[b].copy()
+                    out[f"{name}_quat"] = self.sim.data.xquat[b].copy()
+            return out
+
+
+def make_twin_robot(config: RobotConfig) -> TwinRobot:
+    """Build the twin described by a RobotConfig (`twin_task` + `twin_params`)."""
+    if not config.twin_task:
+        raise ConfigError("RobotConfig.twin_task is empty; use a spec like twin:lift.")
+    task = make_task(config.twin_task)
+    try:
+        params = TwinParams.from_dict(dict(config.twin_params or {}))
+    except TypeError as exc:
+        raise ConfigError(f"Bad twin_params {config.twin_params!r}: {exc}") from exc
+    if not config.fps > 0:
+        raise ConfigError(f"Robot fps must be positive, got {config.fps}")
+    return TwinRobot(task, params, fps=config.fps, safety=config.safety, name=config.name)
