@@ -1,0 +1,391 @@
+"""The recorder: teleop in, synchronized episodes out, without ever waiting on the disk.
+
+    robot + teleop --(fixed-rate loop, RateLoop)--> tick records --(queue)--> writer thread
+                                                                              --> EpisodeStore
+
+Each tick samples every stream (see recorder_streams), asks the teleop device for a target,
+sends it through the robot's safety layer, and queues one record: the observation arrays, the
+action that actually reached the arms (`robot.act()`'s return value), the tick time, and each
+stream's capture time, host time and frame index. A background thread JPEG-encodes and appends
+records to the store's uncommitted tail; `save` commits the episode (episode_ends last), and
+`discard` truncates it. Per-episode sync statistics (achieved rate, drops and duplicates per
+camera, skew p50/p99, loop overruns) go into the episode metadata.
+
+Controls work from the API (`save()`, `discard()`, `rerecord()`, `start()`, `quit()`, thread-safe)
+and from the terminal keyboard (recorder_keys) in `run()`, which also shows a rich live status.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tether.data.store import EpisodeStore, EpisodeWriter
+from tether.robot.interfaces import ACTION_KEY, STATE_KEY, Robot, image_key
+from tether.robot.runtime import RateLoop, Tick
+from tether.teleop.base import TeleopDevice
+from tether.teleop.recorder_stats import SyncMonitor
+from tether.teleop.recorder_streams import DirectStreams, Sample, ThreadedStreams
+
+from tether.errors import StoreError, TetherError
+
+log = logging.getLogger(__name__)
+
+SAVED, DISCARDED = "saved", "discarded"
+
+
+@dataclass
+class EpisodeResult:
+    outcome: str  # "saved" or "discarded"
+    episode: int | None  # store index when saved
+    steps: int
+    stats: dict[str, Any]
+    success: bool | None = None
+    rerecord: bool = False  # the operator asked to record this episode again
+
+
+@dataclass
+class _Controls:
+    """Thread-safe operator requests, consumed by the loop."""
+
+    stop_episode: threading.Event = field(default_factory=threading.Event)
+    start: threading.Event = field(default_factory=threading.Event)
+    quit: threading.Event = field(default_factory=threading.Event)
+    decision: str = SAVED
+    rerecord: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def request(self, decision: str, rerecord: bool = False) -> None:
+        with self.lock:
+            self.decision = decision
+            self.rerecord = rerecord
+        self.stop_episode.set()
+        self.start.set()  # also ends a reset countdown
+
+    def reset(self) -> None:
+        with self.lock:
+            self.decision, self.rerecord = SAVED, False
+        self.stop_episode.clear()
+        self.start.clear()
+
+
+class Recorder:
+    """Record episodes from any Robot (twin or hardware) driven by any TeleopDevice."""
+
+    def __init__(
+        self,
+        robot: Robot,
+        teleop: TeleopDevice,
+        store: EpisodeStore,
+        fps: float | None = None,
+        realtime: bool = True,
+        task: str = "",
+        operator: str = "",
+        flush_every: int = 16,
+        on_status: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.robot = robot
+        self.teleop = teleop
+        self.store = store
+        self.fps = float(fps if fps is not None else store.fps)
+        if abs(self.fps - store.fps) > 1e-9:
+            raise StoreError(
+                f"Recorder fps {self.fps} differs from the store's fps {store.fps}; record into a "
+                "new store or use the store's rate."
+            )
+        self.realtime = realtime
+        self.task = task
+        self.operator = operator
+        self.flush_every = flush_every
+        self.on_status = on_status
+        self.controls = _Controls()
+        self.warnings: list[str] = []
+        self.status: dict[str, Any] = {}
+        self._loop: RateLoop | None = None
+
+    # ------------------------------------------------------------------ API controls
+    def save(self) -> None:
+        """End the current episode and keep it."""
+        self.controls.request(SAVED)
+
+    def discard(self) -> None:
+        """End the current episode and drop it."""
+        self.controls.request(DISCARDED)
+
+    def rerecord(self) -> None:
+        """Drop the current episode and record it again."""
+        self.controls.request(DISCARDED, rerecord=True)
+
+    def start(self) -> None:
+        """Skip the rest of the reset countdown."""
+        self.controls.start.set()
+
+    def quit(self) -> None:
+        """Save the current episode and stop the session."""
+        self.controls.quit.set()
+        self.controls.request(SAVED)
+
+    # ------------------------------------------------------------------ one episode
+    def record_episode(
+        self,
+        max_steps: int | None = None,
+        duration_s: float | None = None,
+        seed: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        episode_label: str = "",
+    ) -> EpisodeResult:
+        """Record until the teleop says done, `max_steps`/`duration_s`, or a control request."""
+        self.controls.reset()
+        if not self.robot.is_connected:
+            self.robot.connect()
+        _reset_robot(self.robot, seed)
+        self.teleop.reset(seed)
+        streams = (
+            ThreadedStreams(self.robot, self.fps) if self.realtime else DirectStreams(self.robot)
+        )
+        monitor = SyncMonitor(self.fps, on_warning=self._warn)
+        writer = _WriterThread(self.store.begin_episode(self.flush_every))
+        safety_before = dict(self.robot.safety_counts())
+        loop = RateLoop(self.fps, realtime=self.realtime)
+        self._loop = loop
+        t_wall = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        state = {"steps": 0, "t0": time.monotonic(), "last_status": 0.0}
+
+        def step(tick: Tick) -> bool:
+            sample = streams.sample(tick.t_scheduled)
+            obs = sample.observation
+            target = self.teleop.next_target(obs)
+            sent = self.robot.act(target) if target is not None else self.robot.hold()
+            t_tick = tick.t_start if self.realtime else tick.index / self.fps
+            writer.put(_record(sample, sent, t_tick))
+            monitor.tick(sample.capture_t, sample.camera_index, sample.camera_age)
+            state["steps"] += 1
+            now = time.monotonic()
+            if now - state["last_status"] > 0.2:
+                state["last_status"] = now
+                self._publish(episode_label, state, monitor, writer, tick)
+            if writer.error is not None:
+                return False
+            if self.controls.stop_episode.is_set() or self.teleop.episode_done:
+                return False
+            return not (max_steps is not None and state["steps"] >= max_steps)
+
+        streams.start()
+        try:
+            loop_stats = loop.run(step, max_ticks=max_steps, duration_s=duration_s)
+        except BaseException:
+            streams.stop()
+            writer.finish(None)
+            raise
+        streams.stop()
+        self._loop = None
+        with self.controls.lock:
+            decision, rerecord = self.controls.decision, self.controls.rerecord
+        success = _success(self.robot)
+        stats = {
+            "loop": loop_stats.as_dict(),
+            "sync": monitor.summary(),
+            "writer": {"max_backlog": writer.max_backlog},
+            "safety": _diff_counts(self.robot.safety_counts(), safety_before),
+        }
+        meta = {
+            "task": self.task,
+            "operator": self.operator,
+            "success": success,
+            "notes": "",
+            "intervention_spans": [],
+            "seed": seed,
+            "fps": self.fps,
+            "realtime": self.realtime,
+            "t_start_utc": t_wall,
+            "robot": getattr(self.robot, "name", "robot"),
+            "stats": stats,
+            **dict(metadata or {}),
+        }
+        if writer.error is not None:
+            writer.finish(None)
+            raise writer.error
+        if state["steps"] == 0:
+            decision = DISCARDED
+        index = writer.finish(meta if decision == SAVED else None)
+        result = EpisodeResult(decision, index, state["steps"], stats, success, rerecord)
+        log.info(
+            "episode %s: %s, %d steps, %.1f Hz, skew p99 %.1f ms, drops %s",
+            index if index is not None else "-", decision, state["steps"], loop_stats.achieved_hz,
+            stats["sync"]["skew_p99_ms"],
+            {n: c["dropped"] for n, c in stats["sync"]["cameras"].items()},
+        )
+        return result
+
+    # ------------------------------------------------------------------ a session
+    def run(
+        self,
+        num_episodes: int,
+        episode_time_s: float | None = None,
+        max_steps: int | None = None,
+        reset_time_s: float = 0.0,
+        seed: int | None = 0,
+        keyboard: bool = False,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+    ) -> list[EpisodeResult]:
+        """Record `num_episodes` saved episodes with a reset countdown between them."""
+        from tether.teleop.recorder_keys import KeyboardControls
+
+        keys = KeyboardControls(self) if keyboard else None
+        if keys is not None:
+            keys.start()
+        results: list[EpisodeResult] = []
+        saved = 0
+        attempt = 0
+        try:
+            while saved < num_episodes and not self.controls.quit.is_set():
+                if saved > 0 or attempt > 0:
+                    self._countdown(reset_time_s, saved, num_episodes)
+                    if self.controls.quit.is_set():
+                        break
+                ep_seed = None if seed is None else seed + attempt
+                label = f"{saved + 1}/{num_episodes}"
+                result = self.record_episode(
+                    max_steps=max_steps, duration_s=episode_time_s, seed=ep_seed, episode_label=label
+                )
+                attempt += 1
+                results.append(result)
+                if result.outcome == SAVED:
+                    saved += 1
+                if on_episode is not None:
+                    on_episode(result)
+        finally:
+            if keys is not None:
+                keys.stop()
+        return results
+
+    def _countdown(self, reset_time_s: float, saved: int, total: int) -> None:
+        self.controls.start.clear()
+        deadline = time.monotonic() + reset_time_s
+        while not self.controls.start.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.status = {"phase": "reset", "remaining_s": remaining, "episode": f"{saved + 1}/{total}"}
+            if self.on_status is not None:
+                self.on_status(dict(self.status))
+            self.controls.start.wait(min(0.1, remaining))
+
+    # ------------------------------------------------------------------ helpers
+    def _publish(self, label, state, monitor, writer, tick) -> None:
+        elapsed = time.monotonic() - state["t0"]
+        live = monitor.live()
+        self.status = {
+            "phase": "recording",
+            "episode": label,
+            "elapsed_s": elapsed,
+            "steps": state["steps"],
+            "fps": state["steps"] / elapsed if elapsed > 0 else 0.0,
+            "skew_ms": live["skew_ms"],
+            "dropped": live["dropped"],
+            "stalled": live["stalled"],
+            "backlog": writer.backlog,
+        }
+        if self.on_status is not None:
+            self.on_status(dict(self.status))
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class _WriterThread:
+    """Appends tick records to the store's tail in the background; the loop never waits on it."""
+
+    def __init__(self, writer: EpisodeWriter) -> None:
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.max_backlog = 0
+        self._thread = threading.Thread(target=self._run, name="rec-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, record: dict[str, np.ndarray]) -> None:
+        self._queue.put(record)
+        self.max_backlog = max(self.max_backlog, self._queue.qsize())
+
+    def finish(self, metadata: Mapping[str, Any] | None) -> int | None:
+        """Drain, then commit with `metadata` (or discard when None). Returns the episode index."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            if self.writer.active:
+                self.writer.discard()
+            if metadata is None:
+                return None
+            raise self.error
+        if metadata is None:
+            self.writer.discard()
+            return None
+        return self.writer.commit(metadata)
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            if self.error is not None:
+                continue  # drain without writing after a failure
+            try:
+                self.writer.append(record)
+            except (TetherError, OSError) as exc:
+                self.error = exc if isinstance(exc, TetherError) else StoreError(str(exc))
+                log.error("recorder writer failed: %s", exc)
+
+
+def _record(sample: Sample, sent: np.ndarray, t_tick: float) -> dict[str, np.ndarray]:
+    """One step for the store; images are copied because a driver may reuse its buffers."""
+    obs = sample.observation
+    record: dict[str, np.ndarray] = {
+        STATE_KEY: obs.state,
+        ACTION_KEY: np.asarray(sent, dtype=np.float32),
+        "timestamp": np.float64(t_tick),
+    }
+    for name, frame in obs.frames.items():
+        key = image_key(name)
+        record[key] = np.array(frame.image, dtype=np.uint8, copy=True)
+        record[f"{key}_index"] = np.int64(frame.index)
+    for stream, t in sample.capture_t.items():
+        record[f"{stream}_t"] = np.float64(t)
+    for stream, t in sample.host_t.items():
+        record[f"{stream}_t_host"] = np.float64(t)
+    return record
+
+
+def _reset_robot(robot: Robot, seed: int | None) -> None:
+    reset = getattr(robot, "reset", None)
+    if callable(reset):
+        try:
+            reset(seed=seed)
+        except TypeError:
+            reset()
+
+
+def _success(robot: Robot) -> bool | None:
+    check = getattr(robot, "is_success", None)
+    if not callable(check):
+        return None
+    try:
+        return bool(check())
+    except Exception as exc:  # a broken success check must not lose the episode
+        log.warning("robot.is_success() failed: %s", exc)
+        return None
+
+
+def _diff_counts(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    return {k: int(v - before.get(k, 0)) for k, v in after.items() if v - before.get(k, 0)}
