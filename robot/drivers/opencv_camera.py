@@ -1,0 +1,212 @@
+"""UVC / V4L2 webcams (and video files) through cv2.VideoCapture.
+
+Config (`driver: opencv`):
+
+    cameras:
+      - name: wrist
+        driver: opencv
+        width: 640
+        height: 480
+        fps: 30
+        params:
+          source: /dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920-video-index0   # or 0, or a file
+          fourcc: MJPG      # USB 2 webcams need MJPG for 640x480 @ 30 fps
+          strict: true      # refuse a resolution / fps / format the device does not grant
+
+Why strict by default: V4L2 silently falls back to the nearest mode it supports (often 640x480
+at 5 fps over YUYV), and a dataset recorded at the wrong rate is only noticed at training time.
+A video file plays back paced at the configured fps (looping by default), which is how the
+driver is tested here and a handy way to replay a scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
+
+from tether.config import from_dict
+from tether.errors import ConfigError, DeviceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenCVParams:
+    source: int | str = 0
+    fourcc: str | None = "MJPG"
+    backend: str = "auto"  # auto | v4l2 | ffmpeg | gstreamer
+    strict: bool = True
+    loop: bool = True  # files only: restart at the end instead of stalling
+    fps_tolerance: float = 1.0  # Hz of disagreement accepted before strict refuses
+    reconnect_after_s: float = 1.0  # reopen the device after this long without a frame
+
+
+class OpenCVCamera(ThreadedCamera):
+    def __init__(self, spec: CameraSpec, params: OpenCVParams | None = None) -> None:
+        super().__init__(spec)
+        self.params = params or OpenCVParams()
+        if self.params.fourcc is not None and len(self.params.fourcc) != 4:
+            raise ConfigError(f"Camera '{spec.name}': fourcc must have 4 characters, got '{self.params.fourcc}'.")
+        if self.params.backend not in _BACKENDS:
+            raise ConfigError(
+                f"Camera '{spec.name}': backend '{self.params.backend}' is not one of {sorted(_BACKENDS)}."
+            )
+        self._cap = None
+        self._index = 0
+        self._next_t = 0.0
+        self._last_ok = 0.0
+        self.reconnects = 0
+
+    @classmethod
+    def from_config(cls, config) -> OpenCVCamera:
+        params = from_dict(OpenCVParams, dict(config.params), f"cameras.{config.name}.params")
+        spec = CameraSpec(config.name, config.width, config.height, config.fps)
+        return cls(spec, params)
+
+    @property
+    def is_file(self) -> bool:
+        source = self.params.source
+        return isinstance(source, str) and not source.startswith("/dev/") and Path(source).is_file()
+
+    # --- ThreadedCamera hooks ------------------------------------------------------------------
+    def _open(self) -> None:
+        import cv2
+
+        source = self.params.source
+        if isinstance(source, str) and not self.is_file and not os.path.exists(source):
+            raise DeviceError(
+                f"Camera '{self.name}': '{source}' does not exist. List cameras with "
+                "`tether find-cameras`; prefer the stable /dev/v4l/by-id/... paths."
+            )
+        cap = cv2.VideoCapture(source, _BACKENDS[self.params.backend])
+        if not cap.isOpened():
+            cap.release()
+            raise DeviceError(
+                f"Camera '{self.name}': OpenCV could not open '{source}'. Check that it exists, that "
+                "no other program holds it, and that your user is in the 'video' group."
+            )
+        try:
+            if not self.is_file:
+                self._request_mode(cap)
+            self._check_mode(cap)
+        except BaseException:
+            cap.release()
+            raise
+        self._cap = cap
+        self._index = 0
+        self._next_t = time.monotonic()
+        self._last_ok = time.monotonic()
+
+    def _grab(self) -> Frame | None:
+        import cv2
+
+        cap = self._cap
+        if cap is None:
+            self._reopen()
+            return None
+        if self.is_file:
+            delay = self._next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t_device = self._next_t
+            self._next_t = max(self._next_t + 1.0 / self.spec.fps, time.monotonic() - 0.5)
+        ok, bgr = cap.read()
+        t_host = time.monotonic()
+        if not ok and self.is_file and self.params.loop:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, bgr = cap.read()
+        if not ok or bgr is None:
+            if t_host - self._last_ok > self.params.reconnect_after_s:
+                self._reopen()
+            else:
+                time.sleep(0.005)
+            return None
+        self._last_ok = t_host
+        if not self.is_file:
+            # V4L2 reports the driver's buffer timestamp (CLOCK_MONOTONIC, ms); fall back to
+            # the host time when a backend does not.
+            msec = cap.get(cv2.CAP_PROP_POS_MSEC)
+            t_device = msec / 1000.0 if msec > 0 else t_host
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if image.shape[:2] != (self.spec.height, self.spec.width):
+            raise DeviceError(
+                f"Camera '{self.name}' delivered {image.shape[1]}x{image.shape[0]} frames, "
+                f"configured {self.spec.width}x{self.spec.height}."
+            )
+        frame = Frame(image=np.ascontiguousarray(image), t_device=t_device, t_host=t_host, index=self._index)
+        self._index += 1
+        return frame
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _request_mode(self, cap) -> None:
+        import cv2
+
+        if self.params.fourcc:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.params.fourcc))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.spec.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.spec.height)
+        cap.set(cv2.CAP_PROP_FPS, self.spec.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a queue of stale ones
+
+    def _check_mode(self, cap) -> None:
+        import cv2
+
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        problems = []
+        if (width, height) != (self.spec.width, self.spec.height):
+            problems.append(f"resolution {width}x{height} instead of {self.spec.width}x{self.spec.height}")
+        if fps > 0 and abs(fps - self.spec.fps) > self.params.fps_tolerance:
+            problems.append(f"{fps:g} fps instead of {self.spec.fps:g}")
+        if self.params.fourcc and not self.is_file:
+            code = int(cap.get(cv2.CAP_PROP_FOURCC))
+            granted = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
+            if code and granted != self.params.fourcc:
+                problems.append(f"format {granted!r} instead of {self.params.fourcc!r}")
+        if not problems:
+            return
+        message = (
+            f"Camera '{self.name}' ({self.params.source}) granted {', '.join(problems)}. "
+            "Pick a mode the device supports (`v4l2-ctl --list-formats-ext -d <device>`), or set "
+            "strict: false to accept what it offers."
+        )
+        if self.params.strict:
+            raise DeviceError(message)
+        log.warning(message)
+
+    def _reopen(self) -> None:
+        """The device vanished or stalled (USB reset, unplug): release and try to open it again."""
+        self._release()
+        self.reconnects += 1
+        log.warning("Camera '%s': no frame for %.1f s, reopening", self.name, self.params.reconnect_after_s)
+        try:
+            self._open()
+        except DeviceError as exc:
+            self._error = exc
+            time.sleep(min(1.0, self.params.reconnect_after_s))
+
+
+def _backend_table() -> dict[str, int]:
+    import cv2
+
+    return {
+        "auto": cv2.CAP_ANY,
+        "v4l2": cv2.CAP_V4L2,
+        "ffmpeg": cv2.CAP_FFMPEG,
+        "gstreamer": cv2.CAP_GSTREAMER,
+    }
+
+
+_BACKENDS = _backend_table()

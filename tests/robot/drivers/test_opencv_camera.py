@@ -1,0 +1,91 @@
+"""OpenCVCamera through cv2.VideoCapture on a real source: a generated MJPG video file."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+from tether.robot.config import CameraConfig
+from tether.robot.drivers.opencv_camera import OpenCVCamera
+from tether.robot.testing.contract import CameraContract
+
+from tether.errors import ConfigError, DeviceError
+
+W, H, FPS, N = 64, 48, 30.0, 12
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    """N frames: a red left half (in RGB) and a gray level that encodes the frame number."""
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
+    assert writer.isOpened()
+    for i in range(N):
+        bgr = np.zeros((H, W, 3), np.uint8)
+        bgr[:, : W // 2] = (0, 0, 255)  # red, in OpenCV's BGR order
+        bgr[:, W // 2 :] = 20 * i
+        writer.write(bgr)
+    writer.release()
+    return str(path)
+
+
+def config(source, **kw) -> CameraConfig:
+    params = {"source": source} | kw.pop("params", {})
+    return CameraConfig(name="wrist", driver="opencv", width=kw.get("width", W),
+                        height=kw.get("height", H), fps=kw.get("fps", FPS), params=params)
+
+
+class TestOpenCVContract(CameraContract):
+    @pytest.fixture
+    def make_camera(self, video):
+        return lambda: OpenCVCamera.from_config(config(video))
+
+
+def test_frames_are_rgb_in_order_and_paced(video):
+    with OpenCVCamera.from_config(config(video)) as cam:
+        seen = {}
+        deadline = time.monotonic() + 2.0
+        while len(seen) < 8 and time.monotonic() < deadline:
+            frame = cam.read()
+            seen[frame.index] = frame
+            time.sleep(0.005)
+    frames = [seen[i] for i in sorted(seen)][:8]
+    first = frames[0].image
+    assert first[:, : W // 4, 0].mean() > 200 and first[:, : W // 4, 2].mean() < 60  # red is R
+    levels = [f.image[:, -8:].mean() for f in frames]
+    indices = [f.index for f in frames]
+    np.testing.assert_allclose(levels, [20 * (i % N) for i in indices], atol=6)
+    periods = np.diff([f.t_device for f in frames])
+    assert np.allclose(periods, 1 / FPS, atol=1e-6)  # paced at the configured rate
+
+
+def test_file_loops_when_it_ends(video):
+    with OpenCVCamera.from_config(config(video, fps=120.0, params={"fps_tolerance": 100.0})) as cam:
+        deadline = time.monotonic() + 3.0
+        while cam.read().index < N + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frame = cam.read()
+    assert frame.index >= N + 3
+    assert frame.image[:, -8:].mean() == pytest.approx(20 * (frame.index % N), abs=6)
+
+
+def test_refused_resolution_and_fps_are_named(video):
+    with pytest.raises(DeviceError, match=r"resolution 64x48 instead of 640x480"):
+        OpenCVCamera.from_config(config(video, width=640, height=480)).connect()
+    with pytest.raises(DeviceError, match=r"30 fps instead of 60"):
+        OpenCVCamera.from_config(config(video, fps=60.0)).connect()
+
+
+def test_missing_device_and_bad_params_are_clear(tmp_path):
+    with pytest.raises(DeviceError, match="find-cameras"):
+        OpenCVCamera.from_config(config("/dev/video_missing")).connect()
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"not a video")
+    with pytest.raises(DeviceError, match="could not open"):
+        OpenCVCamera.from_config(config(str(junk))).connect()
+    with pytest.raises(ConfigError, match="fourcc"):
+        OpenCVCamera.from_config(config(0, params={"fourcc": "MJPEG"}))
+    with pytest.raises(ConfigError, match="backend"):
+        OpenCVCamera.from_config(config(0, params={"backend": "directshow"}))
