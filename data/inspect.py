@@ -1,0 +1,130 @@
+"""What `tether inspect` shows: a store's streams, sizes, episodes and sync stats; videos.
+
+`summarize(store)` returns plain JSON types so `--json` output is machine-readable and the rich
+table is only a view of the same dict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tether.data.codecs import is_jpeg_array
+from tether.data.store import EpisodeStore, is_image_key
+
+from tether.errors import StoreError
+
+
+def summarize(store: EpisodeStore) -> dict[str, Any]:
+    n = store.n_steps
+    streams = []
+    for key in store.keys:
+        arr = store.array(key)
+        raw = int(np.prod(arr.shape[1:], dtype=np.int64)) * np.dtype(arr.dtype).itemsize * n
+        disk = _dir_size(store.path / "data" / key)
+        streams.append({
+            "key": key,
+            "dtype": str(arr.dtype),
+            "shape": [n, *map(int, arr.shape[1:])],
+            "codec": "jpeg" if is_jpeg_array(arr) else "lossless",
+            "raw_bytes": raw,
+            "disk_bytes": disk,
+        })
+    episodes = []
+    for e in range(store.n_episodes):
+        meta = store.episode_metadata(e)
+        length = int(store.episode_lengths[e])
+        stats = meta.get("stats", {})
+        sync = stats.get("sync", {})
+        episodes.append({
+            "episode": e,
+            "length": length,
+            "duration_s": length / store.fps,
+            "success": meta.get("success"),
+            "task": meta.get("task", ""),
+            "operator": meta.get("operator", ""),
+            "achieved_hz": stats.get("loop", {}).get("achieved_hz"),
+            "overruns": stats.get("loop", {}).get("overruns"),
+            "skew_p50_ms": sync.get("skew_p50_ms"),
+            "skew_p99_ms": sync.get("skew_p99_ms"),
+            "dropped": {k: v.get("dropped") for k, v in sync.get("cameras", {}).items()},
+            "duplicated": {k: v.get("duplicated") for k, v in sync.get("cameras", {}).items()},
+        })
+    raw_total = sum(s["raw_bytes"] for s in streams)
+    disk_total = _dir_size(store.path)
+    return {
+        "path": str(store.path),
+        "format_version": store.attrs.get("format_version"),
+        "zarr_format": store.zarr_format,
+        "fps": store.fps,
+        "episodes": store.n_episodes,
+        "steps": n,
+        "duration_s": n / store.fps,
+        "success_rate": _success_rate(episodes),
+        "raw_bytes": raw_total,
+        "disk_bytes": disk_total,
+        "compression_ratio": raw_total / disk_total if disk_total else None,
+        "streams": streams,
+        "per_episode": episodes,
+        "recovered_partial_steps": store.recovery.partial_steps,
+    }
+
+
+def write_episode_media(store: EpisodeStore, episode: int, out: Path, max_tiles: int = 16) -> Path:
+    """An mp4/avi video of the episode's cameras side by side, or a PNG contact sheet."""
+    import cv2
+
+    keys = store.image_keys
+    if not keys:
+        raise StoreError(f"{store.path} has no camera streams to render.")
+    data = store.get_episode(episode, keys)
+    frames = np.concatenate([data[k] for k in keys], axis=2)  # cameras side by side: T,H,W*,3
+    suffix = out.suffix.lower()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix in (".mp4", ".avi"):
+        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if suffix == ".mp4" else "MJPG"))
+        h, w = frames.shape[1:3]
+        writer = cv2.VideoWriter(str(out), fourcc, store.fps, (w, h))
+        if not writer.isOpened():
+            raise StoreError(f"OpenCV could not open a video writer for {out}; try a .png sheet.")
+        try:
+            for frame in frames:
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))
+        finally:
+            writer.release()
+    elif suffix == ".png":
+        picks = np.unique(np.linspace(0, len(frames) - 1, num=min(max_tiles, len(frames))).astype(int))
+        tiles = [frames[i] for i in picks]
+        cols = int(np.ceil(np.sqrt(len(tiles))))
+        rows = int(np.ceil(len(tiles) / cols))
+        h, w = tiles[0].shape[:2]
+        sheet = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+        for i, tile in enumerate(tiles):
+            r, c = divmod(i, cols)
+            sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
+        if not cv2.imwrite(str(out), sheet[..., ::-1]):
+            raise StoreError(f"Could not write {out}.")
+    else:
+        raise StoreError(f"Unsupported output '{out.name}': use .mp4, .avi or .png.")
+    return out
+
+
+def _success_rate(episodes: list[dict]) -> float | None:
+    flags = [e["success"] for e in episodes if e["success"] is not None]
+    return sum(bool(f) for f in flags) / len(flags) if flags else None
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+__all__ = ["is_image_key", "summarize", "write_episode_media"]
