@@ -183,7 +183,7 @@ def decode(
             "too_large", f"message is {total} bytes; the limit is {max_message_bytes} bytes"
         )
     header = _decode_header(buffers[0])
-    request_id = header.get("id")
+    request_id = _valid_id(header.get("id"))
     try:
         _check_header(header, allowed_ops)
         arrays = _decode_arrays(header["arrays"], buffers[1:])
@@ -199,12 +199,7 @@ def peek_id(frame: Any) -> Any:
         header = msgpack.unpackb(bytes(_buffer(frame)[:MAX_HEADER_BYTES]), raw=False)
     except Exception:
         return None
-    rid = header.get("id") if isinstance(header, dict) else None
-    if isinstance(rid, int) and not isinstance(rid, bool):
-        return rid
-    if isinstance(rid, str) and len(rid) <= 128:
-        return rid
-    return None
+    return _valid_id(header.get("id")) if isinstance(header, dict) else None
 
 
 def check_arrays(arrays: Mapping[str, np.ndarray], expected: Sequence[Any]) -> None:
@@ -261,6 +256,15 @@ def _buffer(frame: Any) -> memoryview:
     return view
 
 
+def _valid_id(rid: Any) -> Any:
+    """`rid` if it may be echoed back (an int, or a string of at most 128 chars), else None."""
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        return rid
+    if isinstance(rid, str) and len(rid) <= 128:
+        return rid
+    return None
+
+
 def _decode_header(buffer: memoryview) -> dict[str, Any]:
     if buffer.nbytes > MAX_HEADER_BYTES:
         raise MessageError(
@@ -292,9 +296,10 @@ def _check_header(header: dict[str, Any], allowed_ops: Sequence[str] | None) -> 
             f"protocol version {version!r} is not supported; this side speaks v{PROTOCOL_VERSION}",
         )
     rid = header.get("id")
-    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (int, str))):
+    if rid is not None and _valid_id(rid) is None:
         raise MessageError(
-            "bad_field", f"'id' must be an int or a string, got {type(rid).__name__}"
+            "bad_field",
+            f"'id' must be an int or a string of <= 128 chars, got {type(rid).__name__}",
         )
     op = header.get("op")
     if not isinstance(op, str) or (allowed_ops is not None and op not in allowed_ops):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,10 +343,20 @@ class PolicyServer:
 
 
 class _RoundRobin:
-    """Per-client FIFO queues served one request per client in turn (thread-safe)."""
+    """Per-client FIFO queues; the client served least recently goes next (thread-safe).
+
+    Each client has a rank: the service counter when it was last served, or, for a client not
+    seen before, the counter when it arrived (plus one half, so it queues behind the client
+    served just before it). Always serving the lowest rank means a waiting client is passed by
+    each other client at most once: a flood, or many new connections, cannot starve it.
+    """
+
+    MAX_RANKS = 4096
 
     def __init__(self, max_per_client: int, max_clients: int) -> None:
-        self._queues: OrderedDict[bytes, deque[_Job]] = OrderedDict()
+        self._queues: dict[bytes, deque[_Job]] = {}
+        self._rank: dict[bytes, float] = {}
+        self._counter = 0
         self._cond = threading.Condition()
         self._max_per_client = max_per_client
         self._max_clients = max_clients
@@ -360,9 +370,13 @@ class _RoundRobin:
                 if len(self._queues) >= self._max_clients:
                     return (
                         "too_many_clients",
-                        f"the server already has requests from {self._max_clients} clients; retry later",
+                        f"the server already has requests from {self._max_clients} clients; "
+                        "retry later",
                     )
                 queue = self._queues[job.identity] = deque()
+                if job.identity not in self._rank:
+                    self._forget_idle()
+                    self._rank[job.identity] = self._counter + 0.5
             if len(queue) >= self._max_per_client:
                 return (
                     "busy",
@@ -374,18 +388,19 @@ class _RoundRobin:
             return None
 
     def get(self, timeout: float) -> _Job | None:
-        """The oldest job of the next client in turn; that client then goes to the back."""
+        """The oldest job of the client served least recently."""
         with self._cond:
             if not self._queues and not self._closed:
                 self._cond.wait(timeout)
             if not self._queues:
                 return None
-            identity, queue = next(iter(self._queues.items()))
+            identity = min(self._queues, key=self._rank.__getitem__)
+            queue = self._queues[identity]
             job = queue.popleft()
-            if queue:
-                self._queues.move_to_end(identity)
-            else:
+            if not queue:
                 del self._queues[identity]
+            self._counter += 1
+            self._rank[identity] = self._counter
             return job
 
     def close(self) -> None:
@@ -393,6 +408,14 @@ class _RoundRobin:
             self._closed = True
             self._queues.clear()
             self._cond.notify_all()
+
+    def _forget_idle(self) -> None:
+        """Bound the rank table: drop the least recently served idle clients."""
+        if len(self._rank) < self.MAX_RANKS:
+            return
+        idle = sorted((r, i) for i, r in self._rank.items() if i not in self._queues)
+        for _, identity in idle[: len(idle) // 2 + 1]:
+            del self._rank[identity]
 
 
 def is_local_address(address: str) -> bool:
