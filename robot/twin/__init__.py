@@ -6,7 +6,12 @@ of `make_twin_robot`, `TwinRobot`, `make_env` and friends.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Headless offscreen rendering (EGL on Mesa works on CPU-only machines). Set before any submodule
+# imports mujoco; a user's own MUJOCO_GL (osmesa, glfw) wins.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 if TYPE_CHECKING:  # pragma: no cover
     from tether.robot.config import RobotConfig

@@ -98,6 +98,7 @@ class TwinCamera(Camera):
         self._queue: deque[tuple[float, Frame]] = deque()  # (t_available, frame)
         self._latest: Frame | None = None
         self.renders = 0
+        self.render_s = 0.0  # wall time spent rendering (for benchmarks and `twin check`)
 
     @property
     def is_connected(self) -> bool:
@@ -162,6 +163,7 @@ class TwinCamera(Camera):
         renderer = self._renderer
         assert renderer is not None
         t_capture = self.sim.device_time
+        t0 = time.perf_counter()
         renderer.update_scene(self.sim.data, camera=self.spec.name)
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
@@ -174,6 +176,7 @@ class TwinCamera(Camera):
             depth = np.clip(metres * 1000.0, 0, 65535).astype(np.uint16)
         self._index += 1
         self.renders += 1
+        self.render_s += time.perf_counter() - t0
         # Next capture on the camera's own schedule, never in the past.
         while self._next_capture <= t_capture + 1e-9:
             self._next_capture += self._period

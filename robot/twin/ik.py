@@ -57,11 +57,9 @@ class ArmIK:
             pos = d.site_xpos[self.site]
             rot = d.site_xmat[self.site].reshape(3, 3)
             e_pos = target_pos - pos
-            e_rot = 0.5 * (
-                np.cross(rot[:, 0], target_rot[:, 0])
-                + np.cross(rot[:, 1], target_rot[:, 1])
-                + np.cross(rot[:, 2], target_rot[:, 2])
-            )
+            # Axis-angle error (small-angle form): the skew part of target_rot @ rot.T.
+            sk = target_rot @ rot.T
+            e_rot = 0.5 * np.array([sk[2, 1] - sk[1, 2], sk[0, 2] - sk[2, 0], sk[1, 0] - sk[0, 1]])
             err_pos = float(np.linalg.norm(e_pos))
             if err_pos < tol and np.linalg.norm(e_rot) < 10 * tol:
                 break

@@ -151,7 +151,7 @@ def _gripper(prefix: str, palm_x: float, half_width: float, pad_len: float, tcp_
           <geom name="{prefix}palm" type="box" pos="{palm_x:.4f} 0 0"
                 size="0.02 {half_width:.4f} 0.016" class="arm" rgba="{_DARK_RGBA}"/>
           <site name="{prefix}tcp" pos="{tcp_x:.4f} 0 0" size="0.004" rgba="1 0 0 0.5" group="4"/>
-          <camera name="{prefix}wrist" pos="{palm_x - 0.01:.4f} 0 0.05" mode="fixed"
+          <camera name="{prefix}wrist" pos="{palm_x + 0.02:.4f} 0 0.045" mode="fixed"
                   xyaxes="0 -1 0 0.45 0 0.9" fovy="75"/>
           <body name="{prefix}finger_left" pos="{finger_x:.4f} 0 0">
             <joint name="{prefix}finger_left" type="slide" axis="0 1 0" range="0 {stroke:.4f}"
