@@ -46,7 +46,7 @@ __all__ = ["EpisodeResult", "RolloutConfig", "Stall", "run_episode"]
 class RolloutConfig:
     """How chunks are requested, aligned and blended (all counts in control ticks).
 
-    max_steps: episode length; None uses the twin task's `max_steps`.
+    max_steps: episode length; None uses the robot's `max_steps` (the twin's task length).
     fps: control rate; None uses the robot's.
     realtime: pace to the wall clock (True) or run in lockstep as fast as possible (False).
     blend: "ensemble" (ACT temporal ensembling, weight exp(-m*i), i=0 oldest) or "switch"
@@ -57,7 +57,8 @@ class RolloutConfig:
     request_timeout_s: a request unanswered this long is abandoned and sent again (reconnecting).
     start_timeout_s: how long to wait for the first chunk before giving up (the clock and the
         arm start only once it is there).
-    stop_on_success: end the episode at the first successful step (twin tasks).
+    stop_on_success: end the episode once it counts as a success (the twin: success held for
+        the task's hold time).
     record_frames: keep every camera frame in the result (for videos).
     """
 
@@ -323,8 +324,7 @@ class _Episode:
         self.seed = seed
         self.fps = float(config.fps or robot.fps)
         self.period = 1.0 / self.fps
-        task = getattr(robot, "task", None)
-        max_steps = config.max_steps or getattr(task, "max_steps", None)
+        max_steps = config.max_steps or getattr(robot, "max_steps", None)  # the twin's task length
         if not max_steps:
             raise ConfigError("rollout needs max_steps (the robot has no task that sets one)")
         self.max_steps = int(max_steps)
@@ -375,9 +375,11 @@ class _Episode:
             for k, v in safety_after.items()
             if v - safety_before.get(k, 0)
         }
-        success = bool(robot.is_success()) if hasattr(robot, "is_success") else None
-        if self.success_step is not None:
-            success = True
+        success = None
+        if hasattr(robot, "succeeded"):
+            success = bool(robot.succeeded)
+        elif hasattr(robot, "is_success"):
+            success = self.success_step is not None
         a = robot.action_dim
         return EpisodeResult(
             seed=self.seed,
@@ -455,12 +457,23 @@ class _Episode:
         self.records["targets"].append(np.asarray(target, dtype=np.float32))
         self.records["joints"].append(observation.state)
         self.records["held"].append(action is None)
-        if hasattr(self.robot, "is_success") and self.robot.is_success():
-            if self.success_step is None:
-                self.success_step = step
-            if self.config.stop_on_success:
-                return False
+        if self._check_success(step) and self.config.stop_on_success:
+            return False
         return step + 1 < self.max_steps
+
+    def _check_success(self, step: int) -> bool:
+        """Record the first successful step; True once the episode counts as a success.
+
+        A twin reports `succeeded` once success has held for the task's hold time; other
+        robots with `is_success()` count the first successful step.
+        """
+        if not hasattr(self.robot, "is_success"):
+            return False
+        if self.success_step is None and self.robot.is_success():
+            self.success_step = step
+        if hasattr(self.robot, "succeeded"):
+            return bool(self.robot.succeeded)
+        return self.success_step is not None
 
     def _maybe_request(self, arrays: dict[str, np.ndarray], step: int) -> None:
         age = self.source.in_flight_s()

@@ -1,0 +1,201 @@
+"""The rollout loop on the MuJoCo twin: in-process and through the server, chunk alignment,
+and the watchdog against a server that stalls or dies mid-rollout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from tether.policies.base import ArraySpec, Policy
+from tether.policies.client import PolicyClient
+from tether.policies.server import PolicyServer, ServerConfig
+from tether.policies.simple import IdentityPolicy, SlowPolicy, WaypointPolicy, observation_specs_for
+from tether.robot.factory import make_robot
+from tether.robot.rollout import RolloutConfig, run_episode
+
+from tether.errors import PolicyError, TetherError
+
+FPS = 50.0
+DELTA = np.array([0.3, 0.2, -0.2, -0.2, 0.2, -0.5])
+
+
+@pytest.fixture(scope="module")
+def robot():
+    twin = make_robot("twin:lift", ["fps=50"])
+    with twin:
+        yield twin
+
+
+def waypoint(robot, speed=1.0, chunk_size=20) -> WaypointPolicy:
+    goal = robot.home + DELTA
+    return WaypointPolicy(
+        observation_specs_for(robot), goal, speed=speed, chunk_size=chunk_size, fps=FPS
+    )
+
+
+class StallingPolicy(Policy):
+    """Wraps a policy; its `stall_at`-th call blocks for `stall_s` (a stalled GPU, a GC pause)."""
+
+    def __init__(self, inner: Policy, stall_at: int, stall_s: float) -> None:
+        super().__init__()
+        self.inner, self.spec = inner, inner.spec
+        self.stall_at, self.stall_s, self.calls = stall_at, stall_s, 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def _predict_chunk(self, observation, **options):
+        self.calls += 1
+        if self.calls == self.stall_at:
+            time.sleep(self.stall_s)
+        return self.inner.predict_chunk(observation, **options)
+
+
+def _reached_goal(result, robot, tol=0.02) -> bool:
+    return bool(np.abs(result.joints[-1] - (robot.home + DELTA)).max() < tol)
+
+
+def _held_commands_are_constant(result) -> None:
+    held = np.flatnonzero(result.held)
+    assert held.size > 0
+    for i in held:
+        np.testing.assert_array_equal(
+            result.actions[i], result.actions[held[0] - 1 if i == held[0] else i - 1]
+        )
+
+
+# --- in-process ------------------------------------------------------------------------------
+
+
+def test_in_process_lockstep_reaches_the_goal_and_is_deterministic(robot):
+    config = RolloutConfig(max_steps=60, realtime=False)
+    first = run_episode(robot, waypoint(robot), config, seed=3)
+    second = run_episode(robot, waypoint(robot), config, seed=3)
+    assert first.length == 60 and first.actions.shape == (60, 6) and first.joints.shape == (60, 6)
+    assert _reached_goal(first, robot)
+    assert first.stalls == 0 and not first.held.any() and first.dropped_actions == 0
+    assert first.success is False  # a waypoint does not lift the cube
+    np.testing.assert_array_equal(first.actions, second.actions)
+
+
+def test_a_policy_that_does_not_fit_the_robot_is_refused_before_anything_moves(robot):
+    wrong = IdentityPolicy(
+        (ArraySpec("state", "float32", (6,)), ArraySpec("image.top", "uint8", (480, 640, 3))), 6
+    )
+    steps_before = robot.steps
+    with pytest.raises(PolicyError, match=r"image.top.*\(480, 640, 3\).*\(240, 320, 3\)"):
+        run_episode(robot, wrong, RolloutConfig(max_steps=10, realtime=False))
+    assert robot.steps == steps_before
+
+
+# --- through the server ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blend", ["ensemble", "switch"])
+def test_full_rollout_through_the_server_in_real_time(robot, blend):
+    policy = waypoint(robot)
+    with PolicyServer(policy, ServerConfig("tcp://127.0.0.1:0")) as server:
+        with PolicyClient(server.endpoint, timeout_s=1.0) as client:
+            result = run_episode(robot, client, RolloutConfig(max_steps=75, blend=blend), seed=1)
+    # Ticks lost to overruns on a busy machine still advance time (and are not executed).
+    assert result.length == 75 - result.loop["skipped_ticks"] and _reached_goal(result, robot)
+    assert result.stalls == 0 and not result.held.any()
+    assert result.loop["achieved_hz"] == pytest.approx(FPS, rel=0.25)
+    assert result.latency_ms and max(result.inference_ms) < 20
+    if blend == "switch":  # next chunk asked for at half a chunk: ~75 / 10 requests
+        assert 6 <= result.chunks <= 12
+    else:  # a request in flight at all times: about one chunk per tick
+        assert result.chunks >= 40
+
+
+def test_late_chunks_are_aligned_by_time_and_expired_actions_dropped(robot):
+    latency_ticks = 4
+    slow = SlowPolicy(waypoint(robot, chunk_size=30), latency_ticks / FPS)
+    with PolicyServer(slow, ServerConfig("tcp://127.0.0.1:0")) as server:
+        with PolicyClient(server.endpoint, timeout_s=1.0) as client:
+            config = RolloutConfig(max_steps=75, blend="switch", request_threshold=10)
+            result = run_episode(robot, client, config, seed=2)
+    assert result.stalls == 0
+    per_chunk = (result.dropped_actions) / max(1, result.chunks - 1)
+    # Each chunk after the first arrives ~4 ticks after its observation: those rows are dropped.
+    assert latency_ticks - 0.5 <= per_chunk <= latency_ticks + 2.5, (
+        result.dropped_actions,
+        result.chunks,
+    )
+    assert _reached_goal(result, robot)
+
+
+def test_a_stalled_server_makes_the_arm_hold_within_100_ms_then_resume(robot):
+    stalling = StallingPolicy(waypoint(robot, speed=0.5, chunk_size=10), stall_at=4, stall_s=0.4)
+    with PolicyServer(stalling, ServerConfig("tcp://127.0.0.1:0")) as server:
+        with PolicyClient(server.endpoint, timeout_s=1.0) as client:
+            config = RolloutConfig(
+                max_steps=110, blend="switch", request_threshold=5, request_timeout_s=1.0
+            )
+            result = run_episode(robot, client, config, seed=4)
+    assert result.stalls == 1, result.summary()
+    stall = result.stall_events[0]
+    assert stall.hold_delay_ms < 100
+    assert stall.end_step is not None and stall.duration_s > 0.15
+    _held_commands_are_constant(result)
+    assert not result.held[stall.end_step :].any()  # resumed and kept going
+    assert _reached_goal(result, robot)
+
+
+def _restart_later(server: PolicyServer, policy: Policy, endpoint: str, down_s, box: dict):
+    """Stop `server` 0.5 s from now; start a new one on the same endpoint `down_s` later."""
+    time.sleep(0.5)
+    server.stop()
+    if down_s is not None:
+        time.sleep(down_s)
+        box["server"] = PolicyServer(policy, ServerConfig(endpoint)).start()
+
+
+def test_a_server_that_dies_mid_rollout_is_survived_and_rejoined(robot):
+    policy = waypoint(robot, speed=0.5, chunk_size=10)
+    server = PolicyServer(policy, ServerConfig("tcp://127.0.0.1:0")).start()
+    endpoint = server.endpoint
+    box: dict = {}
+    killer = threading.Thread(target=_restart_later, args=(server, policy, endpoint, 0.5, box))
+    try:
+        with PolicyClient(endpoint, timeout_s=0.2) as client:
+            killer.start()
+            config = RolloutConfig(
+                max_steps=120, blend="switch", request_threshold=5, request_timeout_s=0.2
+            )
+            result = run_episode(robot, client, config, seed=5)
+    finally:
+        killer.join()
+        if "server" in box:
+            box["server"].stop()
+    assert result.stalls >= 1 and result.request_errors, result.summary()
+    assert all(s.hold_delay_ms < 100 for s in result.stall_events)
+    assert result.stall_events[-1].end_step is not None
+    _held_commands_are_constant(result)
+    assert _reached_goal(result, robot)
+
+
+def test_a_server_that_never_returns_leaves_the_arm_holding(robot):
+    policy = waypoint(robot, speed=0.5, chunk_size=10)
+    server = PolicyServer(policy, ServerConfig("tcp://127.0.0.1:0")).start()
+    killer = threading.Thread(
+        target=_restart_later, args=(server, policy, server.endpoint, None, {})
+    )
+    with PolicyClient(server.endpoint, timeout_s=0.2) as client:
+        killer.start()
+        config = RolloutConfig(
+            max_steps=60, blend="switch", request_threshold=5, request_timeout_s=0.2
+        )
+        result = run_episode(robot, client, config, seed=6)
+    killer.join()
+    assert result.stalls == 1 and result.stall_events[0].end_step is None
+    assert result.held[-10:].all()
+    _held_commands_are_constant(result)
+
+
+def test_no_server_at_all_fails_fast_with_a_clear_error(robot):
+    with PolicyClient("tcp://127.0.0.1:9", timeout_s=0.2) as client:
+        with pytest.raises(TetherError, match="no 'info'"):
+            run_episode(robot, client, RolloutConfig(max_steps=10))
