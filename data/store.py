@@ -52,6 +52,7 @@ FORMAT_VERSION = 1
 EPISODE_ENDS = "meta/episode_ends"
 LOWDIM_CHUNK = 1024  # rows per chunk of low-dim arrays
 _LOCK_NAME = ".tether-writer.lock"
+_WRITE_BLOCK = 64  # frames per zarr write call
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,7 @@ class EpisodeStore:
 
         register_codecs()
         path = self.path
+        _finish_interrupted_swap(path, cleanup=self.mode == "a")
         if not path.exists():
             raise StoreError(f"No episode store at {path}: the path does not exist.")
         if not _looks_like_store(path):
@@ -554,7 +556,9 @@ class EpisodeStore:
             target = self._arrays[key]
             start = target.shape[0]
             target.resize((start + n, *target.shape[1:]))
-            target[start : start + n] = arr
+            step = _WRITE_BLOCK if is_image_key(key) else n  # bounded in-flight chunk writes
+            for i in range(0, n, step):
+                target[start + i : start + min(i + step, n)] = arr[i : i + step]
 
     def _commit(self, n_steps: int, metadata: Mapping[str, Any]) -> int:
         start = self.n_steps
@@ -763,6 +767,27 @@ class EpisodeWriter:
 
 
 # ---------------------------------------------------------------------- helpers
+def _finish_interrupted_swap(path: Path, cleanup: bool) -> None:
+    """Complete or roll back a `delete_episodes` rewrite that a crash interrupted.
+
+    The rewrite builds `<store>.new`, renames `<store>` to `<store>.old`, renames `.new` into
+    place and removes `.old`. If the store itself is missing, one of the renames was cut short.
+    """
+    new = path.with_name(path.name + ".new")
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        if new.exists():
+            os.rename(new, path)  # the new store was complete before the first rename
+            log.warning("Store %s: finished an interrupted compaction.", path)
+        else:
+            os.rename(old, path)
+            log.warning("Store %s: rolled back an interrupted compaction.", path)
+    if cleanup and path.exists():
+        for leftover in (new, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _looks_like_store(path: Path) -> bool:
     return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
 
