@@ -1,7 +1,99 @@
-"""CLI commands of this part (wired into `tether` by tether/cli.py)."""
+"""`tether eval` and `tether demo` (wired into `tether` by tether/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the `tether` app."""
+    app.command("eval")(eval_command)
+    app.command("demo")(demo_command)
+
+
+def eval_command(
+    task: str = typer.Option("lift", "--task", "-t", help="Twin task: lift, transfer_cube, insertion."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", "-c", help="Run or checkpoint directory."),
+    server: str | None = typer.Option(None, "--server", help="Policy server address, e.g. tcp://127.0.0.1:5555."),
+    policy: str | None = typer.Option(None, "--policy", help="'scripted': the twin's expert (a baseline)."),
+    sweep_run: Path | None = typer.Option(None, "--sweep", help="Evaluate every checkpoint of this run."),
+    episodes: int = typer.Option(20, "--episodes", "-n", min=1, help="Seeded episodes."),
+    workers: int = typer.Option(1, "--workers", "-w", min=0, help="Worker processes (0: in this process)."),
+    seed: int = typer.Option(100_000, "--seed", help="First seed (held out from data collection)."),
+    out: Path = typer.Option(Path("reports/eval"), "--out", "-o", help="Report folder."),
+    videos: int = typer.Option(2, "--videos", min=0, help="Videos of successes and of failures, per worker."),
+    steps: int | None = typer.Option(None, "--steps", help="DDIM steps per chunk (diffusion policies)."),
+    blend: str = typer.Option("ensemble", "--blend", help="ensemble (temporal ensembling) or switch."),
+    backend: str = typer.Option("local", "--backend", help="local (worker processes) or ray."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Evaluate a policy on seeded twin episodes and write a report (JSON, CSV, plots, videos, HTML).
+
+    Example: tether eval --task lift --checkpoint runs/act-lift --episodes 50 --workers 2
+    """
+    import json
+
+    from rich.console import Console
+
+    from tether.errors import TetherError
+    from tether.eval.runner import EvalConfig, evaluate
+
+    console = Console(stderr=True)
+    try:
+        if backend != "local":
+            from tether.optional import require
+
+            require("ray", "ray", "the Ray evaluation backend")
+            raise TetherError("The Ray backend is not implemented yet; use --backend local.")
+        config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
+                            checkpoint=checkpoint, server=server, policy=policy, out=str(out),
+                            videos=videos, steps=steps, rollout={"blend": blend})
+        if sweep_run is not None:
+            from tether.eval.sweep import sweep
+
+            if checkpoint or server or policy:
+                raise TetherError("--sweep evaluates the run's own checkpoints; drop --checkpoint/--server/--policy.")
+            result = sweep(sweep_run, config, show_progress=not json_out)
+            if json_out:
+                print(json.dumps(result, indent=2))
+            else:
+                for r in result["checkpoints"]:
+                    mark = "[bold green]best[/]" if r["best"] else ""
+                    console.print(f"{r['checkpoint']}: {r['success_rate']:.0%} {mark}")
+            return
+        summary = evaluate(config, show_progress=not json_out)
+    except TetherError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if json_out:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        low, high = summary["success_ci95"]
+        console.print(
+            f"[bold]{task}[/]: success {summary['successes']}/{summary['episodes']} = "
+            f"{summary['success_rate']:.0%} (95% CI {low:.0%}-{high:.0%}); report: {out / 'report.html'}"
+        )
+
+
+def demo_command(
+    quick: bool = typer.Option(False, "--quick", help="A shortened run for tests (a minute or two)."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for data, run and report."),
+    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Evaluation worker processes."),
+) -> None:
+    """The main job: scripted demos -> Zarr -> ACT training -> ZMQ server -> twin evaluation.
+
+    Example: tether demo            (about 10 minutes on 2 CPU cores)
+    """
+    from rich.console import Console
+
+    from tether.errors import TetherError
+    from tether.eval.demo import DemoConfig, run_demo
+
+    console = Console()
+    try:
+        run_demo(DemoConfig.quick(out, workers) if quick else DemoConfig(out=str(out), workers=workers),
+                 console)
+    except TetherError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc

@@ -158,7 +158,7 @@ def _write_html(path: Path, folder: Path, summary: dict, records: Sequence[Episo
         for name, p in plots.items()
     )
     meta_rows = "\n".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
         for k, v in summary.items()
         if k not in ("seeds", "failed_seeds", "episode_length", "action_latency_ms", "inference_ms")
     )
@@ -184,6 +184,14 @@ safety interventions: {sum(summary['safety_interventions'].values())}</p>
 </body></html>
 """
     path.write_text(page)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
 
 
 def _finite(value: Any) -> Any:

@@ -1,0 +1,146 @@
+"""Batch evaluation on the twin: N seeded episodes over W worker processes, then a report.
+
+Workers are plain subprocesses (`python -m tether.eval.worker spec.json`) that write each
+episode as JSON + npz into the report folder; nothing is pickled between processes, a crashed
+worker loses only its own unfinished episode, and the same worker command could be launched by
+a cluster scheduler. The parent only watches the folder for progress and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.config import save_config
+from tether.errors import ConfigError, TetherError
+from tether.eval.records import load_records
+from tether.eval.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    task: str = "lift"
+    episodes: int = 20
+    workers: int = 1  # 0 runs in this process (handy for debugging)
+    seed: int = 100_000  # first seed; held-out from data collection, which starts at 0
+    checkpoint: str | None = None  # evaluate a checkpoint in-process
+    server: str | None = None  # or through a running inference server (tcp://host:port)
+    policy: str | None = None  # or "scripted": the twin's scripted expert (a sanity baseline)
+    out: str = "reports/eval"
+    videos: int = 2  # successes and failures to keep as video, per worker
+    max_steps: int | None = None  # default: the task's episode length
+    steps: int | None = None  # diffusion: DDIM steps per chunk
+    rollout: dict[str, Any] = field(default_factory=dict)  # RolloutConfig overrides
+    robot: list[str] = field(default_factory=list)  # overrides for the twin robot config
+    timeout_s: float = 3600.0
+
+    def policy_source(self) -> dict[str, str]:
+        chosen = {k: v for k, v in (("checkpoint", self.checkpoint), ("server", self.server),
+                                    ("policy", self.policy)) if v}
+        if len(chosen) != 1:
+            raise ConfigError(
+                "Choose exactly one policy source: --checkpoint runs/x, --server tcp://127.0.0.1:5555 "
+                f"or --policy scripted (got {', '.join(chosen) or 'none'})."
+            )
+        return chosen
+
+    def seeds(self) -> list[int]:
+        if self.episodes < 1:
+            raise ConfigError(f"--episodes must be at least 1, got {self.episodes}")
+        return [self.seed + i for i in range(self.episodes)]
+
+
+def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run the evaluation and write the report; returns the summary dict."""
+    config.policy_source()  # validate before starting anything
+    out = Path(config.out)
+    episodes_dir = out / "episodes"
+    if episodes_dir.exists():
+        for stale in episodes_dir.glob("episode_*"):
+            stale.unlink()
+    episodes_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "eval_config.yaml")
+    seeds = config.seeds()
+    t0 = time.monotonic()
+    if config.workers <= 0:
+        from tether.eval.worker import run_worker
+
+        run_worker(_worker_spec(config, seeds, out))
+    else:
+        _run_subprocesses(config, seeds, out, show_progress)
+    records = load_records(episodes_dir)
+    missing = sorted(set(seeds) - {r.seed for r in records})
+    if missing:
+        raise TetherError(
+            f"{len(missing)} of {len(seeds)} evaluation episodes produced no result (seeds {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}); see {out / 'logs'} for the worker output."
+        )
+    meta = {
+        "task": config.task,
+        "policy": " ".join(f"{k}={v}" for k, v in config.policy_source().items()),
+        "workers": config.workers,
+        "eval_wall_time_s": round(time.monotonic() - t0, 2),
+    }
+    return write_report(out, records, meta)
+
+
+def _worker_spec(config: EvalConfig, seeds: list[int], out: Path) -> dict[str, Any]:
+    return {"config": asdict(config), "seeds": seeds, "out": str(out)}
+
+
+def _run_subprocesses(config: EvalConfig, seeds: list[int], out: Path, show_progress: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    workers = min(config.workers, len(seeds))
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("MUJOCO_GL", "egl")
+    # Split the cores between workers so torch does not oversubscribe them.
+    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    procs = []
+    for w in range(workers):
+        spec_path = logs / f"worker_{w}.json"
+        spec_path.write_text(json.dumps(_worker_spec(config, seeds[w::workers], out)))
+        log_file = (logs / f"worker_{w}.log").open("w")
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "tether.eval.worker", str(spec_path)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        ), log_file))
+    deadline = time.monotonic() + config.timeout_s
+    with Progress(TextColumn("[bold]eval {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
+                  disable=not show_progress, transient=False) as progress:
+        bar = progress.add_task("eval", total=len(seeds), name=config.task, rate="-")
+        try:
+            while any(p.poll() is None for p, _ in procs):
+                if time.monotonic() > deadline:
+                    raise TetherError(f"Evaluation exceeded its {config.timeout_s:.0f} s time limit.")
+                _update(progress, bar, out / "episodes")
+                time.sleep(0.25)
+            _update(progress, bar, out / "episodes")
+        finally:
+            for proc, log_file in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log_file.close()
+    failed = [(w, p.returncode) for w, (p, _) in enumerate(procs) if p.returncode != 0]
+    for w, code in failed:
+        tail = (logs / f"worker_{w}.log").read_text()[-2000:]
+        log.error("evaluation worker %d exited with %s:\n%s", w, code, tail)
+
+
+def _update(progress, bar, episodes_dir: Path) -> None:
+    done = list(episodes_dir.glob("episode_*.json"))
+    wins = sum(bool(json.loads(p.read_text())["success"]) for p in done)
+    progress.update(bar, completed=len(done), rate=f"{wins}/{len(done)}" if done else "-")

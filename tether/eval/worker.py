@@ -1,0 +1,143 @@
+"""One evaluation worker: run a list of seeded twin episodes and write each one to disk.
+
+Started by tether.eval.runner as `python -m tether.eval.worker spec.json`. Every policy source
+goes through the same `tether.robot.rollout.run_episode` used on hardware: a checkpoint loaded
+in this process, a policy server reached over ZMQ, or the twin's scripted expert wrapped as a
+one-action-per-chunk policy (the sanity baseline a trained policy should approach).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tether.eval.records import EpisodeRecord
+from tether.policies.base import ArraySpec, Policy, PolicySpec
+
+log = logging.getLogger(__name__)
+
+
+class ExpertPolicy(Policy):
+    """The twin's scripted expert behind the Policy interface (it reads privileged sim state)."""
+
+    def __init__(self, robot, noise: float = 0.0) -> None:
+        super().__init__()
+        from tether.robot.twin.expert import ScriptedExpert
+
+        self.expert = ScriptedExpert(robot, noise=noise)
+        self.spec = PolicySpec(
+            policy_type="scripted",
+            observation=(ArraySpec("state", "float32", (int(robot.state_dim),)),),
+            action_dim=int(robot.action_dim),
+            chunk_size=1,
+            fps=float(robot.fps),
+        )
+
+    def reset(self) -> None:
+        self.expert.reset(None)
+
+    def _predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray:
+        return self.expert.next_target(None)[None, :]
+
+
+def run_worker(spec: dict[str, Any]) -> None:
+    from tether.eval.runner import EvalConfig
+    from tether.robot.factory import make_robot
+    from tether.robot.rollout import RolloutConfig, run_episode
+
+    config = EvalConfig(**spec["config"])
+    out = Path(spec["out"])
+    robot = make_robot(f"twin:{config.task}", config.robot)
+    rollout = RolloutConfig(**{"realtime": False, "record_frames": config.videos > 0,
+                               **config.rollout, "steps": config.steps,
+                               "max_steps": config.max_steps})
+    videos_left = {True: config.videos, False: config.videos}
+    with robot, _policy_source(config, robot) as source:
+        for seed in spec["seeds"]:
+            if isinstance(source, ExpertPolicy):
+                source.expert.reset(seed)
+            result = run_episode(robot, source, rollout, seed=seed)
+            success = bool(result.success)
+            record = EpisodeRecord(
+                seed=seed, success=success, length=result.length, max_steps=result.max_steps,
+                wall_time_s=result.wall_time_s, first_success_step=result.first_success_step,
+                latency_ms=[float(v) for v in result.latency_ms],
+                inference_ms=[float(v) for v in result.inference_ms],
+                safety={k: int(v) for k, v in result.safety.items()}, stalls=result.stalls,
+                joints=result.joints, actions=result.actions,
+            )
+            if result.frames and videos_left[success] > 0:
+                record.video = _write_video(out, seed, success, result.frames, robot.fps)
+                videos_left[success] -= 1
+            record.save(out / "episodes")
+            log.info("seed %d: %s in %d ticks", seed, "success" if success else "failure", result.length)
+
+
+class _Closing:
+    """Context manager that closes the source if it has close() (clients do, policies do not)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def __enter__(self):
+        return self.source
+
+    def __exit__(self, *exc_info) -> None:
+        close = getattr(self.source, "close", None)
+        if callable(close):
+            close()
+
+
+def _policy_source(config, robot) -> _Closing:
+    if config.checkpoint:
+        from tether.policies.checkpoint import load_policy
+
+        return _Closing(load_policy(config.checkpoint))
+    if config.server:
+        from tether.policies.client import PolicyClient
+
+        return _Closing(PolicyClient(config.server))
+    if config.policy == "scripted":
+        return _Closing(ExpertPolicy(robot))
+    from tether.errors import ConfigError
+
+    raise ConfigError(f"Unknown --policy '{config.policy}'; the built-in one is 'scripted'.")
+
+
+def _write_video(out: Path, seed: int, success: bool, frames: dict[str, list[np.ndarray]],
+                 fps: float) -> str | None:
+    from tether.eval.video import write_webm
+
+    name = next(iter(frames), None)
+    if name is None or not frames[name]:
+        return None
+    rel = f"videos/seed_{seed:06d}_{'success' if success else 'failure'}_{name}.webm"
+    write_webm(frames[name], out / rel, fps)
+    return rel
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if len(argv) != 1:
+        print("usage: python -m tether.eval.worker SPEC.json", file=sys.stderr)
+        return 2
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    run_worker(json.loads(Path(argv[0]).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
