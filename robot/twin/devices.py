@@ -108,7 +108,7 @@ class TwinCamera(Camera):
         if self._renderer is not None:
             return
         try:
-            self._renderer = mujoco.Renderer(self.sim.model, self.spec.height, self.spec.width)
+            self._renderer = self.sim.renderer(self.spec.height, self.spec.width)
         except Exception as exc:  # no GL backend: say which one to install
             raise DeviceError(
                 f"Could not create an offscreen renderer for camera '{self.spec.name}' ({exc}). "
@@ -122,8 +122,7 @@ class TwinCamera(Camera):
         if self._renderer is None:
             return
         self.sim.remove_capture_hook(self._on_step)
-        self._renderer.close()
-        self._renderer = None
+        self._renderer = None  # shared with other cameras of this sim; the robot releases it
         self._latest = None
         self._queue.clear()
 

@@ -40,9 +40,9 @@ class ArmIK:
         target_pos: np.ndarray,
         target_rot: np.ndarray,
         rot_weight: float = 0.3,
-        iterations: int = 60,
+        iterations: int = 30,
         damping: float = 1e-3,
-        tol: float = 1e-4,
+        tol: float = 3e-4,
     ) -> tuple[np.ndarray, float]:
         """Joint angles reaching `target_pos`/`target_rot`; returns (q, position error in m)."""
         q = np.clip(np.array(q_init, dtype=np.float64), self.lower, self.upper)
@@ -68,6 +68,8 @@ class ArmIK:
             err = np.concatenate([e_pos, rot_weight * e_rot])
             dq = jac.T @ np.linalg.solve(jac @ jac.T + damping * np.eye(6), err)
             step = np.max(np.abs(dq))
+            if step < 1e-5:  # converged to the least-squares compromise (target not exact)
+                break
             if step > 0.3:
                 dq *= 0.3 / step
             q = np.clip(q + dq, self.lower, self.upper)

@@ -187,6 +187,10 @@ class TwinRobot(Robot):
         else:
             self._success_steps = 0
 
+    def close(self) -> None:
+        super().close()
+        self.sim.release_renderers()
+
     # --- I/O -----------------------------------------------------------------------------------
     def observe(self) -> Observation:
         if self.realtime and self._connected:

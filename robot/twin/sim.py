@@ -102,6 +102,26 @@ class TwinSim:
         self._wall_origin: float | None = None
         self.steps_total = 0
         self.lag_steps_dropped = 0
+        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+
+    # --- rendering -----------------------------------------------------------------------------
+    def renderer(self, height: int, width: int) -> mujoco.Renderer:
+        """A shared offscreen renderer per image size.
+
+        Creating a GL context costs ~0.7 s on llvmpipe; cameras of one size share one and
+        reconnecting a camera reuses it. `release_renderers()` (the robot's close) frees them.
+        """
+        key = (int(height), int(width))
+        with self.lock:
+            if key not in self._renderers:
+                self._renderers[key] = mujoco.Renderer(self.model, key[0], key[1])
+            return self._renderers[key]
+
+    def release_renderers(self) -> None:
+        with self.lock:
+            for renderer in self._renderers.values():
+                renderer.close()
+            self._renderers.clear()
 
     # --- model bookkeeping ---------------------------------------------------------------------
     def _bind(self, name: str, arm: ArmModel, prefix: str) -> ArmBinding:

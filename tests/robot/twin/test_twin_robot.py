@@ -1,0 +1,205 @@
+"""TwinRobot behaviour through the public API: factory, reset, time, cameras, latency, errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from tether.robot.config import RobotConfig
+from tether.robot.factory import make_robot
+from tether.robot.interfaces import Robot
+from tether.robot.twin import make_twin_robot
+from tether.robot.twin.robot import TwinRobot
+
+from tether.errors import ConfigError
+
+
+def twin(task: str = "lift", fps: float = 50, **params) -> TwinRobot:
+    return make_twin_robot(RobotConfig(twin_task=task, fps=fps, twin_params=params))
+
+
+@pytest.fixture(scope="module")
+def lift():
+    robot = make_robot("twin:lift", ["fps=50"])
+    with robot:
+        yield robot
+
+
+def red_pixels(image: np.ndarray) -> int:
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    return int(np.count_nonzero((r > 150) & (g < 80) & (b < 80)))
+
+
+def test_factory_builds_a_twin_with_the_default_camera(lift):
+    assert isinstance(lift, TwinRobot) and isinstance(lift, Robot)
+    obs = lift.reset(3)
+    arrays = obs.to_arrays()
+    assert set(arrays) == {"state", "image.top"}
+    assert arrays["state"].shape == (6,) and arrays["state"].dtype == np.float32
+    assert arrays["image.top"].shape == (240, 320, 3)
+    assert lift.task.name == "lift" and lift.task.instruction
+    assert lift.max_steps == 400  # 8 s at 50 Hz
+    np.testing.assert_allclose(obs.state, lift.home, atol=1e-6)
+
+
+def test_act_advances_exactly_one_control_period_and_frames_follow(lift):
+    lift.reset(0)
+    first = lift.observe().frames["top"]
+    for k in range(1, 6):
+        lift.act(lift.home)
+        assert lift.sim_time == pytest.approx(k / 50, abs=1e-12)
+        frame = lift.observe().frames["top"]
+        assert frame.index == first.index + k
+        assert frame.t_device == pytest.approx(first.t_device + k / 50, abs=1e-9)
+    assert lift.steps == 5
+
+
+def test_camera_shows_the_cube_and_changes_when_the_arm_moves(lift):
+    lift.reset(1)
+    before = lift.observe().frames["top"].image
+    assert red_pixels(before) > 200, "the red cube should be visible from the top camera"
+    target = lift.home.copy()
+    target[0] += 0.6  # swing the shoulder pan
+    for _ in range(40):
+        lift.act(target)
+    after = lift.observe().frames["top"].image
+    changed = np.mean(np.any(before != after, axis=-1))
+    assert changed > 0.01, f"only {changed:.3%} of pixels changed after moving the arm"
+    assert abs(lift.observe().state[0] - target[0]) < 0.02  # tracked the target
+
+
+def test_reset_is_deterministic_under_a_seed(lift):
+    def rollout(seed: int):
+        lift.reset(seed)
+        rng = np.random.default_rng(7)
+        for _ in range(30):
+            lift.act(lift.home + rng.normal(0, 0.05, lift.action_dim))
+        obs = lift.observe()
+        return lift.privileged_state()["cube_pos"], obs.state, obs.frames["top"].image
+
+    a, b, c = rollout(11), rollout(11), rollout(12)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[2], b[2])
+    assert not np.allclose(a[0], c[0]), "different seeds must place the cube differently"
+
+
+def test_seeds_spread_cube_poses_over_the_workspace():
+    robot = twin(cameras=[])
+    xs = []
+    for seed in range(20):
+        robot.reset(seed)
+        xs.append(robot.privileged_state()["cube_pos"])
+    xs = np.array(xs)
+    assert np.ptp(xs[:, 0]) > 0.04 and np.ptp(xs[:, 1]) > 0.08
+    assert np.allclose(xs[:, 2], 0.02, atol=1e-6)  # resting on the table
+
+
+def test_actions_pass_through_the_safety_layer(lift):
+    lift.reset(0)
+    far = lift.home + 1.0
+    sent = lift.act(far)
+    assert np.max(np.abs(sent - lift.home)) <= lift.arms["arm"].filter.max_step + 1e-12
+    sent = lift.act(np.full(6, np.nan))
+    assert np.all(np.isfinite(sent))
+    with pytest.raises(ValueError):
+        lift.act(np.zeros(5))
+
+
+def test_bimanual_aloha_layout_and_cameras():
+    robot = twin("transfer_cube", cameras=["top", "left_wrist", "right_wrist"], width=160, height=120)
+    with robot:
+        obs = robot.observe()
+        assert list(obs.joints) == ["left", "right"]
+        assert obs.state.shape == (14,)
+        assert set(obs.frames) == {"top", "left_wrist", "right_wrist"}
+        assert all(f.image.shape == (120, 160, 3) for f in obs.frames.values())
+        assert robot.raw_arms["left"].spec.joint_names[-1] == "gripper"
+        assert red_pixels(obs.frames["top"].image) > 10
+
+
+def test_large_images_and_depth():
+    robot = twin(cameras=["top"], width=640, height=480, depth=True)
+    with robot:
+        frame = robot.observe().frames["top"]
+        assert frame.image.shape == (480, 640, 3)
+        assert frame.depth is not None and frame.depth.dtype == np.uint16
+        # The top camera is 0.62 m above the table.
+        centre = float(np.median(frame.depth[200:280, 280:360]))
+        assert 450 < centre < 700, centre
+
+
+def test_camera_latency_delays_frame_delivery():
+    robot = twin(cameras=["top"], camera_fps=50, camera_latency_s=0.1, width=64, height=48)
+    with robot:
+        robot.reset(0)
+        start = robot.observe().frames["top"].t_device
+        for _ in range(20):
+            robot.act(robot.home)
+        frame = robot.observe().frames["top"]
+        age = robot.sim.device_time - frame.t_device
+        assert age == pytest.approx(0.1, abs=1e-6)
+        assert frame.t_device > start
+
+
+def test_command_latency_delays_motion():
+    robot = twin(cameras=[], command_latency_s=0.1)
+    with robot:
+        robot.reset(0)
+        target = robot.home.copy()
+        target[0] += 0.05
+        moved = []
+        for _ in range(15):
+            robot.act(target)
+            moved.append(robot.observe().state[0] - robot.home[0])
+        assert abs(moved[3]) < 1e-3, "the arm moved before the 100 ms command latency passed"
+        assert moved[-1] > 0.02
+
+
+def test_command_jitter_is_seeded():
+    def run(seed):
+        robot = twin(cameras=[], command_latency_s=0.02, command_jitter_s=0.03)
+        with robot:
+            robot.reset(seed)
+            rng = np.random.default_rng(0)
+            for _ in range(20):
+                robot.act(robot.home + rng.normal(0, 0.03, 6))
+            return robot.observe().state
+
+    np.testing.assert_array_equal(run(4), run(4))
+
+
+def test_realtime_mode_paces_physics_to_the_wall_clock():
+    robot = twin(cameras=[], realtime=True)
+    with robot:
+        robot.reset(0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.3:
+            robot.act(robot.home)
+            time.sleep(0.02)
+        robot.observe()
+        wall = time.monotonic() - t0
+        assert robot.sim_time == pytest.approx(wall, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"cameras": ["side"]}, ["no camera 'side'", "top"]),
+        ({"bogus": 1}, ["Unknown twin_params", "bogus"]),
+        ({"width": 1280}, ["640x480"]),
+        ({"width": -3}, ["width"]),
+        ({"camera_latency_s": -0.1}, ["camera_latency_s"]),
+    ],
+)
+def test_bad_twin_params_are_rejected_with_a_clear_message(params, words):
+    with pytest.raises(ConfigError) as info:
+        twin(**params)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_unknown_task_names_the_known_ones():
+    with pytest.raises(ConfigError, match="insertion, lift, transfer_cube"):
+        make_robot("twin:stack_blocks")
