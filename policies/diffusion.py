@@ -1,0 +1,341 @@
+"""Diffusion Policy (Chi et al. 2023): a denoiser conditioned on recent observations.
+
+The observation encoder turns the last `obs_horizon` (2) steps of state and images into
+conditioning features (ResNet-18 with GroupNorm + spatial-softmax keypoints per camera). A
+denoiser predicts the noise (or the clean chunk) of a `horizon` (16) step action sequence;
+DDIM sampling (`tether.policies.schedulers`) turns noise into actions with a step count chosen
+per call. The policy executes `n_action_steps` (8) actions starting at the current step.
+
+Two denoisers:
+- `unet`: the 1D temporal conv U-Net with FiLM conditioning (scale and bias from the diffusion
+  step embedding and the observation features) in every residual block;
+- `transformer`: action tokens attend to a time token and one token per observation step.
+
+CPU speed. At batch 1 PyTorch runs Conv1d / ConvTranspose1d on a slow reference path for the
+wide layers of the paper-size U-Net. `FastConv1d` / `FastConvTranspose1d` compute the same
+thing as one matrix multiply on an unfolded input (im2col), which runs on the BLAS kernels and
+streams each weight matrix once; GroupNorm is computed with a reshape and `var_mean`. Training
+(large batches) keeps the native convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tether.policies.schedulers import NoiseScheduler
+from tether.policies.vision import ResNet18, SpatialSoftmax, load_pretrained, prepare_images
+from torch import nn
+
+from tether.errors import PolicyError
+
+__all__ = ["DiffusionConfig", "DiffusionModel"]
+
+
+@dataclass
+class DiffusionConfig:
+    state_dim: int = 0
+    action_dim: int = 0
+    cameras: list[str] = field(default_factory=list)
+    obs_horizon: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    denoiser: str = "unet"  # unet | transformer
+    down_dims: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+    # transformer denoiser
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 4
+    dropout: float = 0.1
+    # diffusion
+    num_train_steps: int = 100
+    prediction_type: str = "epsilon"  # epsilon | sample
+    inference_steps: int = 10  # default DDIM steps when a request does not say
+    clip_sample: bool = True
+    # vision
+    vision_norm: str = "group"
+    vision_width: int = 64  # ResNet-18 base width; 64 is standard (pretrained weights need it)
+    pretrained_backbone: str | None = None
+    num_keypoints: int = 32
+    image_feature_dim: int = 64
+    image_size: list[int] | None = None
+    crop_ratio: float = 0.9
+    color_jitter: float = 0.0
+
+    def validate(self) -> None:
+        if self.state_dim <= 0 or self.action_dim <= 0:
+            raise PolicyError("diffusion needs state_dim and action_dim > 0 (they come from the dataset)")
+        if self.denoiser not in ("unet", "transformer"):
+            raise PolicyError(f"denoiser must be 'unet' or 'transformer', got '{self.denoiser}'")
+        if self.denoiser == "unet":
+            factor = 2 ** (len(self.down_dims) - 1)
+            if self.horizon % factor:
+                raise PolicyError(
+                    f"horizon {self.horizon} must be divisible by {factor} for a U-Net with "
+                    f"{len(self.down_dims)} levels"
+                )
+            if any(d % self.n_groups for d in self.down_dims):
+                raise PolicyError(f"every down_dims entry must be divisible by n_groups={self.n_groups}")
+        if self.obs_horizon - 1 + self.n_action_steps > self.horizon:
+            raise PolicyError(
+                f"obs_horizon - 1 + n_action_steps ({self.obs_horizon - 1 + self.n_action_steps}) "
+                f"must not exceed horizon ({self.horizon})"
+            )
+        if not 1 <= self.inference_steps <= self.num_train_steps:
+            raise PolicyError(f"inference_steps must be in 1..{self.num_train_steps}")
+
+
+# -- fast layers for batch-1 CPU inference --------------------------------------------------------
+
+_FAST_MAX_ROWS = 64  # use the matmul path when batch * length is at most this
+
+
+class FastConv1d(nn.Conv1d):
+    """nn.Conv1d (stride 1 or 2, 'same'-style padding) that runs as one GEMM for small inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or x.shape[0] * x.shape[-1] > _FAST_MAX_ROWS or self.groups != 1:
+            return super().forward(x)
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        b = x.shape[0]
+        cols = F.pad(x, (p, p)).unfold(2, k, s)  # (B, Cin, Tout, k)
+        t_out = cols.shape[2]
+        cols = cols.permute(0, 2, 1, 3).reshape(b * t_out, -1)  # (B*Tout, Cin*k)
+        out = F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias)
+        return out.view(b, t_out, self.out_channels).transpose(1, 2)
+
+
+class FastConvTranspose1d(nn.ConvTranspose1d):
+    """nn.ConvTranspose1d as a GEMM plus an overlap-add (col2im) for small inputs."""
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if self.training or x.shape[0] * x.shape[-1] > _FAST_MAX_ROWS or output_size is not None:
+            return super().forward(x, output_size)
+        b, cin, t = x.shape
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        cout = self.out_channels
+        # weight (Cin, Cout, k): every input step writes k output steps.
+        w = self.weight.reshape(cin, cout * k)
+        cols = x.transpose(1, 2).reshape(b * t, cin) @ w  # (B*T, Cout*k)
+        cols = cols.view(b, t, cout, k).permute(0, 2, 3, 1).reshape(b, cout * k, t)
+        full = (t - 1) * s + k
+        out = F.fold(cols, (1, full), (1, k), stride=(1, s))
+        out = out.view(b, cout, full)[:, :, p: full - p]
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1)
+        return out
+
+
+class FastGroupNorm(nn.GroupNorm):
+    """GroupNorm that avoids the generic kernel's overhead on tiny (B, C, T<=16) tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        b, c = x.shape[:2]
+        g = x.reshape(b, self.num_groups, -1)
+        var, mean = torch.var_mean(g, dim=-1, keepdim=True, correction=0)
+        g = (g - mean) * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias.view(1, c, 1), g.view_as(x), self.weight.view(1, c, 1))
+
+
+# -- U-Net -----------------------------------------------------------------------------------------
+
+
+class _ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int, groups: int) -> None:
+        super().__init__(FastConv1d(cin, cout, k, padding=k // 2), FastGroupNorm(groups, cout), nn.Mish())
+
+
+class _ResBlock(nn.Module):
+    """Two conv blocks; FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, k: int, groups: int) -> None:
+        super().__init__()
+        self.block1 = _ConvBlock(cin, cout, k, groups)
+        self.block2 = _ConvBlock(cout, cout, k, groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
+        self.residual = FastConv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        out = self.block1(x) * scale + bias
+        return self.block2(out) + self.residual(x)
+
+
+def _step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(1e4) / (half - 1)))
+    arg = t.float()[:, None] * freq[None]
+    return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class ConditionalUnet1D(nn.Module):
+    def __init__(self, action_dim: int, global_cond_dim: int, c: DiffusionConfig) -> None:
+        super().__init__()
+        e = c.step_embed_dim
+        self.step_dim = e
+        self.step_mlp = nn.Sequential(nn.Linear(e, 4 * e), nn.Mish(), nn.Linear(4 * e, e))
+        cond_dim = e + global_cond_dim
+        dims = [action_dim, *c.down_dims]
+        pairs = list(zip(dims[:-1], dims[1:], strict=True))
+        k, g = c.kernel_size, c.n_groups
+        self.down = nn.ModuleList()
+        for i, (din, dout) in enumerate(pairs):
+            last = i == len(pairs) - 1
+            self.down.append(nn.ModuleList([
+                _ResBlock(din, dout, cond_dim, k, g), _ResBlock(dout, dout, cond_dim, k, g),
+                FastConv1d(dout, dout, 3, stride=2, padding=1) if not last else nn.Identity()]))
+        mid = dims[-1]
+        self.mid = nn.ModuleList([_ResBlock(mid, mid, cond_dim, k, g), _ResBlock(mid, mid, cond_dim, k, g)])
+        self.up = nn.ModuleList()
+        for din, dout in reversed(pairs[1:]):  # every up level doubles the length back
+            self.up.append(nn.ModuleList([
+                _ResBlock(2 * dout, din, cond_dim, k, g), _ResBlock(din, din, cond_dim, k, g),
+                FastConvTranspose1d(din, din, 4, stride=2, padding=1)]))
+        start = c.down_dims[0]
+        self.final = nn.Sequential(_ConvBlock(start, start, k, g), FastConv1d(start, action_dim, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        """x (B, T, A) noisy actions, t (B,) steps, global_cond (B, G) -> (B, T, A)."""
+        cond = torch.cat([self.step_mlp(_step_embedding(t, self.step_dim)), global_cond], dim=-1)
+        h = x.transpose(1, 2)
+        skips = []
+        for res1, res2, down in self.down:
+            h = res2(res1(h, cond), cond)
+            skips.append(h)
+            h = down(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for res1, res2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = up(res2(res1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+class TransformerDenoiser(nn.Module):
+    """Action tokens (with a learned position) attend to [time token, obs tokens]."""
+
+    def __init__(self, action_dim: int, obs_feature_dim: int, c: DiffusionConfig) -> None:
+        super().__init__()
+        d = c.d_model
+        self.step_dim = d
+        self.in_proj = nn.Linear(action_dim, d)
+        self.pos = nn.Parameter(torch.randn(1, c.horizon, d) * 0.02)
+        self.cond_proj = nn.Linear(obs_feature_dim, d)
+        self.cond_pos = nn.Parameter(torch.randn(1, c.obs_horizon + 1, d) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
+        self.cond_encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, c.n_heads, 4 * d, c.dropout, activation="gelu",
+                                       batch_first=True, norm_first=True), num_layers=1,
+            enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d, c.n_heads, 4 * d, c.dropout, activation="gelu",
+                                       batch_first=True, norm_first=True), num_layers=c.n_layers)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, action_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs_features: torch.Tensor) -> torch.Tensor:
+        time_tok = self.time_mlp(_step_embedding(t, self.step_dim))[:, None]
+        cond = torch.cat([time_tok, self.cond_proj(obs_features)], dim=1) + self.cond_pos
+        memory = self.cond_encoder(cond)
+        h = self.decoder(self.in_proj(x) + self.pos, memory)
+        return self.head(self.norm(h))
+
+
+# -- the full model --------------------------------------------------------------------------------
+
+
+class DiffusionModel(nn.Module):
+    """Observation encoder + denoiser + scheduler. Works on normalized state/actions."""
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.scheduler = NoiseScheduler(c.num_train_steps, c.prediction_type, c.clip_sample)
+        feat = c.state_dim
+        if c.cameras:
+            self.backbone = ResNet18(norm=c.vision_norm, width=c.vision_width)
+            if c.pretrained_backbone:
+                load_pretrained(self.backbone, c.pretrained_backbone)
+            self.keypoints = SpatialSoftmax(self.backbone.out_channels, c.num_keypoints)
+            self.image_proj = nn.Sequential(nn.Linear(2 * c.num_keypoints, c.image_feature_dim), nn.ReLU())
+            feat += len(c.cameras) * c.image_feature_dim
+        self.obs_feature_dim = feat
+        if c.denoiser == "unet":
+            self.denoiser = ConditionalUnet1D(c.action_dim, feat * c.obs_horizon, c)
+        else:
+            self.denoiser = TransformerDenoiser(c.action_dim, feat, c)
+
+    def encode_obs(self, state: torch.Tensor, images: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
+        """state (B, To, D), images uint8 (B, To, 3, H, W) -> per-step features (B, To, F)."""
+        b, to = state.shape[:2]
+        parts = [state]
+        for key in self.config.cameras:
+            img = images[key].flatten(0, 1)
+            x = prepare_images(img, self.config.image_size, self.config.crop_ratio,
+                               self.config.color_jitter, train)
+            f = self.image_proj(self.keypoints(self.backbone(x)))
+            parts.append(f.view(b, to, -1))
+        return torch.cat(parts, dim=-1)
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, obs_features: torch.Tensor) -> torch.Tensor:
+        if self.config.denoiser == "unet":
+            return self.denoiser(x, t, obs_features.flatten(1))
+        return self.denoiser(x, t, obs_features)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training forward pass (what DDP wraps): the loss and its parts."""
+        return self.compute_loss(batch)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        state = batch["state"][:, : c.obs_horizon]
+        if state.shape[1] != c.obs_horizon:
+            raise PolicyError(f"diffusion expects obs_horizon={c.obs_horizon} states per sample, "
+                              f"got {state.shape[1]}; build the dataset with the same obs_horizon")
+        actions = batch["action"][:, : c.horizon]
+        if actions.shape[1] != c.horizon:
+            raise PolicyError(f"diffusion expects horizon={c.horizon} actions per sample, got "
+                              f"{actions.shape[1]}")
+        images = {k: batch[k][:, : c.obs_horizon] for k in c.cameras}
+        feats = self.encode_obs(state, images, train=True)
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, c.num_train_steps, (actions.shape[0],), device=actions.device)
+        noisy = self.scheduler.add_noise(actions, noise, t)
+        pred = self._denoise(noisy, t, feats)
+        err = F.mse_loss(pred, self.scheduler.target(actions, noise), reduction="none")
+        pad = batch.get("action_is_pad")
+        if pad is not None:
+            err = err * (~pad[:, : c.horizon]).unsqueeze(-1)
+        loss = err.mean()
+        return loss, {"mse": float(loss.detach())}
+
+    @torch.inference_mode()
+    def predict(self, obs: dict[str, torch.Tensor], steps: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """obs: `state` (B, To, D) normalized, `image.*` uint8 (B, To, 3, H, W) -> (B, n_action_steps, A)."""
+        c = self.config
+        steps = c.inference_steps if steps is None else steps
+        feats = self.encode_obs(obs["state"], {k: obs[k] for k in c.cameras}, train=False)
+        b = feats.shape[0]
+        sample = self.scheduler.sample(lambda x, t: self._denoise(x, t, feats),
+                                       (b, c.horizon, c.action_dim), steps, generator,
+                                       device=feats.device, dtype=feats.dtype)
+        start = c.obs_horizon - 1
+        return sample[:, start: start + c.n_action_steps]
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name or "pos" in name else decay).append(p)
+        return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0}]

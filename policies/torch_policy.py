@@ -1,0 +1,111 @@
+"""ACT and Diffusion Policy behind the `Policy` interface the server and evaluator use.
+
+A `TorchPolicy` owns a model, its normalizer and its observation spec. It takes ONE timestep of
+raw arrays (`state` float32 (D,), `image.<cam>` uint8 HxWx3), checks them against the spec
+with errors that name the key, normalizes, runs the model and returns unnormalized float32
+(n, action_dim) actions. Diffusion keeps its own observation history (obs_horizon steps; the
+first observation of an episode is repeated until the history fills) and `reset()` clears it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from tether.policies.base import ArraySpec, Policy, PolicySpec
+from tether.policies.normalizer import Normalizer
+
+from tether.errors import PolicyError
+
+__all__ = ["ACTPolicy", "DiffusionPolicy", "TorchPolicy", "make_spec"]
+
+
+def make_spec(policy_type: str, state_dim: int, image_shapes: dict[str, list[int]], action_dim: int,
+              chunk_size: int, fps: float, normalizer: Normalizer, extra: dict | None = None) -> PolicySpec:
+    obs = [ArraySpec("state", "float32", (state_dim,))]
+    obs += [ArraySpec(k, "uint8", tuple(int(s) for s in shape)) for k, shape in sorted(image_shapes.items())]
+    return PolicySpec(policy_type, tuple(obs), action_dim, chunk_size, fps, normalizer.digest(),
+                      dict(extra or {}))
+
+
+class TorchPolicy(Policy):
+    """Shared input checking and tensor conversion for the torch policies."""
+
+    def __init__(self, model: torch.nn.Module, normalizer: Normalizer, spec: PolicySpec,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.normalizer = normalizer.to(self.device)
+        self.spec = spec
+
+    def _to_tensors(self, observation: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Validate one timestep against the spec; return tensors (state normalized, images CHW)."""
+        out = {}
+        for a in self.spec.observation:
+            if a.name not in observation:
+                raise PolicyError(
+                    f"observation is missing '{a.name}' (expected keys: "
+                    f"{[s.name for s in self.spec.observation]})"
+                )
+            x = np.asarray(observation[a.name])
+            if tuple(x.shape) != tuple(a.shape):
+                raise PolicyError(f"observation '{a.name}' has shape {x.shape}, expected {a.shape}")
+            if a.dtype == "uint8" and x.dtype != np.uint8:
+                raise PolicyError(f"observation '{a.name}' has dtype {x.dtype}, expected uint8 RGB")
+            if a.dtype != "uint8":
+                x = x.astype(np.float32, copy=False)
+                if not np.all(np.isfinite(x)):
+                    raise PolicyError(f"observation '{a.name}' contains NaN or inf")
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            if a.dtype == "uint8":
+                t = t.permute(2, 0, 1)
+            else:
+                t = self.normalizer.normalize(a.name, t)
+            out[a.name] = t
+        return out
+
+    def _finish(self, actions: torch.Tensor) -> np.ndarray:
+        return self.normalizer.unnormalize("action", actions[0]).float().cpu().numpy()
+
+
+class ACTPolicy(TorchPolicy):
+    """Returns the full chunk of k actions every call; the runtime ensembles or executes it."""
+
+    def reset(self) -> None:  # ACT is memoryless between calls
+        pass
+
+    def _predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray:
+        obs = {k: v[None] for k, v in self._to_tensors(observation).items()}
+        with torch.inference_mode():
+            return self._finish(self.model.predict(obs))
+
+
+class DiffusionPolicy(TorchPolicy):
+    """Keeps obs_horizon steps of history; `steps` picks the DDIM step count per call."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._history: deque[dict[str, torch.Tensor]] = deque(maxlen=self.model.config.obs_horizon)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def reset(self) -> None:
+        self._history.clear()
+        self.generator.manual_seed(0)
+
+    def _predict_chunk(self, observation: dict[str, np.ndarray], steps: int | None = None,
+                       **options) -> np.ndarray:
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))):
+            raise PolicyError(f"steps must be an integer number of DDIM steps, got {steps!r}")
+        current = self._to_tensors(observation)
+        if not self._history:
+            for _ in range(self._history.maxlen):
+                self._history.append(current)
+        else:
+            self._history.append(current)
+        obs = {k: torch.stack([h[k] for h in self._history])[None] for k in current}
+        with torch.inference_mode():
+            actions = self.model.predict(obs, steps=None if steps is None else int(steps),
+                                         generator=self.generator)
+        return self._finish(actions)
