@@ -126,3 +126,20 @@ class TwinEnv(gym.Env):
             "sim_time": self.robot.sim_time,
             "steps": self.robot.steps,
         }
+
+
+ENV_IDS = {
+    "tether/TwinLift-v0": "lift",
+    "tether/TwinInsertion-v0": "insertion",
+    "tether/TwinTransferCube-v0": "transfer_cube",
+}
+
+
+def register_envs() -> None:
+    """Register the twin tasks with gymnasium (`gym.make("tether/TwinLift-v0")`)."""
+    for env_id, task in ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=TwinEnv, kwargs={"task": task})
+
+
+register_envs()
