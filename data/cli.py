@@ -47,7 +47,7 @@ def inspect_command(
                 summary["per_episode"] = [summary["per_episode"][episode]]
                 summary["episode_metadata"] = st.episode_metadata(episode)
     except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

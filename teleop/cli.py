@@ -60,7 +60,7 @@ def record_command(
             keyboard if keyboard is not None else None, teleop_param, overrides, sys.stdin.isatty(),
         )
     except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
