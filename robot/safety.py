@@ -156,7 +156,10 @@ class SafetyFilter:
         now = time.monotonic()
         if now - self._last_log.get(reason, -1e9) >= 1.0:  # at most one line per reason per second
             self._last_log[reason] = now
-            log.warning(
+            # Clamps are normal operation (a fast teleop move); refusals and holds are not.
+            level = logging.INFO if reason in (CLIPPED_TO_LIMITS, RATE_LIMITED) else logging.WARNING
+            log.log(
+                level,
                 "safety[%s]: %s%s (%d so far)",
                 self.spec.name,
                 reason,

@@ -54,10 +54,13 @@ def build_app() -> typer.Typer:
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
     ) -> None:
+        # Progress and results are shown with rich; logs are for problems unless -v asks for more.
         logging.basicConfig(
-            level=logging.DEBUG if verbose else logging.INFO,
+            level=logging.DEBUG if verbose else logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if verbose:
+            logging.getLogger("OpenGL").setLevel(logging.WARNING)
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
