@@ -25,7 +25,6 @@ def eval_command(
     videos: int = typer.Option(2, "--videos", min=0, help="Videos of successes and of failures, per worker."),
     steps: int | None = typer.Option(None, "--steps", help="DDIM steps per chunk (diffusion policies)."),
     blend: str = typer.Option("ensemble", "--blend", help="ensemble (temporal ensembling) or switch."),
-    backend: str = typer.Option("local", "--backend", help="local (worker processes) or ray."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Evaluate a policy on seeded twin episodes and write a report (JSON, CSV, plots, videos, HTML).
@@ -41,11 +40,6 @@ def eval_command(
 
     console = Console(stderr=True)
     try:
-        if backend != "local":
-            from tether.optional import require
-
-            require("ray", "ray", "the Ray evaluation backend")
-            raise TetherError("The Ray backend is not implemented yet; use --backend local.")
         config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
                             checkpoint=checkpoint, server=server, policy=policy, out=str(out),
                             videos=videos, steps=steps, rollout={"blend": blend})
