@@ -249,7 +249,7 @@ def _plan_insertion(e: ScriptedExpert) -> list[Phase]:
         Phase("align", 0.6, over_socket),
         Phase("lower", 0.8, lambda: over_socket(z=0.04)),
         Phase("insert", 1.0, lambda: over_socket(z=0.002)),
-        Phase("release", 0.5, lambda: [Pose(e.hold(0).pos, e.hold(0).rot, 1.0)]),
+        Phase("release", 0.8, lambda: [Pose(e.hold(0).pos, e.hold(0).rot, 1.0)]),
         Phase("retreat", 0.8, lambda: [Pose(e.hold(0).pos + [0, 0, 0.06], e.hold(0).rot, 1.0)]),
         Phase("hold", 1e9, lambda: [e.hold(0)]),
     ]
@@ -287,10 +287,10 @@ def _plan_transfer(e: ScriptedExpert) -> list[Phase]:
         Phase("descend", 0.8, lambda: [e.hold(LEFT), Pose(grasp, rot_down(yaw), 1.0)]),
         Phase("close", 0.6, lambda: [e.hold(LEFT), Pose(grasp, rot_down(yaw), 0.0)]),
         Phase("lift", 0.6, lambda: [e.hold(LEFT), Pose(grasp + [0, 0, 0.08], rot_down(yaw), 0.0)]),
-        Phase("meet", 1.5, right_to_meet),
+        Phase("meet", 2.0, right_to_meet),
         Phase("left_in", 1.2, left_in),
         Phase("left_close", 0.6, lambda: [Pose(e.hold(LEFT).pos, left_rot, 0.0), e.hold(RIGHT)]),
-        Phase("right_open", 0.5, lambda: [e.hold(LEFT), Pose(e.hold(RIGHT).pos, e.hold(RIGHT).rot, 1.0)]),
+        Phase("right_open", 0.8, lambda: [e.hold(LEFT), Pose(e.hold(RIGHT).pos, e.hold(RIGHT).rot, 1.0)]),
         Phase("right_away", 1.0, right_away),
         Phase("hold", 1e9, lambda: [e.hold(LEFT), e.hold(RIGHT)]),
     ]
