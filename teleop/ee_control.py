@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tether.robot.interfaces import Observation, Robot
@@ -33,6 +34,10 @@ class EndEffectorParams:
     gripper_speed: float = 1.0  # fraction of the gripper range per second
     damping: float = 0.05
     rotation_weight: float = 0.3
+    # A real arm has no simulation to borrow a model from: name an MJCF of its kinematics.
+    mjcf: str | None = None  # e.g. configs/models/ur5e_kinematics.xml
+    mjcf_joints: list[str] | None = None  # default: the arm's joint names without the gripper
+    mjcf_site: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,15 @@ class EndEffectorTeleop(TeleopDevice):
                 raise ConfigError(f"teleop.params.{label} must be positive, got {getattr(params, label)}.")
         self.robot = robot
         self.params = params
+        names = list(robot.raw_arms)
+        if params.arm is not None and params.arm not in names:
+            raise ConfigError(f"Robot '{robot.name}' has no arm '{params.arm}' (arms: {names}).")
+        if ik is None and params.mjcf:
+            ik = _mjcf_ik(robot, params)
         if ik is None:
             ik, index = twin_arm_ik(robot, params.arm, damping=params.damping,
                                     rotation_weight=params.rotation_weight)
         else:
-            names = list(robot.raw_arms)
             index = names.index(params.arm) if params.arm in names else 0
         self.ik = ik
         self.arm_index = index
@@ -113,3 +122,23 @@ class EndEffectorTeleop(TeleopDevice):
             span = self.spec.upper[g] - self.spec.lower[g]
             step = np.sign(command.gripper) * self.params.gripper_speed * span * dt
             self._gripper = float(np.clip(self._gripper + step, self.spec.lower[g], self.spec.upper[g]))
+
+
+def _mjcf_ik(robot: Robot, params: EndEffectorParams) -> DLSIK:
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import mujoco
+
+    path = Path(params.mjcf)
+    if not path.is_file():
+        raise ConfigError(f"teleop.params.mjcf: model file '{path}' not found.")
+    try:
+        model = mujoco.MjModel.from_xml_path(str(path))
+    except ValueError as exc:
+        raise ConfigError(f"teleop.params.mjcf: MuJoCo could not load '{path}': {exc}") from exc
+    arm = robot.raw_arms[params.arm] if params.arm else next(iter(robot.raw_arms.values()))
+    joints = params.mjcf_joints or [
+        n for i, n in enumerate(arm.spec.joint_names) if i != arm.spec.gripper_index
+    ]
+    return DLSIK(model, list(joints), params.mjcf_site, params.damping, params.rotation_weight)

@@ -111,3 +111,24 @@ def test_bad_keyboard_params_are_named(twin):
         make_teleop("keyboard", twin, {"linear_speed": -1.0})
     with pytest.raises(ConfigError, match="no arm 'left'"):
         make_teleop("keyboard", twin, {"arm": "left"})
+
+
+def test_ur5e_kinematic_model_matches_published_forward_kinematics():
+    """configs/models/ur5e_kinematics.xml against UR's DH numbers, then 6-D IK on it."""
+    import mujoco
+    from tether.teleop.ik import DLSIK
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    model = mujoco.MjModel.from_xml_path(str(root / "configs/models/ur5e_kinematics.xml"))
+    joints = ["shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3"]
+    ik = DLSIK(model, joints, "tcp", rotation_weight=1.0)
+    # zero pose: x = -(a2 + a3), y = -(d4 + d6), z = d1 - d5 (UR5e DH, metres)
+    np.testing.assert_allclose(ik.forward(np.zeros(6))[0], [-0.8172, -0.2329, 0.0628], atol=1e-3)
+    home = np.array([0, -np.pi / 2, np.pi / 2, -np.pi / 2, -np.pi / 2, 0])
+    np.testing.assert_allclose(ik.forward(home)[0], [-0.4919, -0.1333, 0.4879], atol=1e-3)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        q = home + rng.uniform(-0.4, 0.4, size=6)
+        position, rotation = ik.forward(q)
+        result = ik.solve(home, position, rotation, iterations=100)
+        assert result.position_error < 1e-3 and result.rotation_error < 1e-2
