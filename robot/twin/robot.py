@@ -207,6 +207,16 @@ class TwinRobot(Robot):
         self._steps += 1
         return sent
 
+    def hold(self) -> np.ndarray:
+        """Re-send every arm's last safe command; like act(), one control tick of time passes."""
+        if self.realtime and self._connected:
+            self.sim.catch_up()
+        sent = super().hold()
+        if not self.realtime:
+            self.sim.advance()
+        self._steps += 1
+        return sent
+
     def privileged_state(self) -> dict[str, np.ndarray]:
         """Object poses (for experts and debugging; policies never see this)."""
         with self.sim.lock:
