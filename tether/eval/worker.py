@@ -49,34 +49,61 @@ class ExpertPolicy(Policy):
 def run_worker(spec: dict[str, Any]) -> None:
     from tether.eval.runner import EvalConfig
     from tether.robot.factory import make_robot
-    from tether.robot.rollout import RolloutConfig, run_episode
 
     config = EvalConfig(**spec["config"])
     out = Path(spec["out"])
     robot = make_robot(f"twin:{config.task}", config.robot)
-    rollout = RolloutConfig(**{"realtime": False, "record_frames": config.videos > 0,
+    with robot, _policy_source(config, robot) as source:
+        for record in run_episodes(robot, source, spec["seeds"], config, video_dir=out):
+            record.save(out / "episodes")
+            log.info("seed %d: %s in %d ticks", record.seed,
+                     "success" if record.success else "failure", record.length)
+
+
+def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
+    """Yield an EpisodeRecord per seed: the one episode loop behind `tether eval`, the trainer's
+    periodic evaluation and the demo (a Policy in-process, or a PolicyClient)."""
+    from tether.robot.rollout import RolloutConfig, run_episode
+
+    record_video = video_dir is not None and config.videos > 0
+    rollout = RolloutConfig(**{"realtime": False, "record_frames": record_video,
                                **config.rollout, "steps": config.steps,
                                "max_steps": config.max_steps})
     videos_left = {True: config.videos, False: config.videos}
-    with robot, _policy_source(config, robot) as source:
-        for seed in spec["seeds"]:
-            if isinstance(source, ExpertPolicy):
-                source.expert.reset(seed)
-            result = run_episode(robot, source, rollout, seed=seed)
-            success = bool(result.success)
-            record = EpisodeRecord(
-                seed=seed, success=success, length=result.length, max_steps=result.max_steps,
-                wall_time_s=result.wall_time_s, first_success_step=result.first_success_step,
-                latency_ms=[float(v) for v in result.latency_ms],
-                inference_ms=[float(v) for v in result.inference_ms],
-                safety={k: int(v) for k, v in result.safety.items()}, stalls=result.stalls,
-                joints=result.joints, actions=result.actions,
-            )
-            if result.frames and videos_left[success] > 0:
-                record.video = _write_video(out, seed, success, result.frames, robot.fps)
-                videos_left[success] -= 1
-            record.save(out / "episodes")
-            log.info("seed %d: %s in %d ticks", seed, "success" if success else "failure", result.length)
+    for seed in seeds:
+        if isinstance(source, ExpertPolicy):
+            source.expert.reset(seed)
+        result = run_episode(robot, source, rollout, seed=seed)
+        success = bool(result.success)
+        record = EpisodeRecord(
+            seed=seed, success=success, length=result.length, max_steps=result.max_steps,
+            wall_time_s=result.wall_time_s, first_success_step=result.first_success_step,
+            latency_ms=[float(v) for v in result.latency_ms],
+            inference_ms=[float(v) for v in result.inference_ms],
+            safety={k: int(v) for k, v in result.safety.items()}, stalls=result.stalls,
+            joints=result.joints, actions=result.actions,
+        )
+        if record_video and result.frames and videos_left[success] > 0:
+            record.video = _write_video(video_dir, seed, success, result.frames, robot.fps)
+            videos_left[success] -= 1
+        yield record
+
+
+def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
+    """`evaluate(policy) -> success rate` on seeded twin episodes, for the trainer's periodic
+    evaluation (`tether.policies.trainer.train(config, evaluate=...)`)."""
+    from tether.eval.runner import EvalConfig
+    from tether.robot.factory import make_robot
+
+    config = EvalConfig(task=task, episodes=episodes, seed=seed, policy="in-process", videos=0)
+
+    def evaluate(policy: Policy) -> float:
+        robot = make_robot(f"twin:{task}")
+        with robot:
+            records = list(run_episodes(robot, policy, config.seeds(), config))
+        return sum(r.success for r in records) / len(records)
+
+    return evaluate
 
 
 class _Closing:
