@@ -27,9 +27,9 @@ def inspect_command(
     import json
 
     from rich.console import Console
+
     from tether.data.inspect import summarize, write_episode_media
     from tether.data.store import EpisodeStore
-
     from tether.errors import TetherError
 
     console = Console()

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
+
 from tether.data.codecs import is_jpeg_array, jpeg_decode
 from tether.data.store import EpisodeStore, chunk_file, is_image_key
-from torch.utils.data import Dataset, Sampler
-
 from tether.errors import StoreError
 
 
@@ -118,21 +118,31 @@ class EpisodeDataset(Dataset):
         for j in range(len(idx)):
             item = {k: torch.from_numpy(v[j]) for k, v in batch.items()}
             for k, frames in images.items():
-                # frames[j] is (To, H, W, 3); CHW as a view, the collate copy makes it contiguous
-                item[k] = torch.from_numpy(frames[j]).permute(0, 3, 1, 2)
+                # frames is (B, To, H, W, 3) as decoded; (To, 3, H, W) is a view of it, so no
+                # transposing copy happens here (collate_windows keeps it that way)
+                item[k] = frames[j].permute(0, 3, 1, 2)
             item["obs_is_pad"] = torch.from_numpy(obs_pad[j])
             item["action_is_pad"] = torch.from_numpy(act_pad[j])
             items.append(item)
         return items
 
-    def _images(self, key: str, steps: np.ndarray) -> np.ndarray:
+    def _images(self, key: str, steps: np.ndarray) -> torch.Tensor:
+        """Frames for a (B, To) grid of steps, each distinct frame decoded once.
+
+        Inside a DataLoader worker the buffer is allocated in shared memory, so frames are
+        decoded straight into the memory the batch travels in (no collate copy).
+        """
         reader = self._get_reader()
-        out = np.empty((*steps.shape, *self.image_shapes[key]), dtype=np.uint8)
-        unique, inverse = np.unique(steps, return_inverse=True)
-        decoded = [reader.frame(key, int(s)) for s in unique]
-        flat = out.reshape(-1, *self.image_shapes[key])
-        for pos, u in enumerate(inverse.reshape(-1)):
-            flat[pos] = decoded[u]
+        shape = (*steps.shape, *self.image_shapes[key])
+        out = _shared_empty(shape) if get_worker_info() is not None else torch.empty(shape, dtype=torch.uint8)
+        flat = out.numpy().reshape(-1, *self.image_shapes[key])
+        first: dict[int, int] = {}
+        for pos, step in enumerate(steps.reshape(-1).tolist()):
+            if step in first:
+                flat[pos] = flat[first[step]]
+            else:
+                first[step] = pos
+                reader.frame_into(key, step, flat[pos])
         return out
 
     def _get_reader(self) -> _FrameReader:
@@ -184,6 +194,45 @@ class LocalitySampler(Sampler[int]):
             yield from range(int(s), min(int(s) + self.block, self.n))
 
 
+def collate_windows(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`default_collate`, except image windows that are already one batch buffer are not copied.
+
+    Pass it as `DataLoader(..., collate_fn=collate_windows)`: images arrive as a (B, To, 3, H, W)
+    view of the decoded (B, To, H, W, 3) buffer (channels-last memory; call `.contiguous()` or
+    convert with `.float()` in the model). The default collate also works, with one strided copy.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        base = _batch_base(values)
+        out[key] = base if base is not None else default_collate(values)
+    return out
+
+
+def _batch_base(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (B, ...) view `values` were sliced from, if they are its consecutive rows."""
+    first = values[0]
+    if first.dim() < 2 or first.is_contiguous():
+        return None
+    storage = first.untyped_storage()
+    step = first.numel()
+    for j, v in enumerate(values):
+        if v.untyped_storage().data_ptr() != storage.data_ptr() or v.shape != first.shape:
+            return None
+        if v.stride() != first.stride() or v.storage_offset() != first.storage_offset() + j * step:
+            return None
+    if first.storage_offset() != 0 or storage.nbytes() != step * len(values) * first.element_size():
+        return None
+    return torch.as_strided(first, (len(values), *first.shape), (step, *first.stride()), 0)
+
+
+def _shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialized uint8 tensor in shared memory (what DataLoader batches travel in)."""
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+
+
 def split_episodes(
     store_or_count: str | Path | EpisodeStore | int, val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[int], list[int]]:
@@ -215,20 +264,21 @@ class _FrameReader:
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._direct = {k: is_jpeg_array(self.store.array(k)) for k in keys}
 
-    def frame(self, key: str, step: int) -> np.ndarray:
+    def frame_into(self, key: str, step: int, out: np.ndarray) -> None:
+        """Decode frame `step` of `key` into `out` (H, W, 3), from the cache when possible."""
         cached = self._cache.get((key, step))
         if cached is not None:
             self._cache.move_to_end((key, step))
-            return cached
+            out[...] = cached
+            return
         if self._direct[key]:
             try:
-                image = jpeg_decode(chunk_file(self.store, key, step).read_bytes())
+                jpeg_decode(chunk_file(self.store, key, step).read_bytes(), out=out)
             except FileNotFoundError:  # never written: the fill value (black)
-                image = np.zeros(self.store.array(key).shape[1:], dtype=np.uint8)
+                out[...] = 0
         else:
-            image = np.asarray(self.store.array(key)[step])
+            out[...] = np.asarray(self.store.array(key)[step])
         if self.cache_size > 0:
-            self._cache[(key, step)] = image
+            self._cache[(key, step)] = out.copy()
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return image

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tether.data.codecs import is_jpeg_array
 from tether.data.store import EpisodeStore, is_image_key
-
 from tether.errors import StoreError
 
 

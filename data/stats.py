@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tether.data.store import EpisodeStore, is_image_key
 
+from tether.data.store import EpisodeStore, is_image_key
 from tether.errors import StoreError
 
 STATS_ATTR = "stats"

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tether.data.codecs import (
     DEFAULT_JPEG_QUALITY,
     image_encoding,
@@ -42,7 +43,6 @@ from tether.data.codecs import (
     lowdim_encoding,
     register_codecs,
 )
-
 from tether.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class EpisodeStore:
             "image_quality": int(image_quality),
             "robot_config": _jsonable(robot_config or {}),
             "calibration": _jsonable(calibration),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             **_jsonable(dict(attrs or {})),
         }
         try:

@@ -71,15 +71,15 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rich.live import Live
+
+    from tether.config import apply_overrides, to_dict
     from tether.data.store import EpisodeStore
+    from tether.errors import ConfigError, StoreError
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop
     from tether.teleop.recorder import SAVED, Recorder
     from tether.teleop.recorder_keys import HELP
     from tether.teleop.recorder_view import StatusView
-
-    from tether.config import apply_overrides, to_dict
-    from tether.errors import ConfigError, StoreError
 
     is_twin = robot_spec.startswith("twin:")
     if realtime is None:

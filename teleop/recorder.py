@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from tether.data.store import EpisodeStore, EpisodeWriter
+from tether.errors import StoreError, TetherError
 from tether.robot.interfaces import ACTION_KEY, STATE_KEY, Robot, image_key
 from tether.robot.runtime import RateLoop, Tick
 from tether.teleop.base import TeleopDevice
 from tether.teleop.recorder_stats import SyncMonitor
 from tether.teleop.recorder_streams import DirectStreams, Sample, ThreadedStreams
-
-from tether.errors import StoreError, TetherError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class Recorder:
         safety_before = dict(self.robot.safety_counts())
         loop = RateLoop(self.fps, realtime=self.realtime)
         self._loop = loop
-        t_wall = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        t_wall = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         state = {"steps": 0, "t0": time.monotonic(), "last_status": 0.0}
 
         def step(tick: Tick) -> bool:

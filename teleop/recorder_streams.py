@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
 from tether.robot.interfaces import (
     STATE_KEY,
     Frame,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+
 from tether.data.store import EpisodeStore
 
 

@@ -7,10 +7,10 @@ import json
 import cv2
 import numpy as np
 import pytest
-from tether.data.store import EpisodeStore
 from typer.testing import CliRunner
 
 from tether.cli import build_app
+from tether.data.store import EpisodeStore
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from tether.data.store import EpisodeStore
 
+from tether.data.store import EpisodeStore
 from tether.errors import StoreError
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tether.data.store import EpisodeStore
 
 WRITER = Path(__file__).with_name("crash_writer.py")

@@ -8,14 +8,14 @@ import time
 
 import numpy as np
 import pytest
+
 from tether.data.store import EpisodeStore
+from tether.errors import StoreError
 from tether.robot.interfaces import CameraSpec, Frame, Robot
 from tether.robot.memory import MemoryArm, MemoryCamera, default_arm_spec
 from tether.teleop.base import TeleopDevice
 from tether.teleop.recorder import DISCARDED, SAVED, Recorder
 from tether.teleop.recorder_keys import KeyboardControls
-
-from tether.errors import StoreError
 
 FPS = 30.0
 

@@ -9,14 +9,14 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
+from tether.cli import build_app
 from tether.data.dataset import EpisodeDataset
 from tether.data.store import EpisodeStore
 from tether.robot.factory import make_robot
 from tether.teleop.factory import make_teleop
 from tether.teleop.recorder import SAVED, Recorder
-from typer.testing import CliRunner
-
-from tether.cli import build_app
 
 
 @pytest.fixture(scope="module")
