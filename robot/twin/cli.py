@@ -142,6 +142,7 @@ def _interactive(task: str, seed: int) -> None:
         )
     os.environ["MUJOCO_GL"] = "glfw"
     import mujoco.viewer
+
     from tether.robot.config import RobotConfig
     from tether.robot.twin.robot import make_twin_robot
 

@@ -14,10 +14,10 @@ from collections import deque
 
 import mujoco
 import numpy as np
-from tether.robot.interfaces import Arm, ArmSpec, Camera, CameraSpec, Frame, JointState
-from tether.robot.twin.sim import Delay, TwinSim
 
 from tether.errors import DeviceError
+from tether.robot.interfaces import Arm, ArmSpec, Camera, CameraSpec, Frame, JointState
+from tether.robot.twin.sim import Delay, TwinSim
 
 
 class TwinArm(Arm):

@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from tether.robot.config import RobotConfig
 from tether.robot.interfaces import STATE_KEY, image_key
 from tether.robot.safety import SafetyConfig

@@ -19,12 +19,15 @@ from typing import Any
 
 import mujoco
 import numpy as np
+
+from tether.errors import ConfigError
 from tether.robot.interfaces import Observation
 from tether.robot.twin.ik import ArmIK, rot_down, rot_horizontal
 from tether.robot.twin.robot import TwinRobot
 from tether.teleop.base import TeleopDevice
 
-from tether.errors import ConfigError
+ARRIVED_RAD = 0.03  # a phase ends once every arm joint is this close to its goal...
+MAX_WAIT_S = 2.0  # ...or this long after its planned end
 
 
 @dataclass
@@ -97,6 +100,10 @@ class ScriptedExpert(TeleopDevice):
         t = self._ticks * dt
         self._ticks += 1
         while self._index + 1 < len(self._phases) and t >= self._phase_end - 1e-9:
+            # Move on only once the arms got there: at low control rates the safety layer's
+            # per-tick limit makes them lag the plan, and closing early would miss the grasp.
+            if not self._arrived() and t < self._phase_end + MAX_WAIT_S:
+                break
             self._enter(self._index + 1, t)
         phase_t = t - self._phase_start
         s = min(1.0, phase_t / max(self._current.duration_s, 1e-6))
@@ -114,6 +121,14 @@ class ScriptedExpert(TeleopDevice):
                 q = q + self.rng.normal(0.0, 0.01 * self.noise, size=q.shape)
             action.append(np.concatenate([q, [grip]]))
         return np.concatenate(action)
+
+    def _arrived(self) -> bool:
+        sim = self.robot.sim
+        for i in range(len(self.iks)):
+            actual = sim.arm_position(i)[:-1]
+            if np.max(np.abs(actual - self._q[i])) > ARRIVED_RAD:
+                return False
+        return True
 
     # --- planning ------------------------------------------------------------------------------
     def _plan(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mujoco
 import numpy as np
+
 from tether.robot.twin.sim import ArmBinding
 
 

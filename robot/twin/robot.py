@@ -12,14 +12,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
+from tether.errors import ConfigError
 from tether.robot.config import RobotConfig
 from tether.robot.interfaces import CameraSpec, Observation, Robot
 from tether.robot.safety import SafetyConfig
 from tether.robot.twin.devices import TwinArm, TwinCamera
 from tether.robot.twin.sim import Delay, TwinSim
 from tether.robot.twin.tasks import Task, make_task
-
-from tether.errors import ConfigError
 
 
 @dataclass

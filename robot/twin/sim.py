@@ -21,6 +21,7 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
+
 from tether.robot.twin.models import ArmModel  # noqa: E402
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from tether.robot.twin.models import SO101, VX300, ArmModel, free_box, scene_xml, socket
-from tether.robot.twin.sim import TwinSim
 
 from tether.errors import ConfigError
+from tether.robot.twin.models import SO101, VX300, ArmModel, free_box, scene_xml, socket
+from tether.robot.twin.sim import TwinSim
 
 TABLE_Z = 0.0
 

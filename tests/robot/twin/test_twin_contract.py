@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tether.robot.config import RobotConfig
 from tether.robot.testing.contract import ArmContract, CameraContract
 from tether.robot.twin import make_twin_robot

@@ -8,11 +8,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
+from tether.errors import ConfigError
 from tether.robot.twin import make_env
 from tether.robot.twin.env import ENV_IDS
 from tether.robot.twin.expert import ScriptedExpert
-
-from tether.errors import ConfigError
 
 
 @pytest.mark.parametrize(

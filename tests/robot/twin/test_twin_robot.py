@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError
 from tether.robot.config import RobotConfig
 from tether.robot.factory import make_robot
 from tether.robot.interfaces import Robot
 from tether.robot.twin import make_twin_robot
 from tether.robot.twin.robot import TwinRobot
-
-from tether.errors import ConfigError
 
 
 def twin(task: str = "lift", fps: float = 50, **params) -> TwinRobot:
