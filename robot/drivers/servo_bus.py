@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tether.robot.interfaces import Arm, ArmSpec, JointState
 
 from tether.config import from_dict
 from tether.errors import ConfigError, DeviceClosedError, DeviceError
 from tether.optional import require
+from tether.robot.interfaces import Arm, ArmSpec, JointState
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class BusDialect:
 class ServoBus:
     """One serial port with servos on it. Thread-safe: every transaction holds the bus lock."""
 
-    def __init__(self, port: str, baudrate: int, dialect: BusDialect) -> None:
+    def __init__(self, port: str, baudrate: int, dialect: BusDialect, retries: int = 2) -> None:
         if baudrate not in dialect.baudrates:
             raise ConfigError(
                 f"{dialect.name} baudrate {baudrate} is not supported by the SDK; use one of "
@@ -112,6 +112,10 @@ class ServoBus:
         self.port_name = port
         self.baudrate = baudrate
         self.dialect = dialect
+        # A real bus sees the odd corrupted or late packet (and a loaded host the odd late
+        # poll); a transaction is retried this many times before it counts as failed.
+        self.retries = int(retries)
+        self.retried = 0  # how many retries were needed so far (reported by tools)
         self._lock = threading.Lock()
         self._sdk = None
         self._port = None
@@ -154,9 +158,15 @@ class ServoBus:
     # --- single-servo transactions -------------------------------------------------------------
     def ping(self, servo_id: int) -> int | None:
         """The servo's model number, or None when nothing answers at this id."""
-        with self._lock:
-            self._require_open()
-            model, result, error = self._ph.ping(self._port, servo_id)
+        for attempt in range(self.retries + 1):
+            with self._lock:
+                self._require_open()
+                model, result, error = self._ph.ping(self._port, servo_id)
+            if result == self._sdk.COMM_SUCCESS:
+                break
+            self.retried += attempt < self.retries
+            with self._lock:
+                self._drain()
         if result != self._sdk.COMM_SUCCESS:
             if result == self._sdk.COMM_RX_TIMEOUT:
                 return None
@@ -166,9 +176,15 @@ class ServoBus:
 
     def read(self, servo_id: int, name: str) -> int:
         reg = self.dialect.field(name)
-        with self._lock:
-            self._require_open()
-            data, result, error = self._ph.readTxRx(self._port, servo_id, reg.address, reg.size)
+        for attempt in range(self.retries + 1):
+            with self._lock:
+                self._require_open()
+                data, result, error = self._ph.readTxRx(self._port, servo_id, reg.address, reg.size)
+            if result == self._sdk.COMM_SUCCESS:
+                break
+            self.retried += attempt < self.retries
+            with self._lock:
+                self._drain()
         if result != self._sdk.COMM_SUCCESS:
             raise self._comm_error(result, f"read of '{name}'", [servo_id])
         self._check_error(error, f"read of '{name}'", servo_id)
@@ -176,11 +192,17 @@ class ServoBus:
 
     def write(self, servo_id: int, name: str, value: int) -> None:
         reg = self.dialect.field(name)
-        with self._lock:
-            self._require_open()
-            result, error = self._ph.writeTxRx(
-                self._port, servo_id, reg.address, reg.size, reg.encode(value)
-            )
+        for attempt in range(self.retries + 1):
+            with self._lock:
+                self._require_open()
+                result, error = self._ph.writeTxRx(
+                    self._port, servo_id, reg.address, reg.size, reg.encode(value)
+                )
+            if result == self._sdk.COMM_SUCCESS:
+                break
+            self.retried += attempt < self.retries
+            with self._lock:
+                self._drain()
         if result != self._sdk.COMM_SUCCESS:
             raise self._comm_error(result, f"write of '{name}'={value}", [servo_id])
         self._check_error(error, f"write of '{name}'={value}", servo_id)
@@ -200,7 +222,12 @@ class ServoBus:
                 for servo_id in ids:
                     group.addParam(servo_id)
                 self._sync_reads[key] = group
-            result = group.txRxPacket()
+            for attempt in range(self.retries + 1):
+                result = group.txRxPacket()
+                if result == self._sdk.COMM_SUCCESS:
+                    break
+                self.retried += attempt < self.retries
+                self._drain()
             if result != self._sdk.COMM_SUCCESS:
                 missing = [i for i in ids if len(group.data_dict.get(i) or []) < length]
                 raise self._comm_error(result, f"sync read of {', '.join(names)}", missing or ids)
@@ -222,6 +249,26 @@ class ServoBus:
             raise self._comm_error(result, f"sync write of '{name}'", list(values))
 
     # --- errors --------------------------------------------------------------------------------
+    def _drain(self, quiet_s: float = 0.002, limit_s: float = 0.03) -> None:
+        """Discard late replies of a failed transaction before the next one starts.
+
+        A status packet that arrives after the SDK gave up (a slow servo, a reply to a retried
+        request) would otherwise be read as the answer to the next request; the SDK's input
+        flush does not catch bytes still in flight in the adapter or the tty layer.
+        """
+        port = self._port
+        if port is None:
+            return
+        deadline = time.monotonic() + limit_s
+        last_data = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last_data < quiet_s:
+            waiting = port.getBytesAvailable()
+            if waiting:
+                port.readPort(waiting)
+                last_data = time.monotonic()
+            else:
+                time.sleep(0.0005)
+
     def _require_open(self) -> None:
         if self._port is None:
             raise DeviceClosedError(f"{self.dialect.name} bus '{self.port_name}' is not open.")
@@ -290,6 +337,7 @@ class ServoArmParams:
     read_velocity: bool = True
     read_effort: bool = True
     check_models: bool = True
+    retries: int = 2  # re-tries of a failed transaction before it raises
 
 
 def parse_params(params: dict[str, Any], key: str) -> ServoArmParams:
@@ -344,7 +392,7 @@ class ServoArm(Arm):
                     f"Arm '{name}': operating mode '{mode}' is not one of "
                     f"{', '.join(self.dialect.operating_modes)} for {self.dialect.name}."
                 )
-        self.bus = ServoBus(params.port, params.baudrate, self.dialect)
+        self.bus = ServoBus(params.port, params.baudrate, self.dialect, params.retries)
         self._connected = False
 
     @classmethod

@@ -243,7 +243,8 @@ class PtyBusEmulator(ABC):
     def __init__(self, servos: dict[int, EmulatedServo], baudrate: int = 1_000_000) -> None:
         self.servos = dict(servos)
         self.baudrate = int(baudrate)
-        self.corrupt_replies = 0  # the next N replies carry a wrong checksum
+        self._fault_lock = threading.Lock()
+        self._corrupt_replies = 0
         self.reply_delay_s = 0.0
         self.counts: Counter[str] = Counter()
         self._master: int | None = None
@@ -289,6 +290,16 @@ class PtyBusEmulator(ABC):
                     pass
         self._master = self._slave = None
 
+    @property
+    def corrupt_replies(self) -> int:
+        """How many of the next replies will carry a wrong checksum."""
+        return self._corrupt_replies
+
+    @corrupt_replies.setter
+    def corrupt_replies(self, count: int) -> None:
+        with self._fault_lock:  # the reader thread decrements it concurrently
+            self._corrupt_replies = int(count)
+
     def servo(self, servo_id: int) -> EmulatedServo:
         return self.servos[servo_id]
 
@@ -316,8 +327,11 @@ class PtyBusEmulator(ABC):
                     self._send(reply)
 
     def _send(self, reply: bytes) -> None:
-        if self.corrupt_replies > 0:
-            self.corrupt_replies -= 1
+        with self._fault_lock:
+            corrupt = self._corrupt_replies > 0
+            if corrupt:
+                self._corrupt_replies -= 1
+        if corrupt:
             reply = reply[:-1] + bytes([reply[-1] ^ 0x5A])
             self.counts["corrupted"] += 1
         if self.reply_delay_s:

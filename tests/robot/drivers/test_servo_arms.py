@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError, DeviceError
 from tether.robot.config import ArmConfig
 from tether.robot.drivers.dynamixel import DynamixelArm
 from tether.robot.drivers.feetech import FeetechArm
 from tether.robot.emulators import DynamixelBusEmulator, FeetechBusEmulator
 from tether.robot.testing.contract import ArmContract
-
-from tether.errors import ConfigError, DeviceError
 
 pytest.importorskip("dynamixel_sdk")
 pytest.importorskip("scservo_sdk")
@@ -152,12 +152,18 @@ def test_servo_that_stops_answering_mid_session_is_named(family):
         assert arm.read().position.shape == (6,)  # recovers once the servo answers again
 
 
-def test_corrupted_reply_is_reported_not_returned(family):
+def test_corrupted_reply_is_retried_then_reported(family):
     bus, cls, config = family
     with cls.from_config(config(bus.port)) as arm:
-        bus.corrupt_replies = 1
+        bus.corrupt_replies = 1  # one damaged status packet: retried, the caller never sees it
+        retried = arm.bus.retried
+        assert arm.read().position.shape == (6,)
+        assert arm.bus.retried == retried + 1
+        bus.corrupt_replies = 10_000  # persistent damage: reported, not returned
         with pytest.raises(DeviceError, match="(?i)corrupt|incorrect|no status"):
             arm.read()
+        bus.corrupt_replies = 0
+        time.sleep(0.05)  # let the replies to the failed attempts drain
         assert arm.read().position.shape == (6,)
 
 
