@@ -8,8 +8,9 @@ with indices outside the episode replaced by the nearest edge step (edge repeat)
 
 Low-dim arrays are loaded into memory at construction (small); images stay on disk and are
 decoded inside each DataLoader worker. A batch (`__getitems__`) decodes each distinct frame once,
-and a small per-worker cache keeps recently decoded frames, so overlapping windows (obs_horizon
-> 1, or a `LocalitySampler`) share work. See docs/data.md for measured throughput.
+so overlapping windows (obs_horizon > 1, or a `LocalitySampler`) share work; `frame_cache` > 0
+also keeps recent frames across batches (it costs a copy per frame, and only pays off for
+sequential sampling). See docs/data.md for measured throughput.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class EpisodeDataset(Dataset):
         action_start: int = 0,
         keys: Iterable[str] | None = None,
         episodes: Iterable[int] | None = None,
-        frame_cache: int = 32,
+        frame_cache: int = 0,
     ) -> None:
         if obs_horizon < 1:
             raise ValueError(f"obs_horizon must be >= 1, got {obs_horizon}")
