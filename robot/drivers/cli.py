@@ -88,6 +88,9 @@ def scan_bus(
     protocol: str = typer.Option("dynamixel", "--protocol", help="dynamixel or feetech."),
     baudrate: int = typer.Option(1_000_000, "--baudrate", help="Bus baud rate."),
     ids: str = typer.Option("1-10", "--ids", help="Ids to ping, e.g. 1-10 or 1,2,7."),
+    timeout_ms: float | None = typer.Option(
+        None, "--timeout-ms", help="Reply timeout per ping (default: the SDK's, ~34 ms)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Ping servo ids on a bus and list the ones that answer, with their model numbers.
@@ -101,7 +104,7 @@ def scan_bus(
         wanted = parse_ids(ids)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    bus = ServoBus(port, baudrate, _dialect(protocol))
+    bus = ServoBus(port, baudrate, _dialect(protocol), retries=1, packet_timeout_ms=timeout_ms)
     found = []
     try:
         bus.open()

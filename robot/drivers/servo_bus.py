@@ -103,7 +103,14 @@ class BusDialect:
 class ServoBus:
     """One serial port with servos on it. Thread-safe: every transaction holds the bus lock."""
 
-    def __init__(self, port: str, baudrate: int, dialect: BusDialect, retries: int = 2) -> None:
+    def __init__(
+        self,
+        port: str,
+        baudrate: int,
+        dialect: BusDialect,
+        retries: int = 2,
+        packet_timeout_ms: float | None = None,
+    ) -> None:
         if baudrate not in dialect.baudrates:
             raise ConfigError(
                 f"{dialect.name} baudrate {baudrate} is not supported by the SDK; use one of "
@@ -116,6 +123,9 @@ class ServoBus:
         # poll); a transaction is retried this many times before it counts as failed.
         self.retries = int(retries)
         self.retried = 0  # how many retries were needed so far (reported by tools)
+        # None: the SDK's own reply timeout (2 x its 16 ms latency-timer guess + wire time);
+        # raise it for long daisy chains, slow adapters or a loaded host.
+        self.packet_timeout_ms = packet_timeout_ms
         self._lock = threading.Lock()
         self._sdk = None
         self._port = None
@@ -130,7 +140,7 @@ class ServoBus:
         if self._port is not None:
             return
         sdk = require(self.dialect.sdk_module, self.dialect.extra, f"{self.dialect.name} servos")
-        port = sdk.PortHandler(self.port_name)
+        port = _port_handler(sdk, self.port_name, self.packet_timeout_ms)
         try:
             opened = port.openPort()
         except Exception as exc:  # pyserial raises SerialException (an OSError subclass) or OSError
@@ -161,7 +171,10 @@ class ServoBus:
         for attempt in range(self.retries + 1):
             with self._lock:
                 self._require_open()
-                model, result, error = self._ph.ping(self._port, servo_id)
+                try:
+                    model, result, error = self._ph.ping(self._port, servo_id)
+                except IndexError:  # the SDK took a late, shorter reply as the model read
+                    model, result, error = 0, self._sdk.COMM_RX_CORRUPT, 0
             if result == self._sdk.COMM_SUCCESS:
                 break
             self.retried += attempt < self.retries
@@ -303,6 +316,19 @@ class ServoBus:
         return bool(error & (1 | 4 | 8 | 32))
 
 
+def _port_handler(sdk, name: str, packet_timeout_ms: float | None):
+    """The SDK's PortHandler, with the reply timeout overridden when configured."""
+    if packet_timeout_ms is None:
+        return sdk.PortHandler(name)
+
+    class PortHandler(sdk.PortHandler):
+        def setPacketTimeout(self, packet_length):  # noqa: N802 - the SDK's name
+            super().setPacketTimeout(packet_length)
+            self.packet_timeout = self.tx_time_per_byte * packet_length + packet_timeout_ms
+
+    return PortHandler(name)
+
+
 # ------------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------------
@@ -338,6 +364,7 @@ class ServoArmParams:
     read_effort: bool = True
     check_models: bool = True
     retries: int = 2  # re-tries of a failed transaction before it raises
+    packet_timeout_ms: float | None = None  # reply timeout; None: the SDK's (~34 ms)
 
 
 def parse_params(params: dict[str, Any], key: str) -> ServoArmParams:
@@ -392,7 +419,9 @@ class ServoArm(Arm):
                     f"Arm '{name}': operating mode '{mode}' is not one of "
                     f"{', '.join(self.dialect.operating_modes)} for {self.dialect.name}."
                 )
-        self.bus = ServoBus(params.port, params.baudrate, self.dialect, params.retries)
+        self.bus = ServoBus(
+            params.port, params.baudrate, self.dialect, params.retries, params.packet_timeout_ms
+        )
         self._connected = False
 
     @classmethod

@@ -30,14 +30,15 @@ def write_config(tmp_path, follower_port, leader_port, calibration=None):
     data = {
         "name": "so101",
         "fps": 30,
-        "arms": [{"name": "follower", "driver": "feetech", "params": {"port": follower_port, "motors": motors}}],
+        "arms": [{"name": "follower", "driver": "feetech", "params": {"port": follower_port, "motors": motors, "packet_timeout_ms": 150.0}}],
         "teleop": {
             "device": "leader",
             "params": {
                 "startup_speed": 1.0,
                 "leaders": [
                     {"follower": "follower", "driver": "feetech",
-                     "params": {"port": leader_port, "torque": False, "motors": leader_motors}}
+                     "params": {"port": leader_port, "torque": False, "motors": leader_motors,
+                                "packet_timeout_ms": 150.0}}
                 ],
             },
         },

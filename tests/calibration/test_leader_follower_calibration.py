@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tether.calibration.leader_follower import (
     ArmPairCalibration,
     GripperMapping,
@@ -15,9 +16,8 @@ from tether.calibration.leader_follower import (
     default_pair,
     offsets_from_poses,
 )
-from tether.robot.interfaces import ArmSpec
-
 from tether.errors import ConfigError
+from tether.robot.interfaces import ArmSpec
 
 
 def spec(name, joints, gripper=True, lower=-math.pi, upper=math.pi, grip=(0.0, 1.0)):

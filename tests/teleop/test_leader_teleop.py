@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError
 from tether.robot.emulators import DynamixelBusEmulator, FeetechBusEmulator
 from tether.robot.interfaces import ArmSpec, Robot
 from tether.robot.memory import MemoryArm
 from tether.robot.safety import SafetyConfig
 from tether.teleop.factory import make_teleop
 from tether.teleop.leader import LeaderTeleop
-
-from tether.errors import ConfigError
 
 pytest.importorskip("scservo_sdk")
 
@@ -26,7 +26,7 @@ def leader_params(port: str, driver: str = "feetech", follower: str = "main") ->
     motors[-1].update({"lower": 0.0, "upper": 1.0})  # the leader's trigger travels 1 rad
     return {
         "leaders": [
-            {"follower": follower, "driver": driver, "params": {"port": port, "torque": False, "motors": motors}}
+            {"follower": follower, "driver": driver, "params": {"port": port, "torque": False, "motors": motors, "packet_timeout_ms": 150.0}}
         ],
         "startup_speed": 1.0,
         "startup_tolerance": 0.02,
@@ -154,7 +154,8 @@ def test_leader_drives_the_twin_follower(leader_bus):
             {
                 "follower": spec.name,
                 "driver": "feetech",
-                "params": {"port": leader_bus.port, "torque": False, "motors": motors},
+                "params": {"port": leader_bus.port, "torque": False, "motors": motors,
+                           "packet_timeout_ms": 150.0},
             }
         ],
         "startup_speed": 1.0,

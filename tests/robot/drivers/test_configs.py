@@ -9,12 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from tether.config import from_dict, load_mapping
 from tether.robot.config import RobotConfig
 from tether.robot.emulators import DynamixelBusEmulator, FeetechBusEmulator
 from tether.robot.factory import load_robot_config, make_robot
 from tether.teleop.factory import make_teleop
-
-from tether.config import from_dict, load_mapping
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -62,8 +62,8 @@ def test_leader_config_runs_on_emulated_buses(name, emulator, video):
     leader_params = data["teleop"]["params"]["leaders"][0]["params"]
     leader_models = {m["id"]: m.get("model", "sts3215") for m in leader_params["motors"]}
     with emulator(follower_models) as follower_bus, emulator(leader_models) as leader_bus:
-        data["arms"][0]["params"]["port"] = follower_bus.port
-        leader_params["port"] = leader_bus.port
+        data["arms"][0]["params"].update(port=follower_bus.port, packet_timeout_ms=150.0)
+        leader_params.update(port=leader_bus.port, packet_timeout_ms=150.0)
         for cam in data["cameras"]:
             cam.update(width=64, height=48, params={"source": video})
         config = from_dict(RobotConfig, data)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from tether.robot.drivers.cli import register
 from tether.robot.emulators import DynamixelBusEmulator
-from typer.testing import CliRunner
 
 TETHER = str(Path(sys.executable).parent / "tether")
 
@@ -35,7 +36,7 @@ def test_find_ports_and_cameras_print_json(cli):
 
 def test_scan_bus_lists_the_servos_that_answer(cli):
     with DynamixelBusEmulator({1: "xl330-m288", 2: "xm430-w350", 5: "xl430-w250"}) as bus:
-        result = cli("scan-bus", "--port", bus.port, "--ids", "1-5", "--json")
+        result = cli("scan-bus", "--port", bus.port, "--ids", "1-5", "--json", "--timeout-ms", "150")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == [
         {"id": 1, "model_number": 1200, "model": "xl330-m288"},
@@ -60,7 +61,8 @@ def test_emulate_bus_through_the_tether_command(cli):
     try:
         port = proc.stdout.readline().strip()
         assert port.startswith("/dev/pts/")
-        result = cli("scan-bus", "--port", port, "--protocol", "feetech", "--ids", "1-4", "--json")
+        result = cli("scan-bus", "--port", port, "--protocol", "feetech", "--ids", "1-4", "--json",
+                     "--timeout-ms", "150")
         assert result.exit_code == 0, result.output
         assert [s["id"] for s in json.loads(result.output)] == [1, 2, 3]
     finally:

@@ -7,11 +7,11 @@ import time
 import cv2
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError, DeviceError
 from tether.robot.config import CameraConfig
 from tether.robot.drivers.opencv_camera import OpenCVCamera
 from tether.robot.testing.contract import CameraContract
-
-from tether.errors import ConfigError, DeviceError
 
 W, H, FPS, N = 64, 48, 30.0, 12
 

@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError, DeviceError
 from tether.robot.config import CameraConfig
 from tether.robot.drivers.realsense import RealSenseCamera, RealSenseParams
 from tether.robot.interfaces import CameraSpec
 from tether.robot.testing.contract import CameraContract
-
-from tether.errors import ConfigError, DeviceError
 
 rs = pytest.importorskip("pyrealsense2")
 from tether.robot.emulators.realsense import SoftwareRealSense  # noqa: E402

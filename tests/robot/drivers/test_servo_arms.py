@@ -28,14 +28,18 @@ def motors(model: str, **overrides) -> list[dict]:
     return out
 
 
+# A generous reply timeout: the emulator shares 2 busy CPU cores with the test process.
+TIMEOUT = {"packet_timeout_ms": 150.0}
+
+
 def dxl_config(port: str, **params) -> ArmConfig:
-    base = {"port": port, "motors": motors("xl330-m288")}
+    base = {"port": port, "motors": motors("xl330-m288")} | TIMEOUT
     base.update(params)
     return ArmConfig(name="follower", driver="dynamixel", params=base)
 
 
 def sts_config(port: str, **params) -> ArmConfig:
-    base = {"port": port, "motors": motors("sts3215")}
+    base = {"port": port, "motors": motors("sts3215")} | TIMEOUT
     base.update(params)
     return ArmConfig(name="follower", driver="feetech", params=base)
 
@@ -135,7 +139,7 @@ def test_leader_config_keeps_torque_off_and_refuses_commands(family):
 def test_missing_servo_is_named_on_connect(family):
     bus, cls, config = family
     bus.servo(4).responding = False
-    arm = cls.from_config(config(bus.port))
+    arm = cls.from_config(config(bus.port, retries=0))
     with pytest.raises(DeviceError, match=r"wrist_flex \(id 4\)"):
         arm.connect()
     assert not arm.is_connected
@@ -143,7 +147,7 @@ def test_missing_servo_is_named_on_connect(family):
 
 def test_servo_that_stops_answering_mid_session_is_named(family):
     bus, cls, config = family
-    with cls.from_config(config(bus.port)) as arm:
+    with cls.from_config(config(bus.port, retries=0)) as arm:
         arm.read()
         bus.servo(5).responding = False
         with pytest.raises(DeviceError, match=r"\[5\]"):
@@ -172,7 +176,7 @@ def test_wrong_model_and_wrong_baudrate_are_clear(family):
     wrong = motors(_model(cls), gripper={"model": _other_model(cls)})
     with pytest.raises(DeviceError, match="gripper .*expected"):
         cls.from_config(config(bus.port, motors=wrong)).connect()
-    slow = cls.from_config(config(bus.port, baudrate=57600))
+    slow = cls.from_config(config(bus.port, baudrate=57600, retries=0, packet_timeout_ms=20.0))
     with pytest.raises(DeviceError, match="57600"):
         slow.connect()
 

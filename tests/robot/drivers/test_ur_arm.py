@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from tether.robot.config import ArmConfig
-from tether.robot.drivers.ur_rtde import URArm
 
 from tether.errors import ConfigError, DeviceClosedError, DeviceError
+from tether.robot.config import ArmConfig
+from tether.robot.drivers.ur_rtde import URArm
 
 pytest.importorskip("rtde_receive")
 
