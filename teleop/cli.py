@@ -132,6 +132,10 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
                 reset_time_s=reset_time, seed=seed, keyboard=keyboard, on_episode=report,
             )
         saved = [r for r in results if r.outcome == SAVED]
+        if store.n_episodes:  # normalizer statistics, computed once and saved with the store
+            from tether.data.stats import compute_stats
+
+            compute_stats(store, save=True)
         console.print(
             f"saved {len(saved)} episode(s) to {out} ({store.n_episodes} in store); "
             f"success {sum(bool(r.success) for r in saved)}/{len(saved)}"

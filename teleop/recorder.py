@@ -159,12 +159,19 @@ class Recorder:
         self._loop = loop
         t_wall = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         state = {"steps": 0, "t0": time.monotonic(), "last_status": 0.0}
+        spans = _Spans()
 
         def step(tick: Tick) -> bool:
             sample = streams.sample(tick.t_scheduled)
             obs = sample.observation
             target = self.teleop.next_target(obs)
-            sent = self.robot.act(target) if target is not None else self.robot.hold()
+            if target is not None:
+                sent = self.robot.act(target)
+            else:  # no input: hold; a simulated robot still has to advance one period
+                sent = self.robot.hold()
+                if not self.realtime:
+                    sent = self.robot.act(sent)
+            spans.track(state["steps"], bool(getattr(self.teleop, "intervening", False)))
             t_tick = tick.t_start if self.realtime else tick.index / self.fps
             writer.put(_record(sample, sent, t_tick))
             monitor.tick(sample.capture_t, sample.camera_index, sample.camera_age)
@@ -202,7 +209,7 @@ class Recorder:
             "operator": self.operator,
             "success": success,
             "notes": "",
-            "intervention_spans": [],
+            "intervention_spans": spans.finish(state["steps"]),
             "seed": seed,
             "fps": self.fps,
             "realtime": self.realtime,
@@ -348,6 +355,31 @@ class _WriterThread:
             except (TetherError, OSError) as exc:
                 self.error = exc if isinstance(exc, TetherError) else StoreError(str(exc))
                 log.error("recorder writer failed: %s", exc)
+
+
+class _Spans:
+    """[start, stop) step ranges during which the teleop device reported `intervening`.
+
+    Devices used for human-in-the-loop correction (a leader arm taking over from a policy) set
+    `intervening`; the spans let training weight or select the corrected segments.
+    """
+
+    def __init__(self) -> None:
+        self.spans: list[list[int]] = []
+        self._start: int | None = None
+
+    def track(self, step: int, active: bool) -> None:
+        if active and self._start is None:
+            self._start = step
+        elif not active and self._start is not None:
+            self.spans.append([self._start, step])
+            self._start = None
+
+    def finish(self, steps: int) -> list[list[int]]:
+        if self._start is not None:
+            self.spans.append([self._start, steps])
+            self._start = None
+        return self.spans
 
 
 def _record(sample: Sample, sent: np.ndarray, t_tick: float) -> dict[str, np.ndarray]:

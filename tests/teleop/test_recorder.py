@@ -186,3 +186,35 @@ def test_fps_must_match_the_store(store):
     robot = make_robot(cameras={})
     with pytest.raises(StoreError, match="differs from the store's fps"):
         Recorder(robot, SineTeleop(12), store, fps=50.0)
+
+
+class TakeoverTeleop(SineTeleop):
+    """Intervenes on steps 5-9 and gives no input (None: hold) on steps 12-14."""
+
+    def __init__(self, dof: int) -> None:
+        super().__init__(dof)
+        self.calls = 0
+
+    @property
+    def intervening(self) -> bool:
+        return 5 <= self.calls - 1 < 10
+
+    def next_target(self, observation):
+        self.calls += 1
+        if 12 <= self.calls - 1 < 15:
+            return None
+        return super().next_target(observation)
+
+
+def test_intervention_spans_and_hold_without_input_in_fast_mode(store):
+    robot = make_robot(cameras={})
+    teleop = TakeoverTeleop(robot.action_dim)
+    with robot:
+        result = Recorder(robot, teleop, store, realtime=False).record_episode(max_steps=20)
+    assert result.steps == 20
+    meta = store.episode_metadata(0)
+    assert meta["intervention_spans"] == [[5, 10]]
+    actions = store.get_episode(0)["action"]
+    np.testing.assert_array_equal(actions[12], actions[11])  # held during the gap
+    np.testing.assert_array_equal(actions[14], actions[11])
+    np.testing.assert_allclose(store.get_episode(0)["timestamp"], np.arange(20) / FPS)
