@@ -109,17 +109,14 @@ def scene_xml(
             density="800" priority="1" condim="4"/>
     </default>
   </default>
-  <asset>
-    <texture name="grid" type="2d" builtin="checker" width="256" height="256"
-             rgb1="0.55 0.45 0.35" rgb2="0.5 0.4 0.3"/>
-    <material name="table" texture="grid" texrepeat="8 8" reflectance="0"/>
-    <texture name="skybox" type="skybox" builtin="gradient" rgb1="0.6 0.7 0.8" rgb2="0.2 0.2 0.25"
-             width="64" height="64"/>
-  </asset>
   <worldbody>
     <light name="key" pos="0 -0.6 1.5" dir="0 0.4 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
-    <geom name="table" type="box" size="0.8 0.6 0.02" pos="0 0 -0.02" material="table"
+    <geom name="table" type="box" size="0.8 0.6 0.02" pos="0 0 -0.02" rgba="0.55 0.45 0.35 1"
           contype="1" conaffinity="1"/>
+    <geom name="backdrop_x" type="box" size="0.01 1.2 0.6" pos="-0.75 0 0.4"
+          rgba="0.78 0.8 0.82 1" contype="0" conaffinity="0"/>
+    <geom name="backdrop_y" type="box" size="1.2 0.01 0.6" pos="0 0.75 0.4"
+          rgba="0.72 0.76 0.8 1" contype="0" conaffinity="0"/>
     {"".join(arm_bodies)}
     {objects}
     {cameras}

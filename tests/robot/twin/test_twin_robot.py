@@ -235,3 +235,22 @@ def test_camera_jitter_keeps_frames_in_order():
         indices = [i for i, _ in seen]
         assert indices == sorted(indices)
         assert len(set(indices)) > 20  # most frames still arrive
+
+
+@pytest.mark.parametrize("task", ["lift", "transfer_cube"])
+def test_position_actuators_track_a_50hz_step_without_ringing(task):
+    robot = twin(task, cameras=[])
+    with robot:
+        for j in range(robot.action_dim):
+            robot.reset(0)
+            target = robot.home.copy()
+            step = 0.05 if target[j] + 0.05 < robot.upper[j] else -0.05
+            target[j] += step
+            response = []
+            for _ in range(20):
+                robot.act(target)
+                response.append((robot.observe().state[j] - robot.home[j]) / step)
+            response = np.array(response)
+            assert response[4] > 0.9, f"joint {j} reached only {response[4]:.0%} after 80 ms"
+            assert response.max() < 1.05, f"joint {j} overshoots by {response.max() - 1:.1%}"
+            assert abs(response[-1] - 1) < 0.03, f"joint {j} settles {response[-1] - 1:.1%} off"
