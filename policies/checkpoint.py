@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tether.policies.base import Policy, PolicySpec
-from tether.policies.normalizer import Normalizer
 from torch import nn
 
 from tether.config import from_dict, to_dict
 from tether.errors import PolicyError
+from tether.policies.base import Policy, PolicySpec
+from tether.policies.normalizer import Normalizer
 
 __all__ = ["FORMAT", "build_model", "find_checkpoint", "load_policy", "read_policy_json",
            "save_checkpoint"]
@@ -123,6 +123,7 @@ def read_policy_json(ckpt: Path) -> dict[str, Any]:
 def load_policy(path: str | Path, device: str = "cpu", use_ema: bool = True) -> Policy:
     """Load a policy for inference from a run or checkpoint directory (no training code runs)."""
     from safetensors.torch import load_file
+
     from tether.policies.torch_policy import ACTPolicy, DiffusionPolicy
 
     ckpt = find_checkpoint(path)
@@ -155,7 +156,11 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise PolicyError(f"weights in {source} do not match the model config in policy.json: "
+                          f"{str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") from exc
     if missing or unexpected:
         raise PolicyError(
             f"weights in {source} do not match the model config in policy.json: missing "

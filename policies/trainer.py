@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tether.policies.base import Policy
-from tether.policies.normalizer import Normalizer
-from tether.policies.presets import get_preset
 from torch import nn
 
 from tether.config import from_dict, save_config
 from tether.errors import ConfigError, PolicyError
+from tether.policies.base import Policy
+from tether.policies.normalizer import Normalizer
+from tether.policies.presets import get_preset
 
 __all__ = ["TrainConfig", "load_run_config", "resolve_config", "train"]
 
@@ -308,6 +308,7 @@ class _Trainer:
                     dt = time.perf_counter() - window_t
                     row = {"step": self.step, **{k: v / window_n for k, v in sums.items()},
                            "lr": self.optimizer.param_groups[0]["lr"], "it_s": window_n / dt,
+                           "world_size": self.dist.world,
                            "time": time.time()}
                     self._log(row)
                     progress.update(task, loss=row["loss"], lr=row["lr"], rate=row["it_s"])
@@ -378,6 +379,7 @@ class _Trainer:
 
     def _load_train_state(self) -> None:
         from safetensors.torch import load_file
+
         from tether.policies.checkpoint import _load_state
 
         ckpt = self.run_dir / "checkpoints" / "last"
