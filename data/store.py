@@ -399,7 +399,8 @@ class EpisodeStore:
         if fmt != FORMAT_NAME:
             raise StoreError(
                 f"{path} is a zarr group but not a tether episode store (attribute tether_format "
-                f"is {fmt!r}). If it is a diffusion_policy replay buffer, convert it first."
+                f"is {fmt!r}). If it is a diffusion_policy replay buffer, import it with "
+                "tether.data.converters.import_replay_buffer()."
             )
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise StoreError(

@@ -174,6 +174,8 @@ class Recorder:
             spans.track(state["steps"], bool(getattr(self.teleop, "intervening", False)))
             t_tick = tick.t_start if self.realtime else tick.index / self.fps
             writer.put(_record(sample, sent, t_tick))
+            if writer.backlog > 2 * self.fps:
+                monitor.warn("writer", f"the disk is falling behind: {writer.backlog} ticks queued")
             monitor.tick(sample.capture_t, sample.camera_index, sample.camera_age)
             state["steps"] += 1
             now = time.monotonic()
@@ -186,8 +188,8 @@ class Recorder:
                 return False
             return not (max_steps is not None and state["steps"] >= max_steps)
 
-        streams.start()
         try:
+            streams.start()
             loop_stats = loop.run(step, max_ticks=max_steps, duration_s=duration_s)
         except BaseException:
             streams.stop()

@@ -110,6 +110,10 @@ class SyncMonitor:
             "stalled": [n for n, c in self.cameras.items() if c.stalled],
         }
 
+    def warn(self, kind: str, message: str) -> None:
+        """Log a live warning of `kind`, at most once per second per kind."""
+        self._warn(kind, message)
+
     def _warn(self, kind: str, message: str) -> None:
         now = time.monotonic()
         if now - self._last_warn.get(kind, -1e9) < 1.0:

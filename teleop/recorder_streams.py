@@ -93,7 +93,8 @@ class _Poller:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
 
     def snapshot(self) -> list:
         with self._lock:

@@ -218,3 +218,18 @@ def test_intervention_spans_and_hold_without_input_in_fast_mode(store):
     np.testing.assert_array_equal(actions[12], actions[11])  # held during the gap
     np.testing.assert_array_equal(actions[14], actions[11])
     np.testing.assert_allclose(store.get_episode(0)["timestamp"], np.arange(20) / FPS)
+
+
+class BrokenTeleop(SineTeleop):
+    def next_target(self, observation):
+        raise RuntimeError("leader arm unplugged")
+
+
+def test_a_failing_device_discards_the_episode_and_the_store_stays_usable(store):
+    robot = make_robot()
+    with robot:
+        with pytest.raises(RuntimeError, match="unplugged"):
+            Recorder(robot, BrokenTeleop(robot.action_dim), store).record_episode(max_steps=30)
+        assert store.n_episodes == 0
+        result = Recorder(robot, SineTeleop(robot.action_dim), store).record_episode(max_steps=10)
+    assert result.outcome == SAVED and store.n_episodes == 1 and store.n_steps == 10
