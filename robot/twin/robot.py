@@ -55,6 +55,21 @@ class TwinParams:
             raise ConfigError(
                 f"Unknown twin_params {unknown}. Known: {', '.join(sorted(known))}."
             )
+        params = dict(params)
+        if isinstance(params.get("cameras"), str):  # `twin_params.cameras=top,wrist` from a CLI
+            params["cameras"] = [c.strip() for c in params["cameras"].split(",") if c.strip()]
+        for label in ("depth", "realtime"):
+            if label in params and not isinstance(params[label], bool):
+                raise ConfigError(f"twin_params.{label} must be true or false, got {params[label]!r}")
+        for label in ("camera_fps", "command_latency_s", "command_jitter_s", "camera_latency_s",
+                      "camera_jitter_s"):
+            value = params.get(label)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"twin_params.{label} must be a number, got {value!r}")
+        if params.get("camera_fps") is not None and not params["camera_fps"] > 0:
+            raise ConfigError("twin_params.camera_fps must be positive")
+        if not isinstance(params.get("seed", 0), int) or params.get("seed", 0) < 0:
+            raise ConfigError(f"twin_params.seed must be a non-negative integer, got {params['seed']!r}")
         out = cls(**params)
         if out.cameras is not None and (
             not isinstance(out.cameras, list | tuple) or not all(isinstance(c, str) for c in out.cameras)
@@ -131,6 +146,8 @@ class TwinRobot(Robot):
 
         Returns the first observation when connected (None before connect()).
         """
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ConfigError(f"Episode seeds are non-negative integers, got {seed!r}")
         rng = np.random.default_rng(int(seed))
         with self.sim.lock:
             self.sim.reset(seed)

@@ -191,6 +191,10 @@ def test_realtime_mode_paces_physics_to_the_wall_clock():
         ({"width": 1280}, ["640x480"]),
         ({"width": -3}, ["width"]),
         ({"camera_latency_s": -0.1}, ["camera_latency_s"]),
+        ({"camera_latency_s": "fast"}, ["camera_latency_s", "number"]),
+        ({"realtime": "yes"}, ["realtime", "true or false"]),
+        ({"camera_fps": 0}, ["camera_fps"]),
+        ({"seed": -1}, ["seed"]),
     ],
 )
 def test_bad_twin_params_are_rejected_with_a_clear_message(params, words):
@@ -254,3 +258,11 @@ def test_position_actuators_track_a_50hz_step_without_ringing(task):
             assert response[4] > 0.9, f"joint {j} reached only {response[4]:.0%} after 80 ms"
             assert response.max() < 1.05, f"joint {j} overshoots by {response.max() - 1:.1%}"
             assert abs(response[-1] - 1) < 0.03, f"joint {j} settles {response[-1] - 1:.1%} off"
+
+
+def test_cameras_from_a_cli_override_string():
+    robot = make_robot("twin:lift", ["twin_params.cameras=top,wrist", "twin_params.width=64",
+                                     "twin_params.height=48"])
+    assert list(robot.cameras) == ["top", "wrist"]
+    with pytest.raises(ConfigError, match="non-negative"):
+        robot.reset(-5)
