@@ -16,8 +16,12 @@ When the controller is protective- or emergency-stopped, `command()` refuses to 
 DeviceError saying how to recover, instead of queueing targets that would run once the stop is
 cleared.
 
-There is no UR simulator in these registries, so the tests cover everything up to the SDK call
-(config validation, limits, error paths) and the SDK's own failure to connect.
+With `read_only: true` the driver only opens the RTDE receive interface: record a UR that an
+operator moves in freedrive (kinesthetic teaching) or that runs its own program.
+
+Tests: the receive side runs against `tether.robot.emulators.rtde` (an RTDE output peer speaking
+the real protocol to ur_rtde); the control side (servoJ) needs a controller that runs ur_rtde's
+uploaded script, which no peer here provides, so it is tested up to the SDK call.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tether.robot.interfaces import Arm, ArmSpec, JointState
 
 from tether.config import from_dict
 from tether.errors import ConfigError, DeviceError
 from tether.optional import require
+from tether.robot.interfaces import Arm, ArmSpec, JointState
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class URParams:
     lower: list[float] = field(default_factory=lambda: [-2 * math.pi] * 6)
     upper: list[float] = field(default_factory=lambda: [2 * math.pi] * 6)
     home: list[float] = field(default_factory=lambda: [0.0, -math.pi / 2, math.pi / 2, -math.pi / 2, -math.pi / 2, 0.0])
+    read_only: bool = False  # only read (record a UR moved in freedrive or by its own program)
     max_joint_speed: float = 3.0  # rad/s (UR5e joints top out at pi): bigger steps are refused
     stop_script_on_close: bool = True
 
@@ -107,6 +112,9 @@ class URArm(Arm):
                 f"Arm '{self.name}': could not reach the UR controller at {host} (RTDE port 30004): "
                 f"{exc}. Check the network cable and IP, and that the robot is powered on."
             ) from exc
+        if self.params.read_only:
+            self._receive, self._control = receive, None
+            return
         try:
             control = rtde_control.RTDEControlInterface(host, self.params.frequency)
         except RuntimeError as exc:
@@ -143,9 +151,14 @@ class URArm(Arm):
 
     def command(self, target_position: np.ndarray) -> None:
         self._require_connected()
+        if self._control is None:
+            raise DeviceError(
+                f"Arm '{self.name}' is connected read-only (params.read_only: true); it cannot be "
+                "commanded."
+            )
         target = self.check_target(target_position, self._last_command)
         receive, control = self._receive, self._control
-        if receive.isProtectiveStopped() or receive.isEmergencyStopped():
+        if self.stopped:
             kind = "emergency" if receive.isEmergencyStopped() else "protective"
             raise DeviceError(
                 f"Arm '{self.name}' is in a {kind} stop; no command was sent. Clear the stop on the "
@@ -155,6 +168,12 @@ class URArm(Arm):
         if not control.servoJ(target.tolist(), 0.0, 0.0, p.servo_period_s, p.lookahead_time, p.gain):
             raise DeviceError(f"Arm '{self.name}': servoJ was rejected by the controller.")
         self._last_command = target
+
+    @property
+    def stopped(self) -> bool:
+        """True while the controller is protective- or emergency-stopped."""
+        self._require_connected()
+        return bool(self._receive.isProtectiveStopped() or self._receive.isEmergencyStopped())
 
     def check_target(self, target_position, previous: np.ndarray | None) -> np.ndarray:
         """Everything that must hold before a target reaches servoJ (no I/O; unit-tested)."""

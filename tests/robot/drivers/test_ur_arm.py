@@ -1,7 +1,8 @@
-"""URArm up to the ur_rtde call: config checks, target checks, and the SDK's real connect failure.
+"""URArm: config and target checks, the receive side against an RTDE peer, and the SDK's own
+connection failures.
 
 No UR simulator (URSim) is available here and RTDEControlInterface needs a controller that runs
-its uploaded script, so streaming servoJ against a peer is not tested; see docs/hardware.md.
+its uploaded script, so streaming servoJ is tested only up to the SDK call; see docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ pytest.importorskip("rtde_receive")
 
 
 def config(**params) -> ArmConfig:
-    return ArmConfig(name="ur5e", driver="ur_rtde", params={"host": "127.0.0.1"} | params)
+    return ArmConfig(name="ur5e", driver="ur_rtde", params={"host": "127.0.0.1", **params})
 
 
 @pytest.mark.parametrize(
@@ -58,11 +59,82 @@ def test_targets_are_checked_before_servoj():
 
 
 def test_no_controller_gives_a_clear_error_from_the_real_sdk():
-    arm = URArm.from_config(config())
+    arm = URArm.from_config(config(host="127.0.0.2"))  # loopback, but nothing listens there
     t0 = time.monotonic()
-    with pytest.raises(DeviceError, match="could not reach the UR controller at 127.0.0.1"):
+    with pytest.raises(DeviceError, match="could not reach the UR controller at 127.0.0.2"):
         arm.connect()
     assert time.monotonic() - t0 < 10.0
     assert not arm.is_connected
     with pytest.raises(DeviceClosedError):
         arm.read()
+
+
+# --- the receive side against an RTDE peer speaking the real protocol --------------------------
+
+
+@pytest.fixture(scope="module")
+def rtde_peer():
+    """tether.robot.emulators.rtde in its own process (ur_rtde holds the GIL while connecting)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether.robot.emulators.rtde", "--max-seconds", "120"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    banner = proc.stdout.readline()
+    if "RTDE peer" not in banner:
+        proc.kill()
+        pytest.skip("port 30004 is taken on this machine")
+
+    def send(update: dict) -> None:
+        proc.stdin.write(json.dumps(update) + "\n")
+        proc.stdin.flush()
+        time.sleep(0.05)  # a few data packages at 500 Hz
+
+    yield send
+    proc.stdin.write("quit\n")
+    proc.stdin.flush()
+    proc.wait(timeout=10)
+
+
+class TestURReadOnlyContract:
+    """The contract's read-side tests, on a read-only URArm fed by the RTDE peer."""
+
+    @pytest.fixture
+    def make_arm(self, rtde_peer):
+        return lambda: URArm.from_config(config(read_only=True))
+
+    from tether.robot.testing.contract import ArmContract as _C
+
+    test_connect_and_close_are_idempotent = _C.test_connect_and_close_are_idempotent
+    test_state_matches_spec = _C.test_state_matches_spec
+    test_timestamps_are_monotonic = _C.test_timestamps_are_monotonic
+    test_read_does_not_block = _C.test_read_does_not_block
+
+
+def test_read_only_arm_reads_joints_controller_time_and_stops(rtde_peer):
+    q = [0.1, -1.2, 1.3, -0.4, -1.5, 0.6]
+    rtde_peer({"actual_q": q, "actual_qd": [0.01] * 6, "safety_status_bits": 1})
+    with URArm.from_config(config(read_only=True)) as arm:
+        first = arm.read()
+        np.testing.assert_allclose(first.position, q)
+        np.testing.assert_allclose(first.velocity, [0.01] * 6)
+        time.sleep(0.05)
+        second = arm.read()
+        assert second.t_device > first.t_device  # controller clock, advancing at 500 Hz
+        assert not arm.stopped
+        rtde_peer({"safety_status_bits": 1 << 2})  # protective stop
+        assert arm.stopped
+        with pytest.raises(DeviceError, match="read-only"):
+            arm.command(np.array(q))
+        rtde_peer({"safety_status_bits": 1})
+
+
+def test_control_needs_remote_control_mode(rtde_peer):
+    """Against the peer the real RTDEControlInterface fails (no dashboard server): clear error."""
+    arm = URArm.from_config(config())
+    with pytest.raises(DeviceError, match="remote\\s+control mode"):
+        arm.connect()
+    assert not arm.is_connected
