@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long (0: never)")
     args = parser.parse_args(argv)
     if args.max_seconds > 0:  # bounded in time even if the parent never says quit
-        threading.Timer(args.max_seconds, lambda: os._exit(0)).start()
+        timer = threading.Timer(args.max_seconds, lambda: os._exit(0))
+        timer.daemon = True
+        timer.start()
     peer = RTDEPeer()
     print(f"RTDE peer on 127.0.0.1:{PORT}", flush=True)
     threading.Thread(target=peer.serve, daemon=True).start()
