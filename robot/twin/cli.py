@@ -39,6 +39,7 @@ def view(
     seed: int = typer.Option(0, help="Episode seed (object placement)."),
     steps: int = typer.Option(0, help="Run the scripted expert this many ticks before capturing."),
     depth: bool = typer.Option(False, help="Also write a depth PNG (16-bit, millimetres)."),
+    xml: bool = typer.Option(False, help="Also write the scene's MJCF as scene.xml."),
     interactive: bool = typer.Option(
         False, help="Open MuJoCo's interactive viewer instead (needs a display)."
     ),
@@ -72,6 +73,9 @@ def view(
                 for _ in range(steps):
                     robot.act(expert.next_target(None))
             written = _write_pngs(robot.observe(), out)
+            if xml:
+                (out / "scene.xml").write_text(robot.sim.xml)
+                written.append(out / "scene.xml")
     except TetherError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

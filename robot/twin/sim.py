@@ -11,6 +11,7 @@ same timing structure a real robot has: commands land late, frames arrive late, 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -86,7 +87,9 @@ class TwinSim:
         substeps = max(1, int(np.ceil(self.control_period / base_timestep - 1e-9)))
         self.timestep = self.control_period / substeps
         self.substeps = substeps
-        self.xml = xml.replace("__TIMESTEP__", f"{self.timestep:.12f}")
+        # The saved MJCF carries the timestep actually used (a divisor of the control period).
+        self.xml = re.sub(r'<option timestep="[0-9.eE-]+"', f'<option timestep="{self.timestep:.12g}"',
+                          xml, count=1)
         self.model = mujoco.MjModel.from_xml_string(self.xml)
         self.model.opt.timestep = self.timestep
         self.data = mujoco.MjData(self.model)

@@ -32,13 +32,17 @@ def test_view_writes_one_png_per_camera(tmp_path):
     out = tmp_path / "view"
     result = invoke(
         "twin", "view", "--task", "lift", "--out", str(out), "--width", "96", "--height", "64",
-        "--depth",
+        "--depth", "--xml",
     )
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        ["top.png", "front.png", "wrist.png", "top_depth.png", "front_depth.png", "wrist_depth.png"]
+        ["top.png", "front.png", "wrist.png", "top_depth.png", "front_depth.png", "wrist_depth.png",
+         "scene.xml"]
     )
+    import mujoco
+
+    mujoco.MjModel.from_xml_string((out / "scene.xml").read_text())  # a loadable model
     image = np.asarray(Image.open(out / "front.png"))
     assert image.shape == (64, 96, 3)
     assert image.std() > 5  # a scene, not a blank buffer
