@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tether.robot.interfaces import ArmSpec
 
 from tether.config import from_dict, load_mapping, save_config
 from tether.errors import ConfigError
+from tether.robot.interfaces import ArmSpec
 
 FORMAT = "tether.leader_follower/1"
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tether.errors import ConfigError
 from tether.robot.interfaces import Observation, Robot
 from tether.teleop.base import TeleopDevice
 from tether.teleop.ik import DLSIK, rotation_from_vector, twin_arm_ik
-
-from tether.errors import ConfigError
 
 REACH_TOLERANCE_M = 0.01
 

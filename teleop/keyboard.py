@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tether.robot.interfaces import Robot
-from tether.teleop.ee_control import EndEffectorParams, EndEffectorTeleop, OperatorInput
 
 from tether.config import from_dict
 from tether.errors import ConfigError, DeviceError
+from tether.robot.interfaces import Robot
+from tether.teleop.ee_control import EndEffectorParams, EndEffectorTeleop, OperatorInput
 
 KEYMAP: dict[str, tuple[int, float]] = {
     "i": (0, 1.0), "k": (0, -1.0),

@@ -32,17 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tether.calibration.leader_follower import (
     JointMap,
     LeaderFollowerCalibration,
     default_pair,
 )
+from tether.config import from_dict
+from tether.errors import ConfigError
 from tether.robot.config import ArmConfig
 from tether.robot.interfaces import Arm, Observation, Robot
 from tether.teleop.base import TeleopDevice
-
-from tether.config import from_dict
-from tether.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tether.robot.interfaces import Robot
-from tether.teleop.ee_control import EndEffectorParams, EndEffectorTeleop, OperatorInput
 
 from tether.config import from_dict
 from tether.errors import ConfigError, DeviceError
 from tether.optional import require
+from tether.robot.interfaces import Robot
+from tether.teleop.ee_control import EndEffectorParams, EndEffectorTeleop, OperatorInput
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 from tether.config import from_dict
 from tether.errors import ConfigError, DeviceError
+from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 from tether.config import from_dict
 from tether.errors import ConfigError, DeviceError
 from tether.optional import require
+from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ import os
 
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError
 from tether.robot.factory import make_robot
 from tether.teleop.factory import make_teleop
 from tether.teleop.ik import rotation_error, rotation_from_vector, twin_arm_ik
 from tether.teleop.keyboard import KeyboardParams, KeyboardTeleop, TerminalKeys
-
-from tether.errors import ConfigError
 
 pytest.importorskip("mujoco")
 
@@ -116,6 +116,7 @@ def test_bad_keyboard_params_are_named(twin):
 def test_ur5e_kinematic_model_matches_published_forward_kinematics():
     """configs/models/ur5e_kinematics.xml against UR's DH numbers, then 6-D IK on it."""
     import mujoco
+
     from tether.teleop.ik import DLSIK
 
     root = __import__("pathlib").Path(__file__).resolve().parents[2]

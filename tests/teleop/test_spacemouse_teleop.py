@@ -11,12 +11,12 @@ import struct
 
 import numpy as np
 import pytest
+
+from tether.errors import ConfigError, DeviceError
 from tether.robot.factory import make_robot
 from tether.teleop.factory import make_teleop
 from tether.teleop.ik import twin_arm_ik
 from tether.teleop.spacemouse import SpaceMouseParams, SpaceMouseTeleop
-
-from tether.errors import ConfigError, DeviceError
 
 pytest.importorskip("pyspacemouse")
 from pyspacemouse.config_helpers import apply_axis_convention  # noqa: E402
