@@ -64,6 +64,11 @@ class SpaceMouseTeleop(EndEffectorTeleop):
         try:
             self.mouse = pyspacemouse.open(device=self.params.device, axis_convention=AxisConvention.HID_Z_UP)
         except (RuntimeError, ValueError, OSError) as exc:
+            if "HID API" in str(exc):
+                raise DeviceError(
+                    "pyspacemouse cannot load the hidapi C library; install it with "
+                    "`sudo apt-get install libhidapi-hidraw0` (Debian/Ubuntu)."
+                ) from exc
             raise DeviceError(
                 f"No SpaceMouse could be opened ({exc}). Plug it in, and allow your user to read "
                 "its hidraw device (udev rule in docs/hardware.md)."
