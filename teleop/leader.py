@@ -100,6 +100,11 @@ class LeaderTeleop(TeleopDevice):
 
     @classmethod
     def from_config(cls, params: dict[str, Any], robot: Robot) -> LeaderTeleop:
+        if "leaders" not in params:
+            raise ConfigError(
+                "Leader teleop needs 'leaders' in teleop.params: for each follower arm, the leader "
+                "arm's driver and params (see configs/so101_leader.yaml)."
+            )
         parsed = from_dict(LeaderParams, params, "teleop.params")
         leaders = {item.follower: _build_arm(item) for item in parsed.leaders}
         calibration = None

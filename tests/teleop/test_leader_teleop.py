@@ -132,6 +132,8 @@ def test_dynamixel_leader_with_calibration_file(tmp_path):
 def test_leader_for_an_unknown_follower_is_refused(leader_bus):
     with pytest.raises(ConfigError, match="follower arm"):
         make_teleop("leader", memory_robot(), leader_params(leader_bus.port, follower="left"))
+    with pytest.raises(ConfigError, match="needs 'leaders'"):
+        make_teleop("leader", memory_robot(), {})
     with pytest.raises(ConfigError, match="Unknown leader driver"):
         params = leader_params(leader_bus.port)
         params["leaders"][0]["driver"] = "servo9000"
