@@ -75,7 +75,12 @@ def get_stats(store: EpisodeStore | str) -> dict[str, dict[str, np.ndarray]]:
     stats = load_stats(store)
     if stats is not None:
         return stats
-    return {k: {s: v.astype(np.float32) for s, v in d.items()} for k, d in compute_stats(store).items()}
+    try:  # save them so the next run does not recompute, when the store can be written
+        writable = store.mode == "a" if isinstance(store, EpisodeStore) else True
+        computed = compute_stats(store, save=writable)
+    except StoreError:  # read-only location or another writer holds the lock
+        computed = compute_stats(store, save=False)
+    return {k: {s: v.astype(np.float32) for s, v in d.items()} for k, d in computed.items()}
 
 
 def _summary(values: np.ndarray, shape: tuple[int, ...]) -> dict[str, np.ndarray]:

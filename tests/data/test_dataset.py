@@ -121,3 +121,4 @@ def test_stats_are_computed_once_and_saved(tmp_path, store_path):
         store.add_episode({k: v[:1] for k, v in store.get_episode(0).items()})
     assert load_stats(path) is None and load_stats(path, allow_stale=True) is not None
     assert get_stats(path)["state"]["max"].shape == (2,)
+    assert load_stats(path) is not None  # get_stats saved what it computed
