@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+from tether.errors import PolicyError, ProtocolError, TetherError
 from tether.policies import protocol
 from tether.policies.base import ArraySpec, PolicySpec
 from tether.policies.protocol import MessageError, RemoteError
-
-from tether.errors import PolicyError, ProtocolError, TetherError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,13 @@ class PolicyClient:
             self._context.term()
             self._context = None
         self._pending.clear()
+
+    def __del__(self) -> None:
+        # A context garbage-collected with an open socket blocks in term(); close both here.
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def reconnect(self) -> None:
         """Drop the socket and everything in flight, then connect afresh."""

@@ -85,24 +85,22 @@ def _run(
     config = RolloutConfig(**options)
     robot = make_robot(robot_spec, overrides)
     summaries = []
-    with robot:
-        if server is not None:
-            from tether.policies.client import PolicyClient
+    if server is not None:
+        from tether.policies.client import PolicyClient
 
-            source = PolicyClient(server, timeout_s=timeout, keys_dir=keys)
-            source.connect()
-            source.info()
-        else:
-            from tether.policies.serve_cli import load_served_policy
+        source = PolicyClient(server, timeout_s=timeout, keys_dir=keys)
+    else:
+        from tether.policies.serve_cli import load_served_policy
 
-            source = load_served_policy(policy, robot_spec, 50, 0.0, "cpu")
-        try:
+        source = load_served_policy(policy, robot_spec, 50, 0.0, "cpu")
+    try:
+        with robot:
             for episode in range(episodes):
                 result = run_episode(robot, source, config, seed=seed + episode)
                 summaries.append(result.summary())
-        finally:
-            if server is not None:
-                source.close()
+    finally:
+        if server is not None:
+            source.close()
     return summaries
 
 
