@@ -54,6 +54,7 @@ FEETECH = BusDialect(
     operating_modes={"position": 0, "velocity": 1, "pwm": 2, "step": 3},
     state_fields=("present_position", "present_velocity", "present_effort"),
     packet_handler_arg=0,  # protocol_end 0: little-endian words (STS series)
+    eeprom_lock=("lock", 0, 1),  # STS keeps EEPROM writes only while 'Lock' is 0
 )
 
 

@@ -82,6 +82,8 @@ class BusDialect:
     # The registers read every tick, in address order, forming one contiguous block.
     state_fields: tuple[str, ...] = ("present_position",)
     packet_handler_arg: float = 2.0
+    # (register, unlocked value, locked value) written around EEPROM writes (Feetech 'Lock')
+    eeprom_lock: tuple[str, int, int] | None = None
 
     def field(self, name: str) -> Field:
         try:
@@ -528,7 +530,12 @@ class ServoArm(Arm):
         for motor in self.params.motors:
             mode = self.dialect.operating_modes[motor.mode or self.params.operating_mode]
             if self.bus.read(motor.id, "operating_mode") != mode:
+                lock = self.dialect.eeprom_lock
+                if lock is not None:
+                    self.bus.write(motor.id, lock[0], lock[1])
                 self.bus.write(motor.id, "operating_mode", mode)
+                if lock is not None:
+                    self.bus.write(motor.id, lock[0], lock[2])
         if self.params.torque:
             present = self.bus.sync_read(("present_position",), self.ids)["present_position"]
             self.bus.sync_write("goal_position", dict(zip(self.ids, present.tolist(), strict=True)))

@@ -246,6 +246,15 @@ def test_dynamixel_byte_stuffing_survives_a_sync_read(dxl_bus):
     assert state.position[0] == pytest.approx(2 * math.pi)
 
 
+def test_feetech_mode_change_unlocks_and_relocks_the_eeprom(sts_bus):
+    sts_bus.servo(3).set(sts_bus.servo(3).layout.operating_mode, 1)  # left in velocity mode
+    with FeetechArm.from_config(sts_config(sts_bus.port)):
+        servo = sts_bus.servo(3)
+        assert servo.get(servo.layout.operating_mode) == 0
+        assert servo.read(55, 1) == b"\x01"  # Lock restored
+        assert sts_bus.counts["inst_0x03"] >= 3  # unlock, mode, lock
+
+
 def test_feetech_sign_magnitude_speed_and_load(sts_bus):
     with FeetechArm.from_config(sts_config(sts_bus.port)) as arm:
         servo = sts_bus.servo(2)
