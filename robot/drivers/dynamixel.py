@@ -47,12 +47,14 @@ DYNAMIXEL = BusDialect(
         "present_position": Field(132, 4, "twos"),
         "present_temperature": Field(146, 1),
     },
-    # effort_unit: amperes per raw unit of Present Current (e-manual, per model)
+    # effort_unit: amperes per raw unit of Present Current (e-manual, per model); the XL430 has
+    # no current sensor and reports Present Load at the same address: effort is then a fraction
+    # of its maximum torque.
     models={
         "xl330-m077": ModelInfo(1190, 0.001),
         "xl330-m288": ModelInfo(1200, 0.001),
         "xc330-m288": ModelInfo(1240, 0.001),
-        "xl430-w250": ModelInfo(1060, 0.00269),  # reports load, scaled like current here
+        "xl430-w250": ModelInfo(1060, 0.001),  # no current sensor: Present Load, 0.1 % units
         "xm430-w350": ModelInfo(1020, 0.00269),
         "xh430-w350": ModelInfo(1010, 0.00269),
         "xm540-w270": ModelInfo(1120, 0.00269),
