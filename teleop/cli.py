@@ -72,7 +72,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rich.live import Live
 
-    from tether.config import apply_overrides, to_dict
+    from tether.config import apply_overrides, save_config, to_dict
     from tether.data.store import EpisodeStore
     from tether.errors import ConfigError, StoreError
     from tether.robot.factory import load_robot_config, make_robot
@@ -105,6 +105,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
             out, rate, zarr_format=zarr_format, image_quality=image_quality,
             robot_config=to_dict(config), overwrite=overwrite,
         )
+        save_config(config, Path(out) / "robot_config.yaml")  # also readable without zarr
     robot = make_robot(config)
     device = make_teleop(teleop_name, robot, params)
     if episode_time is None:

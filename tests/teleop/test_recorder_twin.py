@@ -73,12 +73,16 @@ def test_record_and_inspect_cli(tmp_path):
         "--set", "twin_params.height=72", "--task", "lift the cube",
     ])
     assert result.exit_code == 0, result.output
+    assert "twin_task: lift" in (out / "robot_config.yaml").read_text()
     result = runner.invoke(build_app(), ["inspect", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["episodes"] == 1 and summary["fps"] == 30.0
     assert summary["per_episode"][0]["task"] == "lift the cube"
     assert summary["per_episode"][0]["dropped"] == {"top": 0}
+    with EpisodeStore.open(out) as store:
+        assert store.attrs["robot_config"]["twin_task"] == "lift"
+        assert store.meta_attrs["stats"]["n_steps"] == store.n_steps  # stats saved at the end
     image = next(s for s in summary["streams"] if s["key"] == "image.top")
     assert image["codec"] == "jpeg" and image["raw_bytes"] > 3 * image["disk_bytes"]
     again = runner.invoke(build_app(), ["record", "--out", str(out), "--episodes", "1"])
