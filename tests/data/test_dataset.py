@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.data.dataset import EpisodeDataset, LocalitySampler, split_episodes
+from tether.data.dataset import EpisodeDataset, LocalitySampler, collate_windows, split_episodes
 from tether.data.stats import compute_stats, get_stats, load_stats
 from tether.data.store import EpisodeStore
 from tether.errors import StoreError
@@ -122,3 +122,18 @@ def test_stats_are_computed_once_and_saved(tmp_path, store_path):
     assert load_stats(path) is None and load_stats(path, allow_stale=True) is not None
     assert get_stats(path)["state"]["max"].shape == (2,)
     assert load_stats(path) is not None  # get_stats saved what it computed
+
+
+def test_collate_windows_matches_default_collate_without_copying(store_path):
+    ds = EpisodeDataset(store_path, obs_horizon=3, action_horizon=2)
+    order = [3, 4, 5, 6, 0, 13]
+    fast = torch.utils.data.DataLoader(ds, batch_size=6, sampler=order, num_workers=1,
+                                       collate_fn=collate_windows)
+    slow = torch.utils.data.DataLoader(ds, batch_size=6, sampler=order, num_workers=0)
+    a, b = next(iter(fast)), next(iter(slow))
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype
+        assert torch.equal(a[key], b[key]), key
+    assert a["image.a"].shape == (6, 3, 3, 16, 20)
+    assert a["image.a"].stride()[-3:] == (1, 20 * 3, 3)  # channels-last view of the decoded buffer
