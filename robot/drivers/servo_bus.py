@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -174,7 +175,7 @@ class ServoBus:
             with self._lock:
                 self._require_open()
                 try:
-                    model, result, error = self._ph.ping(self._port, servo_id)
+                    model, result, error = self._io("ping", [servo_id], self._ph.ping, self._port, servo_id)
                 except IndexError:  # the SDK took a late, shorter reply as the model read
                     model, result, error = 0, self._sdk.COMM_RX_CORRUPT, 0
             if result == self._sdk.COMM_SUCCESS:
@@ -194,7 +195,10 @@ class ServoBus:
         for attempt in range(self.retries + 1):
             with self._lock:
                 self._require_open()
-                data, result, error = self._ph.readTxRx(self._port, servo_id, reg.address, reg.size)
+                data, result, error = self._io(
+                    f"read of '{name}'", [servo_id], self._ph.readTxRx, self._port, servo_id,
+                    reg.address, reg.size,
+                )
             if result == self._sdk.COMM_SUCCESS:
                 break
             self.retried += attempt < self.retries
@@ -210,8 +214,9 @@ class ServoBus:
         for attempt in range(self.retries + 1):
             with self._lock:
                 self._require_open()
-                result, error = self._ph.writeTxRx(
-                    self._port, servo_id, reg.address, reg.size, reg.encode(value)
+                result, error = self._io(
+                    f"write of '{name}'", [servo_id], self._ph.writeTxRx, self._port, servo_id,
+                    reg.address, reg.size, reg.encode(value),
                 )
             if result == self._sdk.COMM_SUCCESS:
                 break
@@ -238,7 +243,7 @@ class ServoBus:
                     group.addParam(servo_id)
                 self._sync_reads[key] = group
             for attempt in range(self.retries + 1):
-                result = group.txRxPacket()
+                result = self._io(f"sync read of {', '.join(names)}", ids, group.txRxPacket)
                 if result == self._sdk.COMM_SUCCESS:
                     break
                 self.retried += attempt < self.retries
@@ -259,11 +264,27 @@ class ServoBus:
             group = self._sdk.GroupSyncWrite(self._port, self._ph, reg.address, reg.size)
             for servo_id, value in values.items():
                 group.addParam(servo_id, reg.encode(value))
-            result = group.txPacket()
+            result = self._io(f"sync write of '{name}'", list(values), group.txPacket)
         if result != self._sdk.COMM_SUCCESS:
             raise self._comm_error(result, f"sync write of '{name}'", list(values))
 
     # --- errors --------------------------------------------------------------------------------
+    def _io(self, what: str, ids, fn, *args):
+        """Run one SDK transaction; an OS-level failure (adapter unplugged) becomes DeviceError.
+
+        The SDK marks the port busy for the length of a transaction and never clears the flag
+        when pyserial raises, which would make every later call fail with "Port is in use".
+        """
+        try:
+            return fn(*args)
+        except (OSError, termios.error) as exc:
+            self._port.is_using = False
+            raise DeviceError(
+                f"{self.dialect.name} {what} on '{self.port_name}' (servo id(s) {list(ids)}) failed: "
+                f"the port stopped working ({exc}). The adapter was probably unplugged or reset; "
+                "plug it back in and connect() again."
+            ) from exc
+
     def _drain(self, quiet_s: float = 0.002, limit_s: float = 0.03) -> None:
         """Discard late replies of a failed transaction before the next one starts.
 
@@ -277,9 +298,13 @@ class ServoBus:
         deadline = time.monotonic() + limit_s
         last_data = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - last_data < quiet_s:
-            waiting = port.getBytesAvailable()
+            try:
+                waiting = port.getBytesAvailable()
+                if waiting:
+                    port.readPort(waiting)
+            except (OSError, termios.error):
+                return  # the port is gone; the next transaction reports it
             if waiting:
-                port.readPort(waiting)
                 last_data = time.monotonic()
             else:
                 time.sleep(0.0005)

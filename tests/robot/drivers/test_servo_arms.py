@@ -156,6 +156,20 @@ def test_servo_that_stops_answering_mid_session_is_named(family):
         assert arm.read().position.shape == (6,)  # recovers once the servo answers again
 
 
+def test_unplugged_adapter_raises_device_error_and_close_still_works(family):
+    bus, cls, config = family
+    arm = cls.from_config(config(bus.port))
+    arm.connect()
+    arm.read()
+    bus.stop()  # the pty goes away like a USB adapter pulled out
+    with pytest.raises(DeviceError, match="unplugged"):
+        arm.read()
+    with pytest.raises(DeviceError, match="unplugged"):
+        arm.command(arm.spec.home)
+    arm.close()  # logs, does not raise
+    assert not arm.is_connected
+
+
 def test_corrupted_reply_is_retried_then_reported(family):
     bus, cls, config = family
     with cls.from_config(config(bus.port)) as arm:
