@@ -89,3 +89,14 @@ def test_missing_device_and_bad_params_are_clear(tmp_path):
         OpenCVCamera.from_config(config(0, params={"fourcc": "MJPEG"}))
     with pytest.raises(ConfigError, match="backend"):
         OpenCVCamera.from_config(config(0, params={"backend": "directshow"}))
+
+
+def test_reopens_a_source_that_stopped_delivering(video):
+    """With loop: false the file runs dry like a stalled device: the driver reopens it."""
+    params = {"loop": False, "reconnect_after_s": 0.2, "fps_tolerance": 100.0}
+    with OpenCVCamera.from_config(config(video, fps=120.0, params=params)) as cam:
+        deadline = time.monotonic() + 3.0
+        while cam.read().index < N + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cam.read().index >= N + 2  # frames keep coming after the stall
+        assert cam.reconnects >= 1
