@@ -17,7 +17,7 @@ import numpy as np
 
 from tether.errors import DeviceError
 from tether.robot.interfaces import Arm, ArmSpec, Camera, CameraSpec, Frame, JointState
-from tether.robot.twin.sim import Delay, TwinSim
+from tether.robot.twin.sim import Delay, TwinSim, release_gl_context
 
 
 class TwinArm(Arm):
@@ -173,6 +173,7 @@ class TwinCamera(Camera):
             metres = renderer.render()
             renderer.disable_depth_rendering()
             depth = np.clip(metres * 1000.0, 0, 65535).astype(np.uint16)
+        release_gl_context()
         self._index += 1
         self.renders += 1
         self.render_s += time.perf_counter() - t0

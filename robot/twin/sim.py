@@ -26,6 +26,29 @@ import mujoco  # noqa: E402
 from tether.robot.twin.models import ArmModel  # noqa: E402
 
 
+def release_gl_context() -> None:
+    """Detach the current GL context from this thread.
+
+    An EGL or OSMesa context can be current in one thread at a time; MuJoCo's Renderer makes
+    its context current before each render but never lets go. Releasing after every render lets
+    the robot be connected in one thread and stepped (and rendered) in another, e.g. a
+    recorder's control-loop thread or the realtime physics thread.
+    """
+    backend = os.environ.get("MUJOCO_GL", "").lower()
+    if backend == "egl":
+        from mujoco import egl
+
+        if egl.EGL_DISPLAY is not None:
+            egl.EGL.eglMakeCurrent(
+                egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE,
+                egl.EGL.EGL_NO_CONTEXT,
+            )
+    elif backend == "osmesa":
+        from OpenGL import GL, osmesa
+
+        osmesa.OSMesaMakeCurrent(None, None, GL.GL_FLOAT, 0, 0)
+
+
 @dataclass(frozen=True)
 class Delay:
     """Injected latency: every item is delayed by `latency_s` plus uniform [0, jitter_s)."""
@@ -119,6 +142,7 @@ class TwinSim:
         with self.lock:
             if key not in self._renderers:
                 self._renderers[key] = mujoco.Renderer(self.model, key[0], key[1])
+                release_gl_context()
             return self._renderers[key]
 
     def release_renderers(self) -> None:

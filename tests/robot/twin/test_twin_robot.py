@@ -266,3 +266,29 @@ def test_cameras_from_a_cli_override_string():
     assert list(robot.cameras) == ["top", "wrist"]
     with pytest.raises(ConfigError, match="non-negative"):
         robot.reset(-5)
+
+
+def test_cameras_render_from_another_thread_than_the_one_that_connected():
+    import threading
+
+    robot = twin(cameras=["top"], width=64, height=48)
+    robot.connect()
+    errors, indices = [], []
+
+    def loop():
+        try:
+            for _ in range(5):
+                robot.act(robot.home)
+                indices.append(robot.observe().frames["top"].index)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        worker = threading.Thread(target=loop)
+        worker.start()
+        worker.join(10)
+        assert not errors, errors
+        robot.act(robot.home)  # and back in the first thread
+        assert robot.observe().frames["top"].index == indices[-1] + 1 == 6
+    finally:
+        robot.close()
