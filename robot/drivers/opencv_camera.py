@@ -99,8 +99,7 @@ class OpenCVCamera(ThreadedCamera):
             cap.release()
             raise
         self._cap = cap
-        self._index = 0
-        self._next_t = time.monotonic()
+        self._next_t = max(self._next_t, time.monotonic())
         self._last_ok = time.monotonic()
 
     def _grab(self) -> Frame | None:
@@ -185,6 +184,12 @@ class OpenCVCamera(ThreadedCamera):
         if self.params.strict:
             raise DeviceError(message)
         log.warning(message)
+
+    def connect(self) -> None:
+        if not self.is_connected:
+            self._index = 0  # frame indices restart per session, never on a reconnect
+            self._next_t = 0.0
+        super().connect()
 
     def _reopen(self) -> None:
         """The device vanished or stalled (USB reset, unplug): release and try to open it again."""

@@ -74,6 +74,9 @@ class RealSenseCamera(ThreadedCamera):
         self._source: _Source | None = None
         self._align = None
         self._last_ok = 0.0
+        # Device frame numbers restart when a camera is reopened; indices handed out never do.
+        self._index_base = 0
+        self._last_index = -1
         self.timestamp_domain: str | None = None
         self.reconnects = 0
 
@@ -131,11 +134,15 @@ class RealSenseCamera(ThreadedCamera):
         depth_image = None
         if depth:
             depth_image = _depth_mm(depth, np.asanyarray(depth.get_data()))
+        index = self._index_base + int(color.get_frame_number())
+        if index <= self._last_index:
+            return None  # a repeated or stale frame
+        self._last_index = index
         return Frame(
             image=image.copy(),
             t_device=color.get_timestamp() / 1000.0,
             t_host=t_host,
-            index=int(color.get_frame_number()),
+            index=index,
             depth=depth_image,
         )
 
@@ -168,8 +175,14 @@ class RealSenseCamera(ThreadedCamera):
                 )
             stereo.set_option(rs.option.inter_cam_sync_mode, float(SYNC_MODES[self.params.sync_mode]))
 
+    def connect(self) -> None:
+        if not self.is_connected:
+            self._index_base, self._last_index = 0, -1
+        super().connect()
+
     def _reconnect(self) -> None:
         self._release()
+        self._index_base = self._last_index + 1
         self.reconnects += 1
         log.warning(
             "Camera '%s': no frames for %.1f s; reopening it (%d)",
