@@ -113,8 +113,12 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
         episode_time = steps / rate if steps else 60.0
     if reset_time is None:
         reset_time = 5.0 if realtime else 0.0
+    shares_terminal = teleop_name == "keyboard" and not params.get("tty")
     if keyboard is None:
-        keyboard = bool(realtime and is_tty)
+        keyboard = bool(realtime and is_tty) and not shares_terminal
+        if shares_terminal and realtime and is_tty:
+            console.print("recorder keys are off: keyboard teleop reads this terminal; pass "
+                          "--teleop-param tty=/dev/pts/N (another window) to have both.")
     view = StatusView(episodes)
     with store, robot, device:
         recorder = Recorder(robot, device, store, fps=rate, realtime=realtime, task=task,
