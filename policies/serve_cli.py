@@ -49,9 +49,8 @@ def serve(
     Example: tether serve runs/act_lift --bind tcp://127.0.0.1:5555
     Example: tether serve simple:hold --robot twin:lift --delay-ms 20
     """
-    from tether.policies.server import PolicyServer, ServerConfig, warn_if_exposed
-
     from tether.errors import TetherError
+    from tether.policies.server import PolicyServer, ServerConfig, warn_if_exposed
 
     try:
         loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device)
@@ -67,23 +66,28 @@ def serve(
     except TetherError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    spec = loaded.spec
+    try:
+        _announce(loaded.spec, server.endpoint, keys)
+        server.serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C before serve_forever took over: still a clean stop
+        server.stop()
+
+
+def _announce(spec, endpoint: str, keys: Path | None) -> None:
     console.print(
-        f"serving [bold]{spec.policy_type}[/bold] on {server.endpoint}: "
+        f"serving [bold]{spec.policy_type}[/bold] on {endpoint}: "
         f"{', '.join(f'{a.name} {a.dtype}{list(a.shape)}' for a in spec.observation)} -> "
         f"{spec.chunk_size}x{spec.action_dim} @ {spec.fps:g} Hz"
         f"{' (CURVE)' if keys else ''}. Ctrl-C stops."
     )
-    server.serve_forever()
 
 
 def load_served_policy(
     policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str
 ):
     """A checkpoint, or a simple policy built for `robot`, optionally slowed by `delay_s`."""
-    from tether.policies.simple import SlowPolicy, make_simple_policy
-
     from tether.errors import ConfigError
+    from tether.policies.simple import SlowPolicy, make_simple_policy
 
     if policy.startswith(SIMPLE_PREFIX):
         if robot is None:
@@ -115,9 +119,8 @@ def keys_generate(
 
     Example: tether keys generate ~/.tether/keys   (then: tether serve CKPT --keys ~/.tether/keys)
     """
-    from tether.policies.keys import generate_keys
-
     from tether.errors import TetherError
+    from tether.policies.keys import generate_keys
 
     try:
         paths = generate_keys(directory, client, overwrite)

@@ -29,11 +29,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 import zmq
+
+from tether.errors import ConfigError, TetherError
 from tether.policies import protocol
 from tether.policies.base import Policy
 from tether.policies.protocol import MessageError
-
-from tether.errors import ConfigError, TetherError
 
 log = logging.getLogger(__name__)
 
@@ -346,9 +346,11 @@ class _RoundRobin:
     """Per-client FIFO queues; the client served least recently goes next (thread-safe).
 
     Each client has a rank: the service counter when it was last served, or, for a client not
-    seen before, the counter when it arrived (plus one half, so it queues behind the client
-    served just before it). Always serving the lowest rank means a waiting client is passed by
-    each other client at most once: a flood, or many new connections, cannot starve it.
+    seen before, the counter when it arrived minus one half (as if it had been served just
+    before the most recent request). Always serving the lowest rank means a waiting client is
+    passed by each other client at most once, and a new client never waits behind a client
+    that was served while it was already waiting: a flooding client delays it by at most the
+    inference in progress.
     """
 
     MAX_RANKS = 4096
@@ -376,7 +378,7 @@ class _RoundRobin:
                 queue = self._queues[job.identity] = deque()
                 if job.identity not in self._rank:
                     self._forget_idle()
-                    self._rank[job.identity] = self._counter + 0.5
+                    self._rank[job.identity] = self._counter - 0.5
             if len(queue) >= self._max_per_client:
                 return (
                     "busy",
