@@ -2,18 +2,22 @@
 
 Fast mode (default): `act()` advances simulated time by exactly one control period, so data
 generation and evaluation run as fast as the CPU allows and are deterministic under a seed.
-Realtime mode: `observe()` and `act()` first step physics up to the wall clock, so a human at a
-leader arm or a latency test sees a robot that moves in real time.
+Realtime mode: a physics thread (started by `connect()`) steps the simulation to the wall clock
+and captures camera frames on their own schedule, like hardware that keeps moving whether or
+not anyone is looking; `act()` only sends targets. For a human at a leader arm and for latency
+tests.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.errors import ConfigError, DeviceError
 from tether.robot.config import RobotConfig
 from tether.robot.interfaces import CameraSpec, Observation, Robot
 from tether.robot.safety import SafetyConfig
@@ -135,6 +139,9 @@ class TwinRobot(Robot):
         }
         super().__init__(arms, cameras, safety=safety, fps=fps, name=name or f"twin-{task.name}")
         self.sim.add_after_step_hook(self._track_success)
+        self._physics: threading.Thread | None = None
+        self._stop_physics = threading.Event()
+        self.physics_error: BaseException | None = None
         self._steps = 0
         self._success_steps = 0
         self._succeeded = False
@@ -204,20 +211,44 @@ class TwinRobot(Robot):
         else:
             self._success_steps = 0
 
+    def connect(self) -> None:
+        if self._connected:
+            return
+        super().connect()
+        if self.realtime:
+            self._stop_physics.clear()
+            self._physics = threading.Thread(
+                target=self._physics_loop, name=f"{self.name}-physics", daemon=True
+            )
+            self._physics.start()
+
     def close(self) -> None:
+        if self._physics is not None:
+            self._stop_physics.set()
+            self._physics.join(timeout=2.0)
+            self._physics = None
         super().close()
         self.sim.release_renderers()
 
+    def _physics_loop(self) -> None:
+        """Realtime mode: keep simulated time level with the wall clock."""
+        period = self.sim.timestep
+        while not self._stop_physics.is_set():
+            try:
+                self.sim.catch_up()
+            except Exception as exc:  # keep a record; the next observe() raises it
+                self.physics_error = exc
+                return
+            time.sleep(period)
+
     # --- I/O -----------------------------------------------------------------------------------
     def observe(self) -> Observation:
-        if self.realtime and self._connected:
-            self.sim.catch_up()
+        self._check_physics()
         return super().observe()
 
     def act(self, action: np.ndarray, t_target: float | None = None) -> np.ndarray:
         """Send one action; in fast mode, then advance simulated time by one control period."""
-        if self.realtime and self._connected:
-            self.sim.catch_up()
+        self._check_physics()
         sent = super().act(action, t_target=t_target)
         if not self.realtime:
             self.sim.advance()
@@ -226,13 +257,18 @@ class TwinRobot(Robot):
 
     def hold(self) -> np.ndarray:
         """Re-send every arm's last safe command; like act(), one control tick of time passes."""
-        if self.realtime and self._connected:
-            self.sim.catch_up()
+        self._check_physics()
         sent = super().hold()
         if not self.realtime:
             self.sim.advance()
         self._steps += 1
         return sent
+
+    def _check_physics(self) -> None:
+        if self.physics_error is not None:
+            raise DeviceError(
+                f"The twin's realtime physics thread stopped: {self.physics_error!r}"
+            ) from self.physics_error
 
     def privileged_state(self) -> dict[str, np.ndarray]:
         """Object poses (for experts and debugging; policies never see this)."""

@@ -171,16 +171,23 @@ def test_command_jitter_is_seeded():
 
 
 def test_realtime_mode_paces_physics_to_the_wall_clock():
-    robot = twin(cameras=[], realtime=True)
+    robot = twin(cameras=["top"], width=64, height=48, camera_fps=25, realtime=True)
     with robot:
         robot.reset(0)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 0.3:
-            robot.act(robot.home)
-            time.sleep(0.02)
-        robot.observe()
+        first = robot.cameras["top"].read()
+        time.sleep(0.4)  # nobody acts or observes: the robot keeps living anyway
+        frame = robot.cameras["top"].read()
         wall = time.monotonic() - t0
-        assert robot.sim_time == pytest.approx(wall, abs=0.05)
+        assert robot.sim_time == pytest.approx(wall, abs=0.08)
+        assert frame.index - first.index >= 6  # ~10 frames at 25 fps in 0.4 s
+        assert frame.t_host - first.t_host > 0.2  # delivered over time, not in a burst
+        target = robot.home.copy()
+        target[0] += 0.04
+        robot.act(target)
+        time.sleep(0.2)
+        assert robot.observe().state[0] == pytest.approx(target[0], abs=0.01)
+        assert robot.steps == 1  # act() only sends targets in realtime mode
 
 
 @pytest.mark.parametrize(
