@@ -87,19 +87,19 @@ def test_realtime_episode_has_consistent_timestamps_and_sync_stats(tmp_path, fps
 def _check_realtime_episode(store, robot, result, teleop, fps):
     FPS = fps  # noqa: N806 - the checks below read like the 30 Hz case
     assert result.outcome == SAVED and result.episode == 0 and teleop.resets == 1
-    assert abs(result.steps - 1.5 * fps) <= 3
+    assert 0.8 * 1.5 * fps <= result.steps <= 1.5 * fps + 2  # a loaded CI box may skip ticks
     ep = store.get_episode(0)
     meta = store.episode_metadata(0)
     assert meta["task"] == "wave" and meta["operator"] == "ci" and meta["success"] is None
     loop, sync = meta["stats"]["loop"], meta["stats"]["sync"]
-    assert abs(loop["achieved_hz"] - FPS) < 3
+    assert abs(loop["achieved_hz"] - FPS) < 0.15 * FPS
     half_period_ms = 500.0 / FPS
     assert sync["skew_p50_ms"] <= half_period_ms
     assert sync["skew_p99_ms"] <= 2 * half_period_ms
     for cam in ("front", "wrist"):
         counts = sync["cameras"][cam]
         # phase-locked sampling: no aliasing into duplicate+drop pairs in steady state
-        assert counts["dropped"] + counts["duplicated"] <= 3, counts
+        assert counts["dropped"] + counts["duplicated"] <= max(3, 0.1 * result.steps), counts
         idx = ep[f"image.{cam}_index"]
         assert np.all(np.diff(idx) >= 0)
         assert counts["dropped"] == int(np.sum(np.maximum(np.diff(idx) - 1, 0)))
