@@ -12,20 +12,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from tether.cli import build_app
 from tether.policies.client import PolicyClient
-from tether.policies.serve_cli import _register_serve
-
-# Until policies/cli.py calls _register_serve, build the same commands into a small app.
-APP_SNIPPET = (
-    "import typer; from tether.policies.serve_cli import _register_serve; "
-    "app = typer.Typer(); _register_serve(app); app()"
-)
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    _register_serve(app)
-    return app
+    return build_app()
 
 
 def _free_port() -> int:
@@ -38,7 +30,7 @@ def test_serve_runs_a_simple_policy_for_a_twin_and_stops_on_ctrl_c():
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     env = {**os.environ, "MUJOCO_GL": "egl"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", APP_SNIPPET, "serve", "simple:hold", "--robot", "twin:lift",
+        [sys.executable, "-m", "tether.cli", "serve", "simple:hold", "--robot", "twin:lift",
          "--bind", endpoint, "--chunk-size", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )  # fmt: skip
