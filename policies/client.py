@@ -222,6 +222,10 @@ class PolicyClient:
         self._pending[request_id] = (fields["t_sent"], tag)
         return request_id
 
+    def discard_pending(self) -> None:
+        """Forget every unanswered infer request: their replies will be ignored when they come."""
+        self._pending.clear()
+
     @property
     def pending(self) -> int:
         """Infer requests sent and not yet answered."""

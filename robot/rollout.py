@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from tether.policies.base import Policy, PolicySpec
-from tether.robot.runtime import RateLoop, Tick
 
 from tether.errors import ConfigError, PolicyError, TetherError
+from tether.policies.base import Policy, PolicySpec
+from tether.robot.runtime import RateLoop, Tick
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,9 @@ class ChunkSource:
     def abandon(self) -> None:
         """Forget the outstanding request (it timed out)."""
 
+    def abandon_quietly(self) -> None:
+        """End of episode: forget requests in flight without reconnecting."""
+
 
 class LocalSource(ChunkSource):
     """A Policy called in the control loop's thread (evaluation; no network involved)."""
@@ -247,6 +250,8 @@ class RemoteSource(ChunkSource):
         self.spec = self.client.check_spec(observation_specs_for(robot), robot.action_dim)
 
     def reset(self) -> None:
+        # A request still in flight from the last episode must not feed this one.
+        self.client.discard_pending()
         self.client.reset()
 
     def request(self, observation: dict[str, np.ndarray], step: int) -> None:
@@ -263,6 +268,9 @@ class RemoteSource(ChunkSource):
 
     def abandon(self) -> None:
         self.client.reconnect()
+
+    def abandon_quietly(self) -> None:
+        self.client.discard_pending()
 
 
 def as_chunk_source(source, steps: int | None = None) -> ChunkSource:
@@ -365,7 +373,10 @@ class _Episode:
         t0 = time.monotonic()
         self._first_chunk(first.to_arrays())
         loop = RateLoop(self.fps, realtime=self.config.realtime)
-        stats = loop.run(self._tick, max_ticks=None)
+        try:
+            stats = loop.run(self._tick, max_ticks=None)
+        finally:
+            self.source.abandon_quietly()
         wall = time.monotonic() - t0
         if self.stall is not None:
             self._end_stall(None)
@@ -520,8 +531,11 @@ class _Episode:
         if not np.isfinite(actions).all():
             self._error("non_finite")
             return
+        if chunk.step > step:  # computed from an observation we have not taken yet: not ours
+            self._error("future_chunk")
+            return
         end = chunk.step + len(actions)
-        late = max(0, step - chunk.step)
+        late = step - chunk.step
         self.latency_ms.append(chunk.latency_ms)
         self.inference_ms.append(chunk.inference_ms)
         if end <= step:

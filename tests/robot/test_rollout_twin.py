@@ -8,14 +8,14 @@ import time
 
 import numpy as np
 import pytest
+
+from tether.errors import PolicyError, TetherError
 from tether.policies.base import ArraySpec, Policy
 from tether.policies.client import PolicyClient
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy, SlowPolicy, WaypointPolicy, observation_specs_for
 from tether.robot.factory import make_robot
 from tether.robot.rollout import RolloutConfig, run_episode
-
-from tether.errors import PolicyError, TetherError
 
 FPS = 50.0
 DELTA = np.array([0.3, 0.2, -0.2, -0.2, 0.2, -0.5])
@@ -199,3 +199,16 @@ def test_no_server_at_all_fails_fast_with_a_clear_error(robot):
     with PolicyClient("tcp://127.0.0.1:9", timeout_s=0.2) as client:
         with pytest.raises(TetherError, match="no 'info'"):
             run_episode(robot, client, RolloutConfig(max_steps=10))
+
+
+def test_a_reply_still_in_flight_at_episode_end_never_feeds_the_next_episode(robot):
+    slow = SlowPolicy(waypoint(robot, chunk_size=20), 0.06)
+    with PolicyServer(slow, ServerConfig("tcp://127.0.0.1:0")) as server:
+        with PolicyClient(server.endpoint, timeout_s=1.0) as client:
+            config = RolloutConfig(max_steps=20, blend="ensemble")
+            first = run_episode(robot, client, config, seed=7)
+            second = run_episode(robot, client, config, seed=8)
+    assert first.chunks >= 2 and second.chunks >= 2
+    for result in (first, second):
+        assert result.request_errors == {} and result.stalls == 0
+        assert not np.isnan(result.targets).any()
