@@ -264,6 +264,7 @@ class _FrameReader:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._direct = {k: is_jpeg_array(self.store.array(k)) for k in keys}
+        self.decoded = 0  # frames decoded so far (work accounting, see tests)
 
     def frame_into(self, key: str, step: int, out: np.ndarray) -> None:
         """Decode frame `step` of `key` into `out` (H, W, 3), from the cache when possible."""
@@ -272,6 +273,7 @@ class _FrameReader:
             self._cache.move_to_end((key, step))
             out[...] = cached
             return
+        self.decoded += 1
         if self._direct[key]:
             try:
                 jpeg_decode(chunk_file(self.store, key, step).read_bytes(), out=out)

@@ -137,3 +137,12 @@ def test_collate_windows_matches_default_collate_without_copying(store_path):
         assert torch.equal(a[key], b[key]), key
     assert a["image.a"].shape == (6, 3, 3, 16, 20)
     assert a["image.a"].stride()[-3:] == (1, 20 * 3, 3)  # channels-last view of the decoded buffer
+
+
+def test_a_batch_decodes_each_frame_once(store_path):
+    ds = EpisodeDataset(store_path, obs_horizon=2, action_horizon=1, keys=["image.a"])
+    start = LENGTHS[0] + LENGTHS[1]  # episode 2 has 9 steps
+    ds.__getitems__([start + t for t in range(8)])  # 8 overlapping windows
+    assert ds._get_reader().decoded == 8  # steps 0..7 (step 0 padded by repeating itself)
+    ds.__getitems__([start + 8, start + 8, start + 2])
+    assert ds._get_reader().decoded == 8 + 4  # (7, 8) twice and (1, 2): 4 distinct frames
