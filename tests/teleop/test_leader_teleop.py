@@ -173,3 +173,37 @@ def test_leader_drives_the_twin_follower(leader_bus):
     assert teleop.engaged
     arm = [i for i in range(spec.dof) if i != spec.gripper_index]
     assert np.abs(after[arm] - pose[arm]).max() < 0.1, (before, after, pose)
+
+
+def test_tether_teleop_command_runs_a_leader_config(tmp_path, leader_bus):
+    """`tether teleop` with a config file: the device and its params come from `teleop:`."""
+    import json
+
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from tether.robot.drivers.cli import register
+
+    with DynamixelBusEmulator(list(range(1, 7))) as follower_bus:
+        motors = [{"name": n, "id": i + 1} for i, n in enumerate(JOINTS)]
+        motors[-1].update(lower=0.0, upper=2.0)  # follower gripper range
+        config = {
+            "name": "so101-emulated",
+            "fps": 50,
+            "arms": [{"name": "main", "driver": "dynamixel",
+                      "params": {"port": follower_bus.port, "motors": motors, "packet_timeout_ms": 150.0}}],
+            "teleop": {"device": "leader", "params": leader_params(leader_bus.port)},
+        }
+        path = tmp_path / "robot.yaml"
+        path.write_text(yaml.safe_dump(config))
+        set_leader(leader_bus, np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0]))
+        app = typer.Typer()
+        register(app)
+        result = CliRunner().invoke(app, ["teleop", "--robot", str(path), "--duration", "1.0", "--json"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        summary = json.loads(result.output.strip().splitlines()[-1])
+        position = (follower_bus.servo(1).position - 2048) / TICKS_PER_RAD
+    assert 40 <= summary["loop"]["ticks"] <= 55  # 1 s at 50 Hz
+    assert summary["loop"]["overruns"] <= 2
+    assert position == pytest.approx(0.3, abs=0.01)  # walked to the leader within the second
