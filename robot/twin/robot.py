@@ -145,14 +145,20 @@ class TwinRobot(Robot):
         self._steps = 0
         self._success_steps = 0
         self._succeeded = False
-        self.reset(params.seed)
+        self._reset_state(params.seed)
 
     # --- episode control -----------------------------------------------------------------------
-    def reset(self, seed: int) -> Observation | None:
+    def reset(self, seed: int) -> Observation:
         """New episode: objects placed from `seed`, arms at home, safety filters re-seeded.
 
-        Returns the first observation when connected (None before connect()).
+        Connects the robot if needed and returns the episode's first observation.
         """
+        self._reset_state(seed)
+        if not self._connected:
+            self.connect()
+        return self.observe()
+
+    def _reset_state(self, seed: int) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ConfigError(f"Episode seeds are non-negative integers, got {seed!r}")
         rng = np.random.default_rng(int(seed))
@@ -169,7 +175,6 @@ class TwinRobot(Robot):
                 cam.restart()
         for safe in self.arms.values():
             safe.filter.seed(safe.spec.home, safe._clock())
-        return self.observe() if self._connected else None
 
     @property
     def sim_time(self) -> float:

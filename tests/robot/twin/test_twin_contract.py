@@ -9,40 +9,40 @@ from tether.robot.testing.contract import ArmContract, CameraContract
 from tether.robot.twin import make_twin_robot
 
 
+def _robot(task: str, cameras: list[str]):
+    return make_twin_robot(RobotConfig(twin_task=task, fps=50, twin_params={"cameras": cameras}))
+
+
 @pytest.fixture(scope="module")
 def lift_robot():
-    return make_twin_robot(RobotConfig(twin_task="lift", fps=50, twin_params={"cameras": ["top"]}))
+    return _robot("lift", ["top"])
 
 
 @pytest.fixture(scope="module")
 def aloha_robot():
-    return make_twin_robot(
-        RobotConfig(twin_task="transfer_cube", fps=50, twin_params={"cameras": ["left_wrist"]})
-    )
+    return _robot("transfer_cube", ["left_wrist"])
+
+
+def _fresh_arm(robot, name: str):
+    """A fresh episode (arm at home), then hand the raw arm to the contract unconnected."""
+    robot.close()
+    robot.reset(0)
+    robot.close()
+    return robot.raw_arms[name]
 
 
 class TestTwinArmSO101(ArmContract):
     @pytest.fixture
-    def make_arm(self, lift_robot):
-        def make():
-            lift_robot.reset(0)
-            arm = lift_robot.raw_arms["arm"]
-            arm.close()
-            return arm
-
-        return make
+    def make_arm(self):
+        robot = _robot("lift", [])
+        return lambda: _fresh_arm(robot, "arm")
 
 
 class TestTwinArmViperX(ArmContract):
     @pytest.fixture
-    def make_arm(self, aloha_robot):
-        def make():
-            aloha_robot.reset(0)
-            arm = aloha_robot.raw_arms["right"]
-            arm.close()
-            return arm
-
-        return make
+    def make_arm(self):
+        robot = _robot("transfer_cube", [])
+        return lambda: _fresh_arm(robot, "right")
 
 
 class TestTwinCamera(CameraContract):

@@ -299,3 +299,13 @@ def test_cameras_render_from_another_thread_than_the_one_that_connected():
         assert robot.observe().frames["top"].index == indices[-1] + 1 == 6
     finally:
         robot.close()
+
+
+def test_reset_connects_and_returns_the_first_observation():
+    robot = twin(cameras=[])
+    try:
+        obs = robot.reset(2)
+        assert robot.is_connected and obs.state.shape == (6,)
+        assert robot.sim_time == 0.0 and robot.steps == 0
+    finally:
+        robot.close()
