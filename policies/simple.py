@@ -20,9 +20,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from tether.policies.base import ArraySpec, Policy, PolicySpec
 
 from tether.errors import PolicyError
+from tether.policies.base import ArraySpec, Policy, PolicySpec
 
 __all__ = [
     "ConstantPolicy",

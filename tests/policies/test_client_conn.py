@@ -8,13 +8,13 @@ import time
 import numpy as np
 import pytest
 import zmq
+
+from tether.errors import PolicyError, ProtocolError
 from tether.policies import protocol
 from tether.policies.base import ArraySpec
 from tether.policies.client import PolicyClient, ServerTimeout
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy, SlowPolicy
-
-from tether.errors import PolicyError, ProtocolError
 
 OBS = (ArraySpec("state", "float32", (6,)), ArraySpec("image.top", "uint8", (8, 8, 3)))
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from tether.policies import protocol
 from tether.policies.base import ArraySpec
 from tether.policies.protocol import MessageError
