@@ -15,7 +15,10 @@ def register(app: typer.Typer) -> None:
 def record_command(
     out: Path = typer.Option(..., "--out", "-o", help="Store to write (a .zarr directory)."),
     robot: str = typer.Option("twin:lift", "--robot", help="twin:<task> or a robot config file."),
-    teleop: str = typer.Option("scripted", "--teleop", help="scripted, leader, spacemouse, keyboard."),
+    teleop: str | None = typer.Option(
+        None, "--teleop",
+        help="scripted, leader, spacemouse, keyboard (default: the config's teleop.device; scripted on twin:).",
+    ),
     episodes: int = typer.Option(1, "--episodes", "-n", min=1, help="Episodes to save."),
     fps: float | None = typer.Option(None, "--fps", help="Recording rate (default: the robot's, 30)."),
     episode_time: float | None = typer.Option(
@@ -90,7 +93,16 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     if is_twin and realtime:
         overrides.append("twin_params.realtime=true")
     config = load_robot_config(robot_spec, overrides)
-    params = apply_overrides({}, teleop_params)
+    # The robot config's `teleop:` section names the device and its parameters (leader ports,
+    # calibration file...); --teleop picks another device, --teleop-param overrides single keys.
+    configured = config.teleop.device if config.teleop.device != "none" else None
+    if teleop_name is None:
+        teleop_name = configured or ("scripted" if is_twin else None)
+    if teleop_name is None:
+        raise ConfigError(f"No teleop device: pass --teleop (scripted, leader, spacemouse, keyboard) "
+                          f"or set teleop.device in {robot_spec}.")
+    base_params = dict(config.teleop.params) if teleop_name == configured else {}
+    params = apply_overrides(base_params, teleop_params)
     rate = float(config.fps)
     if append and overwrite:
         raise ConfigError("Use either --append or --overwrite, not both.")
