@@ -8,10 +8,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tether-installed
-# Debian packages: EGL/Mesa for offscreen MuJoCo rendering, libusb for pyrealsense2,
+# Debian packages: EGL/Mesa for offscreen MuJoCo rendering, libusb for pyrealsense2, hidapi for
+# pyspacemouse,
 # chromium to check that the HTML evaluation report renders.
-APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libusb-1.0-0 chromium
-EXTRAS := dev,realsense,dynamixel,feetech,ur
+APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libusb-1.0-0 libhidapi-hidraw0 chromium
+EXTRAS := dev,realsense,dynamixel,feetech,ur,spacemouse
 
 .PHONY: setup demo test test-slow lint clean
 
