@@ -181,7 +181,8 @@ class ChunkSource:
 
     def reset(self) -> None: ...
 
-    def request(self, observation: dict[str, np.ndarray], step: int) -> None: ...
+    def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
+        """Ask for the chunk of `step`; a remote source may wait up to wait_s for a connection."""
 
     def poll(self, timeout_s: float) -> Chunk | None: ...
 
@@ -222,7 +223,7 @@ class LocalSource(ChunkSource):
         self.policy.reset()
         self._ready = None
 
-    def request(self, observation: dict[str, np.ndarray], step: int) -> None:
+    def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
         t0 = time.monotonic()
         names = [a.name for a in self.spec.observation]
         actions = self.policy.predict_chunk({n: observation[n] for n in names}, **self.options)
@@ -254,8 +255,8 @@ class RemoteSource(ChunkSource):
         self.client.discard_pending()
         self.client.reset()
 
-    def request(self, observation: dict[str, np.ndarray], step: int) -> None:
-        self.client.send_infer(observation, steps=self.steps, tag=step)
+    def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
+        self.client.send_infer(observation, steps=self.steps, tag=step, wait_s=wait_s)
 
     def poll(self, timeout_s: float) -> Chunk | None:
         reply = self.client.poll_reply(timeout_s)
@@ -430,7 +431,7 @@ class _Episode:
                 )
             if self.source.in_flight_s() is None:
                 try:
-                    self.source.request(arrays, 0)
+                    self.source.request(arrays, 0, wait_s=self.config.request_timeout_s)
                 except TetherError as exc:
                     self._error(getattr(exc, "code", type(exc).__name__))
                     time.sleep(0.05)
@@ -498,7 +499,10 @@ class _Episode:
         if remaining > self.threshold:
             return
         try:
-            self.source.request(arrays, step)
+            # In lockstep the world waits for the server (e.g. while it reconnects); in real
+            # time the loop never blocks on it.
+            wait_s = 0.0 if self.config.realtime else self.config.request_timeout_s
+            self.source.request(arrays, step, wait_s=wait_s)
         except TetherError as exc:
             self._error(getattr(exc, "code", type(exc).__name__))
             log.debug("request at step %d failed: %s", step, exc)
