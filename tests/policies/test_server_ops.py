@@ -191,6 +191,31 @@ def _bad_messages() -> dict[str, tuple[list[bytes], str]]:
         "truncated frame": ([valid[0], valid[1][:-1], valid[2]], "truncated"),
         "missing frame": (valid[:2], "frame_count"),
         "extra frame": ([*valid, b"junk"], "frame_count"),
+        "object dtype": (
+            [
+                msgpack.packb(
+                    {
+                        **head,
+                        "arrays": [{**head["arrays"][0], "dtype": "object"}, *head["arrays"][1:]],
+                    }
+                ),
+                *valid[1:],
+            ],
+            "bad_dtype",
+        ),
+        "duplicate names": (
+            [msgpack.packb({**head, "arrays": [head["arrays"][0]] * 2}), valid[1], valid[1]],
+            "bad_arrays",
+        ),
+        "negative shape": (
+            [
+                msgpack.packb(
+                    {**head, "arrays": [{**head["arrays"][0], "shape": [-1]}, *head["arrays"][1:]]}
+                ),
+                *valid[1:],
+            ],
+            "bad_shape",
+        ),
         "oversize total": (
             [msgpack.packb({**head, "arrays": []}), *[b"\0" * 400_000] * 3],
             "too_large",
@@ -237,6 +262,27 @@ def test_a_client_that_floods_requests_gets_busy_errors():
     codes = [r["code"] if r["op"] == "error" else "ok" for r in replies]
     assert codes.count("busy") >= 3 and codes.count("ok") >= 2, codes
     assert server.stats.errors["busy"] == codes.count("busy")
+
+
+def test_clients_beyond_max_clients_are_told_to_retry_later():
+    slow = SlowPolicy(RecordingPolicy(), 0.3)
+    config = ServerConfig(LOCAL, max_clients=1, max_queued_per_client=2)
+    with PolicyServer(slow, config) as server:
+        first, second = RawDealer(server.endpoint), RawDealer(server.endpoint)
+        try:
+            first.send(_retag(1))
+            first.send(_retag(2))  # one running, one queued: the first client holds the slot
+            time.sleep(0.1)
+            second.send(_retag(3))
+            refusal = second.reply()
+            assert refusal["op"] == "error" and refusal["code"] == "too_many_clients"
+            assert refusal["id"] == 3 and "retry later" in refusal["message"]
+            assert [first.reply()["op"] for _ in range(2)] == ["infer", "infer"]
+            second.send(_retag(4))  # the slot is free again
+            assert second.reply()["op"] == "infer"
+        finally:
+            first.close()
+            second.close()
 
 
 def _retag(request_id: int) -> list[bytes]:
