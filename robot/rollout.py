@@ -248,6 +248,7 @@ class RemoteSource(ChunkSource):
     def check(self, robot) -> None:
         from tether.policies.simple import observation_specs_for
 
+        self.client.info(refresh=True)  # the server may have been restarted with another policy
         self.spec = self.client.check_spec(observation_specs_for(robot), robot.action_dim)
 
     def reset(self) -> None:
@@ -358,6 +359,7 @@ class _Episode:
         self.t_stall = 0.0
         self.last_command: np.ndarray | None = None
         self.success_step: int | None = None
+        self.last_error: str | None = None  # since the last valid chunk, for stall reports
 
     def run(self) -> EpisodeResult:
         robot = self.robot
@@ -548,6 +550,7 @@ class _Episode:
             return
         self.dropped += late
         self.chunks += 1
+        self.last_error = None
         start = chunk.step + late
         self.blender.add_chunk(start, actions[late:])
         self.newest_end = max(self.newest_end, end)
@@ -557,7 +560,8 @@ class _Episode:
         if self.stall is None:
             t_out = self.t_origin + step * self.period if self.config.realtime else time.monotonic()
             delay_ms = max(0.0, (time.monotonic() - t_out) * 1e3)
-            reason = "no chunk yet" if self.chunks == 0 else "chunk ran out"
+            cause = f"last request error: {self.last_error}" if self.last_error else "no reply yet"
+            reason = f"chunk ran out ({cause})"
             self.stall = Stall(step, None, delay_ms, 0.0, reason)
             self.t_stall = time.monotonic()
             log.warning("rollout stalled at step %d (%s): holding position", step, reason)
@@ -579,3 +583,4 @@ class _Episode:
 
     def _error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+        self.last_error = code
