@@ -108,7 +108,7 @@ class EpisodeResult:
     targets: np.ndarray  # (T, A) float32, policy actions before safety (NaN while holding)
     joints: np.ndarray  # (T, A) float32, measured positions at each tick's observation
     held: np.ndarray  # (T,) bool, ticks where the watchdog held position
-    latency_ms: list[float]  # per chunk: request sent -> chunk usable on the robot side
+    latency_ms: list[float]  # per chunk: request sent -> reply read by the loop
     inference_ms: list[float]  # per chunk: model time alone
     chunks: int  # chunks received and used
     stale_chunks: int  # chunks that arrived with every action already past
@@ -360,6 +360,7 @@ class _Episode:
         self.last_command: np.ndarray | None = None
         self.success_step: int | None = None
         self.last_error: str | None = None  # since the last valid chunk, for stall reports
+        self.arrived: list[Chunk] = []  # chunks received while the loop slept
 
     def run(self) -> EpisodeResult:
         robot = self.robot
@@ -375,7 +376,7 @@ class _Episode:
         self.last_command = first.state.astype(np.float64)
         t0 = time.monotonic()
         self._first_chunk(first.to_arrays())
-        loop = RateLoop(self.fps, realtime=self.config.realtime)
+        loop = RateLoop(self.fps, realtime=self.config.realtime, sleep=self._sleep_listening)
         try:
             stats = loop.run(self._tick, max_ticks=None)
         finally:
@@ -513,7 +514,27 @@ class _Episode:
             # Lockstep: the simulated world waits for the chunk it asked for.
             self._collect(step, self.config.request_timeout_s)
 
+    def _sleep_listening(self, delay_s: float) -> None:
+        """The loop's sleep between ticks: wait for replies meanwhile, so their arrival time
+        (and so the measured latency) is exact rather than rounded up to the next tick."""
+        deadline = time.monotonic() + delay_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.source.synchronous or self.source.in_flight_s() is None:
+                time.sleep(remaining)
+                return
+            try:
+                chunk = self.source.poll(remaining)
+            except TetherError as exc:
+                self._error(getattr(exc, "code", type(exc).__name__))
+                log.warning("invalid chunk: %s", exc)
+                continue
+            if chunk is not None:
+                self.arrived.append(chunk)  # aligned at the next tick, like any other
+
     def _collect(self, step: int, timeout_s: float) -> None:
+        arrived, self.arrived = self.arrived, []
+        for chunk in arrived:
+            self._accept(chunk, step)
         while True:
             try:
                 chunk = self.source.poll(timeout_s)
