@@ -68,6 +68,7 @@ def main() -> None:
         out["throughput_1_client"] = bench_throughput(endpoints["tcp"], clients=1, seconds=2.0)
     if not args.quick:
         out["act_240x320"] = bench_act(args.act_repeats)
+        out["rollout_twin_lift_50hz"] = bench_rollout()
     out["goal_overhead_p99_below_1ms"] = all(
         v["overhead_ms"]["p99"] < 1.0 for v in out["transport"].values()
     )
@@ -244,6 +245,41 @@ def bench_act(repeats: int) -> dict:
         "transport_overhead_ms": pct(overhead),
         "serving_cost_p50_ms": round(float(np.median(np.subtract(served, local))), 3),
     }
+
+
+def bench_rollout() -> dict:
+    """200 real-time ticks of the twin at 50 Hz through the server (waypoint policy)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from tether.policies.simple import WaypointPolicy, observation_specs_for
+    from tether.robot.factory import make_robot
+    from tether.robot.rollout import RolloutConfig, run_episode
+
+    robot = make_robot("twin:lift", ["fps=50"])
+    policy = WaypointPolicy(observation_specs_for(robot), robot.home + 0.2, chunk_size=50, fps=50)
+    out = {}
+    with robot, PolicyServer(policy, ServerConfig("tcp://127.0.0.1:0")) as server:
+        with PolicyClient(server.endpoint, timeout_s=1.0) as client:
+            for blend in ("ensemble", "switch"):
+                result = run_episode(
+                    robot, client, RolloutConfig(max_steps=200, blend=blend), seed=0
+                )
+                summary = result.summary()
+                out[blend] = {
+                    k: summary[k]
+                    for k in ("length", "chunks", "latency_p50_ms", "latency_p99_ms",
+                              "dropped_actions", "stalls", "held_ticks")
+                }  # fmt: skip
+                out[blend]["loop"] = {
+                    k: summary["loop"][k]
+                    for k in (
+                        "achieved_hz",
+                        "jitter_p50_ms",
+                        "jitter_p99_ms",
+                        "overruns",
+                        "step_p50_ms",
+                    )
+                }
+    return out
 
 
 if __name__ == "__main__":
