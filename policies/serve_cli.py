@@ -50,14 +50,14 @@ def serve(
     Example: tether serve simple:hold --robot twin:lift --delay-ms 20
     """
     from tether.errors import TetherError
-    from tether.policies.server import PolicyServer, ServerConfig, warn_if_exposed
+    from tether.policies.server import PolicyServer, ServerConfig, is_local_address
 
     try:
         loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device)
         config = ServerConfig(
             address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
         )
-        if warn_if_exposed(bind, keys):
+        if keys is None and not is_local_address(bind):  # (the server also logs it)
             console.print(
                 f"[yellow]warning:[/yellow] {bind} is reachable beyond this machine and no --keys "
                 "were given; anyone on the network can query this policy."
