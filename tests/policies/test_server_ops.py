@@ -290,7 +290,7 @@ def _retag(request_id: int) -> list[bytes]:
 
 
 def test_a_flooding_client_delays_others_by_at_most_one_inference():
-    delay = 0.05
+    delay = 0.08
     slow = SlowPolicy(RecordingPolicy(), delay)
     with PolicyServer(slow, ServerConfig(LOCAL, max_queued_per_client=2)) as server:
         stop = threading.Event()
@@ -318,7 +318,7 @@ def test_a_flooding_client_delays_others_by_at_most_one_inference():
     assert slow.inner.options, "the flooder was served too"
     # Round robin: the victim waits for the inference in progress, never for the flooder's queue.
     # (Waiting behind a second inference would take >= 2 * delay.)
-    assert max(waits) < (delay + 0.035) * 1e3, waits
+    assert max(waits) < (delay + 0.06) * 1e3, waits
 
 
 # --- fuzz ------------------------------------------------------------------------------------
