@@ -230,7 +230,11 @@ class PolicyServer:
                             frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(frames, time.monotonic())
+                        try:
+                            self._handle(frames, time.monotonic())
+                        except Exception:  # a bug here must not take the server down
+                            self.stats.errors["internal"] += 1
+                            log.exception("internal error while handling a message; serving on")
         finally:
             replies.close()
             router.close()
@@ -288,7 +292,11 @@ class PolicyServer:
                 job = self._scheduler.get(timeout=0.1)
                 if job is None:
                     continue
-                reply = self._run(job)
+                try:
+                    reply = self._run(job)
+                except Exception:  # encoding a reply failed: answer, keep the worker alive
+                    log.exception("internal error while running a request; serving on")
+                    reply = protocol.error_reply(job.message.id, "policy_error", "internal error")
                 out.send_multipart([job.identity, *reply], copy=False)
         finally:
             out.close()
