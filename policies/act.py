@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tether.policies.vision import ResNet18, load_pretrained, prepare_images, sine_embedding_2d
 from torch import nn
 
 from tether.errors import PolicyError
+from tether.policies.vision import ResNet18, load_pretrained, prepare_images, sine_embedding_2d
 
 __all__ = ["ACTConfig", "ACTModel", "chunk_size_for_fps"]
 

@@ -58,9 +58,8 @@ def _register_train(app: typer.Typer) -> None:
 
 
 def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads, progress) -> Path:
-    from tether.policies.trainer import TrainConfig, train
-
     from tether.config import apply_overrides, from_dict, load_mapping
+    from tether.policies.trainer import TrainConfig, train
 
     if resume:
         cfg = TrainConfig(out=resume, steps=steps, progress=progress)

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tether.policies.schedulers import NoiseScheduler
-from tether.policies.vision import ResNet18, SpatialSoftmax, load_pretrained, prepare_images
 from torch import nn
 
 from tether.errors import PolicyError
+from tether.policies.schedulers import NoiseScheduler
+from tether.policies.vision import ResNet18, SpatialSoftmax, load_pretrained, prepare_images
 
 __all__ = ["DiffusionConfig", "DiffusionModel"]
 

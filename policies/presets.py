@@ -21,7 +21,7 @@ __all__ = ["PRESETS", "get_preset"]
 _ACT_TINY = {
     "model": {"dim": 64, "n_heads": 4, "ff_dim": 256, "enc_layers": 2, "dec_layers": 1,
               "vae_enc_layers": 1, "latent_dim": 16, "dropout": 0.0, "kl_weight": 1.0,
-              "image_size": [48, 64], "chunk_seconds": 0.5, "vision_width": 16},
+              "image_size": [48, 64], "chunk_seconds": 1.0, "vision_width": 16},
     "train": {"steps": 400, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 30,
               "grad_clip": 10.0, "ema_decay": 0.99},
 }

@@ -13,10 +13,10 @@ from collections import deque
 
 import numpy as np
 import torch
-from tether.policies.base import ArraySpec, Policy, PolicySpec
-from tether.policies.normalizer import Normalizer
 
 from tether.errors import PolicyError
+from tether.policies.base import ArraySpec, Policy, PolicySpec
+from tether.policies.normalizer import Normalizer
 
 __all__ = ["ACTPolicy", "DiffusionPolicy", "TorchPolicy", "make_spec"]
 

@@ -54,11 +54,16 @@ def synthetic_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lift_store(tmp_path_factory) -> Path:
-    """14 scripted `lift` demos on the twin (state + one 60x80 camera), via `tether record`."""
+    """14 scripted `lift` demos on the twin (state + one 60x80 camera, 10 Hz), via `tether record`.
+
+    10 Hz keeps the episodes short (~45 steps) so a tiny policy sees many epochs in seconds, and
+    makes each step a real move, so "repeat the last action" is not a near-perfect predictor.
+    """
     out = tmp_path_factory.mktemp("lift") / "lift.zarr"
     cmd = [sys.executable, "-m", "tether.cli", "record", "--robot", "twin:lift", "--teleop", "scripted",
            "--episodes", str(len(LIFT_TRAIN_EPISODES) + len(LIFT_TEST_EPISODES)), "--out", str(out),
-           "--seed", "100", "--set", "twin_params.width=80", "--set", "twin_params.height=60"]
+           "--seed", "100", "--set", "twin_params.width=80", "--set", "twin_params.height=60",
+           "--set", "fps=10"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MUJOCO_GL": "egl"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -75,8 +75,8 @@ def test_act_policy_contract(runs):
     policy = load_policy(runs["act"])
     assert isinstance(policy, Policy)
     chunk = policy.predict_chunk(_obs(np.random.default_rng(1)))
-    assert chunk.dtype == np.float32 and chunk.shape == (5, 3) and np.all(np.isfinite(chunk))
-    assert policy.spec.chunk_size == 5 and policy.last_inference_ms > 0
+    assert chunk.dtype == np.float32 and chunk.shape == (10, 3) and np.all(np.isfinite(chunk))
+    assert policy.spec.chunk_size == 10 and policy.last_inference_ms > 0
     raw = load_policy(runs["act"], use_ema=False).predict_chunk(_obs(np.random.default_rng(1)))
     assert not np.allclose(raw, chunk)  # EMA weights are the default, and they differ
 

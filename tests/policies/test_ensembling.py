@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from tether.policies.ensembling import TemporalEnsembler, ensemble_weights
 
 

@@ -51,7 +51,7 @@ def test_run_directory_contents(synthetic_store, tmp_path):
         assert (ckpt / name).is_file(), name
     meta = json.loads((ckpt / "policy.json").read_text())
     assert meta["policy_type"] == "act" and meta["step"] == 4
-    assert meta["model_config"]["chunk_size"] == 5  # 0.5 s at 10 fps (tiny preset)
+    assert meta["model_config"]["chunk_size"] == 10  # 1 s at 10 fps (tiny preset)
     cfg = load_run_config(run)
     assert cfg.lr == 1e-3 and cfg.model["dim"] == 32  # preset filled in, override kept
     csv_lines = (run / "metrics.csv").read_text().splitlines()
