@@ -276,13 +276,21 @@ class DiffusionModel(nn.Module):
     def encode_obs(self, state: torch.Tensor, images: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
         """state (B, To, D), images uint8 (B, To, 3, H, W) -> per-step features (B, To, F)."""
         b, to = state.shape[:2]
+        flat = self.encode_step(state.flatten(0, 1), {k: images[k].flatten(0, 1) for k in self.config.cameras},
+                                train)
+        return flat.view(b, to, -1)
+
+    def encode_step(self, state: torch.Tensor, images: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
+        """One observation step: state (N, D), images uint8 (N, 3, H, W) -> features (N, F).
+
+        Features of a step do not depend on the other steps, so at inference the policy encodes
+        each new frame once and keeps the features of the previous ones.
+        """
         parts = [state]
         for key in self.config.cameras:
-            img = images[key].flatten(0, 1)
-            x = prepare_images(img, self.config.image_size, self.config.crop_ratio,
+            x = prepare_images(images[key], self.config.image_size, self.config.crop_ratio,
                                self.config.color_jitter, train)
-            f = self.image_proj(self.keypoints(self.backbone(x)))
-            parts.append(f.view(b, to, -1))
+            parts.append(self.image_proj(self.keypoints(self.backbone(x))))
         return torch.cat(parts, dim=-1)
 
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, obs_features: torch.Tensor) -> torch.Tensor:
@@ -321,9 +329,15 @@ class DiffusionModel(nn.Module):
     def predict(self, obs: dict[str, torch.Tensor], steps: int | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """obs: `state` (B, To, D) normalized, `image.*` uint8 (B, To, 3, H, W) -> (B, n_action_steps, A)."""
+        feats = self.encode_obs(obs["state"], {k: obs[k] for k in self.config.cameras}, train=False)
+        return self.sample_actions(feats, steps, generator)
+
+    @torch.inference_mode()
+    def sample_actions(self, feats: torch.Tensor, steps: int | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encoded observations (B, To, F) -> normalized actions (B, n_action_steps, A) by DDIM."""
         c = self.config
         steps = c.inference_steps if steps is None else steps
-        feats = self.encode_obs(obs["state"], {k: obs[k] for k in c.cameras}, train=False)
         b = feats.shape[0]
         sample = self.scheduler.sample(lambda x, t: self._denoise(x, t, feats),
                                        (b, c.horizon, c.action_dim), steps, generator,

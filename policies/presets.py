@@ -3,7 +3,8 @@
 - `tiny`: trains in a minute or two on a laptop CPU; for tests and smoke runs.
 - `cpu`: what learns the twin tasks in minutes on 2 CPU cores (small images, small networks).
 - `default`: ACT with the paper architecture (ResNet-18, dim 512, chunk 2 s);
-  Diffusion Policy with a CPU-sized U-Net (10 DDIM steps in < 100 ms at 96x96).
+  Diffusion Policy with a CPU-sized U-Net 64/128/256 and a half-width ResNet-18
+  (10 DDIM steps in < 100 ms at 96x96).
 - `full`: Diffusion Policy with the paper U-Net (512/1024/2048); for ACT the same as default.
 
 A preset fills every TrainConfig / model field the user left unset; explicit values win.
@@ -48,8 +49,8 @@ _DIFF_TINY = {
               "grad_clip": 10.0, "ema_decay": 0.99},
 }
 _DIFF_DEFAULT = {
-    "model": {"down_dims": [128, 256, 512], "step_embed_dim": 64, "kernel_size": 5, "n_groups": 8,
-              "num_keypoints": 32, "image_feature_dim": 64, "image_size": [96, 96],
+    "model": {"down_dims": [64, 128, 256], "step_embed_dim": 64, "kernel_size": 5, "n_groups": 8,
+              "num_keypoints": 32, "image_feature_dim": 64, "image_size": [96, 96], "vision_width": 32,
               "crop_ratio": 0.9, "inference_steps": 10},
     "train": {"steps": 20_000, "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-6, "warmup_steps": 500,
               "grad_clip": 10.0, "ema_decay": 0.999},
