@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--lift", action="store_true", help="train ACT on twin lift to >= 80%%")
-    parser.add_argument("--lift-episodes", type=int, default=50)
-    parser.add_argument("--lift-steps", type=int, default=3000)
+    parser.add_argument("--lift-episodes", type=int, default=100)
+    parser.add_argument("--lift-steps", type=int, default=5000)
     args = parser.parse_args()
 
     import torch

@@ -31,7 +31,7 @@ _ACT_CPU = {
               "vae_enc_layers": 2, "latent_dim": 16, "dropout": 0.0, "kl_weight": 1.0,
               "image_size": [60, 80], "chunk_seconds": 1.0, "lr_backbone": 5e-4,
               "vision_width": 32},
-    "train": {"steps": 3000, "batch_size": 32, "lr": 5e-4, "weight_decay": 1e-4, "warmup_steps": 100,
+    "train": {"steps": 5000, "batch_size": 32, "lr": 5e-4, "weight_decay": 1e-4, "warmup_steps": 100,
               "grad_clip": 10.0, "ema_decay": 0.995},
 }
 _ACT_DEFAULT = {
