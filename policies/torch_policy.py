@@ -58,6 +58,8 @@ class TorchPolicy(Policy):
                 x = x.astype(np.float32, copy=False)
                 if not np.all(np.isfinite(x)):
                     raise PolicyError(f"observation '{a.name}' contains NaN or inf")
+            if not x.flags.writeable:  # zero-copy arrays from the server's receive buffer
+                x = x.copy()
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
             if a.dtype == "uint8":
                 t = t.permute(2, 0, 1)

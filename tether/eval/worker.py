@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from tether.errors import ConfigError
 from tether.eval.records import EpisodeRecord
 from tether.policies.base import ArraySpec, Policy, PolicySpec
+from tether.robot.interfaces import IMAGE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,46 @@ def run_worker(spec: dict[str, Any]) -> None:
 
     config = EvalConfig(**spec["config"])
     out = Path(spec["out"])
-    robot = make_robot(f"twin:{config.task}", config.robot)
-    with robot, _policy_source(config, robot) as source:
-        for record in run_episodes(robot, source, spec["seeds"], config, video_dir=out):
-            record.save(out / "episodes")
-            log.info("seed %d: %s in %d ticks", record.seed,
-                     "success" if record.success else "failure", record.length)
+    if config.policy == "scripted":
+        robot = make_robot(f"twin:{config.task}", config.robot)
+        source = ExpertPolicy(robot)
+    else:
+        source = _policy_source(config)
+        robot = make_robot(f"twin:{config.task}", camera_overrides(_spec_of(source)) + config.robot)
+    try:
+        with robot:
+            for record in run_episodes(robot, source, spec["seeds"], config, video_dir=out):
+                record.save(out / "episodes")
+                log.info("seed %d: %s in %d ticks", record.seed,
+                         "success" if record.success else "failure", record.length)
+    finally:
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()
+
+
+def camera_overrides(spec: PolicySpec) -> list[str]:
+    """Twin camera settings that give the policy the images it was trained on.
+
+    A policy trained on a store recorded at 120x160 with a `top` camera must be evaluated with
+    exactly that camera and size, or the spec check refuses it before anything moves.
+    """
+    images = [a for a in spec.observation if a.name.startswith(IMAGE_PREFIX)]
+    if not images:
+        return ["twin_params.cameras=[]"]
+    sizes = {tuple(a.shape[:2]) for a in images}
+    if len(sizes) != 1:
+        raise ConfigError(f"the policy's cameras differ in size ({sorted(sizes)}); the twin renders "
+                          "every camera at one size.")
+    (height, width), = sizes
+    names = ", ".join(a.name[len(IMAGE_PREFIX):] for a in images)
+    return [f"twin_params.cameras=[{names}]", f"twin_params.width={width}",
+            f"twin_params.height={height}"]
+
+
+def _spec_of(source) -> PolicySpec:
+    spec = getattr(source, "spec", None)
+    return spec if spec is not None else source.info().spec
 
 
 def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
@@ -98,7 +134,7 @@ def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
     config = EvalConfig(task=task, episodes=episodes, seed=seed, policy="in-process", videos=0)
 
     def evaluate(policy: Policy) -> float:
-        robot = make_robot(f"twin:{task}")
+        robot = make_robot(f"twin:{task}", camera_overrides(policy.spec))
         with robot:
             records = list(run_episodes(robot, policy, config.seeds(), config))
         return sum(r.success for r in records) / len(records)
@@ -106,34 +142,16 @@ def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
     return evaluate
 
 
-class _Closing:
-    """Context manager that closes the source if it has close() (clients do, policies do not)."""
-
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def __enter__(self):
-        return self.source
-
-    def __exit__(self, *exc_info) -> None:
-        close = getattr(self.source, "close", None)
-        if callable(close):
-            close()
-
-
-def _policy_source(config, robot) -> _Closing:
+def _policy_source(config):
+    """A Policy loaded in this process, or a client of a running policy server."""
     if config.checkpoint:
         from tether.policies.checkpoint import load_policy
 
-        return _Closing(load_policy(config.checkpoint))
+        return load_policy(config.checkpoint)
     if config.server:
         from tether.policies.client import PolicyClient
 
-        return _Closing(PolicyClient(config.server))
-    if config.policy == "scripted":
-        return _Closing(ExpertPolicy(robot))
-    from tether.errors import ConfigError
-
+        return PolicyClient(config.server)
     raise ConfigError(f"Unknown --policy '{config.policy}'; the built-in one is 'scripted'.")
 
 
