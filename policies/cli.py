@@ -25,6 +25,7 @@ def _register_train(app: typer.Typer) -> None:
             "Example: tether train --dataset data.zarr --policy act --preset cpu --steps 3000 "
             "--out runs/act_lift\n\n"
             "Resume: tether train --resume runs/act_lift   (optionally --steps N to extend)\n\n"
+            "Keep the checkpoint that succeeds most on the twin: --eval-task lift --eval-every 500\n\n"
             "Any setting: --set model.dim=256 --set lr=3e-4 (keys of TrainConfig; model.* are "
             "model config keys). Multi-process: torchrun --nproc_per_node 2 -m tether.cli train ..."
         ),
@@ -41,6 +42,12 @@ def _register_train(app: typer.Typer) -> None:
         seed: int | None = typer.Option(None, "--seed", help="Random seed."),
         threads: int | None = typer.Option(None, "--threads", help="torch threads (0 = torch default)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        eval_task: str | None = typer.Option(
+            None, "--eval-task", help="Evaluate on this twin task every --eval-every steps; keeps the best."),
+        eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between twin evaluations."),
+        eval_episodes: int = typer.Option(10, "--eval-episodes", help="Seeded twin episodes per evaluation."),
+        keep_every: int | None = typer.Option(
+            None, "--keep-every", help="Keep a checkpoint every N steps (for tether eval --sweep)."),
     ) -> None:
         from rich.console import Console
 
@@ -48,8 +55,13 @@ def _register_train(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         try:
+            evaluate = None
+            if eval_task:
+                from tether.eval.worker import make_twin_evaluator
+
+                evaluate = make_twin_evaluator(eval_task, eval_episodes)
             run_dir = _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
-                             threads, not no_progress)
+                             threads, not no_progress, evaluate, eval_every, keep_every)
         except TetherError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
@@ -57,19 +69,25 @@ def _register_train(app: typer.Typer) -> None:
                       f"tether.policies.checkpoint.load_policy('{run_dir}'))")
 
 
-def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads, progress) -> Path:
+def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads, progress,
+           evaluate=None, eval_every=None, keep_every=None) -> Path:
     from tether.config import apply_overrides, from_dict, load_mapping
     from tether.policies.trainer import TrainConfig, train
 
     if resume:
         cfg = TrainConfig(out=resume, steps=steps, progress=progress)
-        return train(cfg, resume=True)
+        return train(cfg, evaluate=evaluate, resume=True)
     data = load_mapping(config) if config else {}
     explicit = {}
     for key, value in (("dataset", dataset), ("policy", policy), ("preset", preset), ("out", out),
-                       ("steps", steps), ("seed", seed), ("threads", threads)):
+                       ("steps", steps), ("seed", seed), ("threads", threads),
+                       ("eval_every", eval_every), ("keep_every", keep_every)):
         if value is not None:
             explicit[key] = value
     data = {**data, **explicit, "progress": progress}
     cfg = from_dict(TrainConfig, apply_overrides(data, overrides))
-    return train(cfg)
+    if evaluate is not None and not cfg.eval_every:
+        from tether.errors import ConfigError
+
+        raise ConfigError("--eval-task needs --eval-every N (steps between evaluations).")
+    return train(cfg, evaluate=evaluate)

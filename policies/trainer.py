@@ -75,6 +75,7 @@ class TrainConfig:
     log_every: int = 25
     save_every: int = 500
     eval_every: int = 0
+    keep_every: int = 0  # > 0: also keep an inference-only snapshot checkpoints/step_NNNNNNN
     progress: bool = True
 
 
@@ -318,6 +319,9 @@ class _Trainer:
                     self.step % c.eval_every == 0 or self.step == c.steps)
                 if self.step % c.save_every == 0 or self.step == c.steps or evaluating:
                     self._save("last")
+                if c.keep_every > 0 and (self.step % c.keep_every == 0 or self.step == c.steps):
+                    # Snapshots for `tether eval --sweep`: success, not loss, picks the checkpoint.
+                    self._save(f"step_{self.step:07d}", with_train_state=False)
                 if evaluating:
                     self._evaluate()
         self.dist.barrier()
@@ -345,14 +349,15 @@ class _Trainer:
 
     # -- checkpoints, logs, evaluation -------------------------------------------------------------
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, with_train_state: bool = True) -> None:
         from tether.policies.checkpoint import save_checkpoint
 
         if not self.dist.is_main:
             return
         save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model, normalizer=self.normalizer,
                         policy_type=self.config.policy, spec=self.spec, step=self.step,
-                        ema_model=self.ema, train_state=self._train_state())
+                        ema_model=self.ema,
+                        train_state=self._train_state() if with_train_state else None)
 
     def _train_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         opt = self.optimizer.state_dict()

@@ -32,7 +32,7 @@ class DemoConfig:
     task: str = "lift"
     demos: int = 50
     preset: str = "cpu"
-    train_steps: int | None = None  # None: the preset's
+    train_steps: int | None = 1500  # fits the 10-minute budget on 2 cores (the preset says 5000)
     train_overrides: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 30
     # Camera size for recording and evaluation: the cpu preset looks at 60x80, so recording at
@@ -158,11 +158,11 @@ def _measure_transport(endpoint: str, spec, task: str, requests: int = 100) -> d
     """Round trip minus the server's own time, for this policy's real observation payload."""
     import numpy as np
 
-    from tether.eval.worker import camera_overrides
+    from tether.eval.worker import twin_overrides_for
     from tether.policies.client import PolicyClient
     from tether.robot.factory import make_robot
 
-    robot = make_robot(f"twin:{task}", camera_overrides(spec))
+    robot = make_robot(f"twin:{task}", twin_overrides_for(spec))
     with robot:
         arrays = robot.reset(0).to_arrays()
     observation = {a.name: arrays[a.name] for a in spec.observation}

@@ -59,7 +59,7 @@ def run_worker(spec: dict[str, Any]) -> None:
         source = ExpertPolicy(robot)
     else:
         source = _policy_source(config)
-        robot = make_robot(f"twin:{config.task}", camera_overrides(_spec_of(source)) + config.robot)
+        robot = make_robot(f"twin:{config.task}", twin_overrides_for(_spec_of(source)) + config.robot)
     try:
         with robot:
             for record in run_episodes(robot, source, spec["seeds"], config, video_dir=out):
@@ -72,22 +72,24 @@ def run_worker(spec: dict[str, Any]) -> None:
             close()
 
 
-def camera_overrides(spec: PolicySpec) -> list[str]:
-    """Twin camera settings that give the policy the images it was trained on.
+def twin_overrides_for(spec: PolicySpec) -> list[str]:
+    """Twin settings that reproduce what the policy was trained on: control rate and cameras.
 
-    A policy trained on a store recorded at 120x160 with a `top` camera must be evaluated with
-    exactly that camera and size, or the spec check refuses it before anything moves.
+    A policy trained on a store recorded at 10 Hz with a 120x160 `top` camera must be evaluated
+    at 10 Hz with exactly that camera and size: a different rate changes what one action means,
+    and a different image makes the spec check refuse the policy before anything moves.
     """
+    rate = [f"fps={spec.fps:g}"]
     images = [a for a in spec.observation if a.name.startswith(IMAGE_PREFIX)]
     if not images:
-        return ["twin_params.cameras=[]"]
+        return rate + ["twin_params.cameras=[]"]
     sizes = {tuple(a.shape[:2]) for a in images}
     if len(sizes) != 1:
         raise ConfigError(f"the policy's cameras differ in size ({sorted(sizes)}); the twin renders "
                           "every camera at one size.")
     (height, width), = sizes
     names = ", ".join(a.name[len(IMAGE_PREFIX):] for a in images)
-    return [f"twin_params.cameras=[{names}]", f"twin_params.width={width}",
+    return rate + [f"twin_params.cameras=[{names}]", f"twin_params.width={width}",
             f"twin_params.height={height}"]
 
 
@@ -134,7 +136,7 @@ def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
     config = EvalConfig(task=task, episodes=episodes, seed=seed, policy="in-process", videos=0)
 
     def evaluate(policy: Policy) -> float:
-        robot = make_robot(f"twin:{task}", camera_overrides(policy.spec))
+        robot = make_robot(f"twin:{task}", twin_overrides_for(policy.spec))
         with robot:
             records = list(run_episodes(robot, policy, config.seeds(), config))
         return sum(r.success for r in records) / len(records)
