@@ -9,8 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tether-installed
 # Debian packages: EGL/Mesa for offscreen MuJoCo rendering, libusb for pyrealsense2, hidapi for
-# pyspacemouse,
-# chromium to check that the HTML evaluation report renders.
+# pyspacemouse, chromium to check that the HTML evaluation report renders.
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libusb-1.0-0 libhidapi-hidraw0 chromium
 EXTRAS := dev,realsense,dynamixel,feetech,ur,spacemouse
 
