@@ -133,7 +133,8 @@ def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
     from tether.eval.runner import EvalConfig
     from tether.robot.factory import make_robot
 
-    config = EvalConfig(task=task, episodes=episodes, seed=seed, policy="in-process", videos=0)
+    # Only the rollout settings and seeds are used here; the policy is handed in directly.
+    config = EvalConfig(task=task, episodes=episodes, seed=seed, videos=0)
 
     def evaluate(policy: Policy) -> float:
         robot = make_robot(f"twin:{task}", twin_overrides_for(policy.spec))
