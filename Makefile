@@ -13,7 +13,7 @@ STAMP := $(VENV)/.tether-installed
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libusb-1.0-0 libhidapi-hidraw0 chromium
 EXTRAS := dev,realsense,dynamixel,feetech,ur,spacemouse
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow test-stress test-random lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,17 @@ test: setup
 
 test-slow: setup
 	MUJOCO_GL=egl $(BIN)/python -m pytest -m slow -q
+
+# The default suite while two busy loops load both cores: tests must check behaviour, not how
+# fast the machine is, so this must pass exactly like `make test`.
+test-stress: setup
+	@for i in 1 2; do (while :; do :; done) & echo $$! >> .stress-pids; done; \
+	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
+	kill $$(cat .stress-pids) 2>/dev/null; rm -f .stress-pids; exit $$rc
+
+# The default suite in a random order (prints the seed; rerun with --random-order-seed=N).
+test-random: setup
+	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q --random-order
 
 lint: setup
 	$(BIN)/ruff check .
