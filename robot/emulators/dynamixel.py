@@ -26,6 +26,7 @@ from tether.robot.emulators.servo_bus import (
     Register,
     ServoLayout,
     parse_ids,
+    sync_write,
 )
 
 HEADER = b"\xff\xff\xfd\x00"
@@ -34,6 +35,8 @@ STATUS = 0x55
 
 INST_PING, INST_READ, INST_WRITE, INST_REBOOT = 0x01, 0x02, 0x03, 0x08
 INST_SYNC_READ, INST_SYNC_WRITE = 0x82, 0x83
+
+MIN_LENGTH = 3  # the length field counts instruction + params + 2 CRC bytes
 
 ERR_RESULT_FAIL, ERR_INSTRUCTION, ERR_CRC = 1, 2, 3
 ERR_DATA_RANGE, ERR_DATA_LENGTH, ERR_DATA_LIMIT, ERR_ACCESS = 4, 5, 6, 7
@@ -138,7 +141,11 @@ class DynamixelBusEmulator(PtyBusEmulator):
             del buffer[:start]
             if len(buffer) < 7:
                 return packets
-            total = 7 + (buffer[5] | buffer[6] << 8)
+            length = buffer[5] | buffer[6] << 8
+            if length < MIN_LENGTH:  # cannot hold an instruction and a CRC: not a header
+                del buffer[0]
+                continue
+            total = 7 + length
             if len(buffer) < total:
                 return packets
             packets.append(bytes(buffer[:total]))
@@ -207,11 +214,7 @@ class DynamixelBusEmulator(PtyBusEmulator):
         if len(params) < 4:
             return
         address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
-        body = params[4:]
-        for offset in range(0, len(body) - length, length + 1):
-            servo = self.servos.get(body[offset])
-            if servo is not None and servo.responding:
-                servo.write(address, body[offset + 1 : offset + 1 + length])
+        sync_write(self.servos, address, length, params[4:])
 
     # --- replies ----------------------------------------------------------------------------
     def _ping_reply(self, servo: EmulatedServo) -> bytes:

@@ -2,8 +2,9 @@
 
 The protocol is Dynamixel-1.0 shaped: `FF FF id len instruction params checksum`, where the
 checksum is the inverted low byte of the sum of id..params. Implements PING, READ, WRITE,
-REG WRITE + ACTION, SYNC READ and SYNC WRITE. A packet with a bad checksum is ignored (a real
-servo stays silent, so the SDK times out). Status packets carry Feetech's error bits: angle
+REG WRITE + ACTION, SYNC READ and SYNC WRITE. A packet with a bad checksum, a length too short
+to hold an instruction, or missing parameters is ignored (a real servo stays silent, so the SDK
+times out). Status packets carry Feetech's error bits: angle
 error when a goal outside the angle limits was clamped, overload when a hardware error is set.
 
 Example:  python -m tether.robot.emulators.feetech --ids 1-6
@@ -22,11 +23,16 @@ from tether.robot.emulators.servo_bus import (
     Register,
     ServoLayout,
     parse_ids,
+    sync_write,
 )
 
 BROADCAST_ID = 0xFE
 INST_PING, INST_READ, INST_WRITE, INST_REG_WRITE, INST_ACTION = 0x01, 0x02, 0x03, 0x04, 0x05
 INST_SYNC_READ, INST_SYNC_WRITE = 0x82, 0x83
+
+MIN_LENGTH = 2  # the length byte counts instruction + params + checksum
+# Parameters an instruction cannot do without (address, length, ...).
+MIN_PARAMS = {INST_READ: 2, INST_WRITE: 1, INST_REG_WRITE: 1, INST_SYNC_READ: 2, INST_SYNC_WRITE: 2}
 
 ERRBIT_VOLTAGE, ERRBIT_ANGLE, ERRBIT_OVERHEAT, ERRBIT_OVERELE, ERRBIT_OVERLOAD = 1, 2, 4, 8, 32
 
@@ -105,6 +111,9 @@ class FeetechBusEmulator(PtyBusEmulator):
             if buffer[2] == 0xFF:  # a third FF: the header starts one byte later
                 del buffer[0]
                 continue
+            if buffer[3] < MIN_LENGTH:  # cannot hold an instruction and a checksum: not a header
+                del buffer[0]
+                continue
             total = 4 + buffer[3]
             if len(buffer) < total:
                 return packets
@@ -118,6 +127,9 @@ class FeetechBusEmulator(PtyBusEmulator):
             self.counts["checksum_errors"] += 1
             return []
         params = packet[5:-1]
+        if len(params) < MIN_PARAMS.get(instruction, 0):
+            self.counts["short_packets"] += 1
+            return []  # a servo ignores an instruction missing its parameters
         if instruction == INST_SYNC_READ:
             address, length = params[0], params[1]
             return [
@@ -126,12 +138,7 @@ class FeetechBusEmulator(PtyBusEmulator):
                 if i in self.servos and self.servos[i].responding
             ]
         if instruction == INST_SYNC_WRITE:
-            address, length = params[0], params[1]
-            body = params[2:]
-            for offset in range(0, len(body) - length, length + 1):
-                servo = self.servos.get(body[offset])
-                if servo is not None and servo.responding:
-                    servo.write(address, body[offset + 1 : offset + 1 + length])
+            sync_write(self.servos, params[0], params[1], params[2:])
             return []
         if instruction == INST_ACTION:
             targets = self.servos if servo_id == BROADCAST_ID else {servo_id: None}

@@ -10,6 +10,12 @@ Fault injection, for tests of the driver's error paths: a servo can be made sile
 timeout), report a hardware error (alert bit / overload), or the next replies can carry a
 corrupted checksum. A port opened at a baud rate the bus is not running at gets no replies,
 like a real bus.
+
+Garbage never stops the bus: bytes that do not frame a packet are skipped, a packet too short
+or with missing parameters is ignored (a real servo stays silent), and a half-received packet
+is dropped when the line stays quiet for `PARTIAL_PACKET_TIMEOUT_S`, as servo firmware does.
+A request the protocol code cannot parse is counted in `counts["malformed"]`, never raised on
+the reader thread, so a wrong `--protocol` in `tether scan-bus` cannot kill the emulator.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 TICKS_PER_TURN = 4096
+# A half-received packet older than this is dropped when new bytes arrive. The SDK writes a
+# packet in one call, so its bytes arrive together; a gap this long means the sender gave up.
+PARTIAL_PACKET_TIMEOUT_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,7 @@ class PtyBusEmulator(ABC):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._buffer = bytearray()
+        self._last_rx = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
     def __enter__(self):
@@ -321,10 +331,37 @@ class PtyBusEmulator(ABC):
                 self.counts["wrong_baud"] += 1
                 self._buffer.clear()
                 continue
-            self._buffer.extend(chunk)
-            for packet in self.extract_packets(self._buffer):
-                for reply in self.handle(packet):
+            for reply in self.receive(chunk, time.monotonic()):
+                try:
                     self._send(reply)
+                except OSError as exc:  # nobody reading the port any more: keep serving
+                    log.debug("%s emulator could not send a reply: %s", self.protocol_name, exc)
+
+    def receive(self, chunk: bytes, now: float) -> list[bytes]:
+        """Take bytes off the wire at host time `now`; return the replies to every complete packet.
+
+        Never raises for what arrives: the reader thread must outlive any input, as a servo does.
+        """
+        if self._buffer and now - self._last_rx > PARTIAL_PACKET_TIMEOUT_S:
+            self.counts["stale_partial"] += 1
+            self._buffer.clear()
+        self._last_rx = now
+        self._buffer.extend(chunk)
+        try:
+            packets = self.extract_packets(self._buffer)
+        except Exception:  # a framing bug must not kill the bus: drop what is buffered
+            log.exception("%s emulator: cannot frame %d buffered bytes", self.protocol_name, len(self._buffer))
+            self.counts["malformed"] += 1
+            self._buffer.clear()
+            return []
+        replies: list[bytes] = []
+        for packet in packets:
+            try:
+                replies.extend(self.handle(packet))
+            except Exception:  # a packet the protocol code cannot parse: a servo stays silent
+                log.debug("%s emulator ignores malformed packet %s", self.protocol_name, packet.hex())
+                self.counts["malformed"] += 1
+        return replies
 
     def _send(self, reply: bytes) -> None:
         with self._fault_lock:
@@ -366,6 +403,16 @@ _BAUD_BY_CONSTANT = {
     )
     if hasattr(termios, f"B{rate}")
 }
+
+
+def sync_write(servos: dict[int, EmulatedServo], address: int, length: int, body: bytes) -> None:
+    """Apply a SYNC WRITE body (`id data[length]` repeated); both protocols frame it alike."""
+    if length <= 0:
+        return
+    for offset in range(0, len(body) - length, length + 1):
+        servo = servos.get(body[offset])
+        if servo is not None and servo.responding:
+            servo.write(address, body[offset + 1 : offset + 1 + length])
 
 
 def parse_ids(text: str) -> list[int]:
