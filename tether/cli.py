@@ -6,11 +6,15 @@ commands, so `tether --help` stays fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import sys
+import traceback
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tether import __version__
 
@@ -27,6 +31,7 @@ COMMAND_MODULES = [
 ]
 
 console = Console()
+error_console = Console(stderr=True)
 
 
 def _version_callback(value: bool) -> None:
@@ -67,15 +72,84 @@ def build_app() -> typer.Typer:
     return app
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run `tether` and turn whatever escapes a command into a message and an exit code.
+
+    Commands raise; they do not print-and-exit. Here a project error (TetherError) and a file
+    system error (OSError: permission, read-only, disk full, missing path) become one line that
+    names the problem and the path, exit 2; Ctrl-C exits 130; anything else is a bug and shows
+    its traceback only with -v (exit 1), so a user never has to read one to learn what to fix.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(arg in ("-v", "--verbose") for arg in args)
+    raise SystemExit(run(args, verbose=verbose))
+
+
+def run(args: list[str], verbose: bool = False, app: typer.Typer | None = None) -> int:
+    """The exit code of `tether *args` (see `main`); usage errors are typer's (exit 2).
+
+    `app` defaults to the real one; tests pass a small app to reach every branch.
+    """
     from tether.errors import TetherError
 
-    app = build_app()
     try:
-        app(standalone_mode=True)
-    except TetherError as exc:  # pragma: no cover - typer normally exits before this
-        console.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(2) from exc
+        app = app or build_app()
+        # standalone: typer formats usage errors and turns Ctrl-C into exit 130 itself.
+        app(args=args, prog_name="tether", standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code == 130:
+            _print_error("interrupted (Ctrl-C).")
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        _print_error("interrupted (Ctrl-C).")
+        return 130
+    except TetherError as exc:
+        _maybe_traceback(exc, verbose)
+        _print_error(str(exc))
+        return 2
+    except OSError as exc:
+        _maybe_traceback(exc, verbose)
+        _print_error(describe_os_error(exc))
+        return 2
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for -v
+        _maybe_traceback(exc, verbose)
+        hint = "" if verbose else " Run with -v for the traceback (tether -v ...)."
+        _print_error(f"unexpected {type(exc).__name__}: {exc}.{hint}")
+        return 1
+    return 0
+
+
+_OS_ERROR_FIXES = {
+    errno.EACCES: "choose a location you can write to, or fix its permissions",
+    errno.EPERM: "choose a location you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOSPC: "the disk is full: free some space or choose another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or choose another disk",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "the path is a folder: give a file",
+    errno.EEXIST: "remove it or choose another path",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming what failed, on which path, and what to do (exc.filename when known)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f" {' -> '.join(paths)}" if paths else ""
+    fix = _OS_ERROR_FIXES.get(exc.errno or -1)
+    return f"{reason}:{where}" + (f" ({fix})." if fix else ".")
+
+
+def _print_error(message: str) -> None:
+    # Plain text (no rich markup: a message may contain [brackets]) and no wrapping, so a path
+    # in the message stays whole for whoever copies it or greps the log.
+    error_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+def _maybe_traceback(exc: BaseException, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError
 
 console = Console()
 
@@ -171,10 +171,7 @@ def scan_bus(
             model = bus.ping(servo_id)
             if model is not None:
                 found.append({"id": servo_id, "model_number": model, "model": _model_name(protocol, model)})
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    finally:
+    finally:  # errors reach tether/cli.py's handler: message + exit 2
         bus.close()
     if as_json:
         print(json.dumps(found))
