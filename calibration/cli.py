@@ -15,7 +15,11 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the `tether` app."""
-    calibrate = typer.Typer(help="Calibration: leader/follower offsets.", no_args_is_help=True)
+    calibrate = typer.Typer(
+        help="Calibration: leader/follower offsets.\n\n"
+        "Example: tether calibrate leader --robot configs/so101_leader.yaml --out calib/so101.yaml",
+        no_args_is_help=True,
+    )
     calibrate.command("leader")(calibrate_leader)
     app.add_typer(calibrate, name="calibrate")
 

@@ -16,7 +16,9 @@ def _register_serve(app: typer.Typer) -> None:
     """Add `serve` and the `keys` group to the `tether` app."""
     app.command("serve")(serve)
     keys_app = typer.Typer(
-        help="CURVE keys for serving a policy beyond localhost.", no_args_is_help=True
+        help="CURVE keys for serving a policy beyond localhost.\n\n"
+        "Example: tether keys generate ~/.tether/keys",
+        no_args_is_help=True,
     )
     keys_app.command("generate")(keys_generate)
     app.add_typer(keys_app, name="keys")
