@@ -16,9 +16,12 @@ pickled: tensors go to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +29,70 @@ import torch
 from torch import nn
 
 from tether.config import from_dict, to_dict
-from tether.errors import PolicyError
+from tether.errors import ConfigError, PolicyError
 from tether.policies.base import Policy, PolicySpec
 from tether.policies.normalizer import Normalizer
 
-__all__ = ["FORMAT", "build_model", "optimize_for_inference", "find_checkpoint", "load_policy", "read_policy_json",
-           "save_checkpoint"]
+__all__ = ["FORMAT", "POLICY_TYPES", "build_model", "find_checkpoint", "load_policy", "optimize_for_inference",
+           "read_policy_json", "read_tensors", "save_checkpoint"]
 
 FORMAT = "tether-policy"
 FORMAT_VERSION = 1
 
+# policy type -> (module, config class, model class, inference wrapper in torch_policy).
+# A table, not if-branches: a new policy family is one row here.
+POLICY_TYPES: dict[str, tuple[str, str, str, str]] = {
+    "act": ("tether.policies.act", "ACTConfig", "ACTModel", "ACTPolicy"),
+    "diffusion": ("tether.policies.diffusion", "DiffusionConfig", "DiffusionModel", "DiffusionPolicy"),
+}
 
-def build_model(policy_type: str, model_config: dict[str, Any]) -> nn.Module:
-    """The model class for `policy_type` built from a plain config dict (strictly checked)."""
-    if policy_type == "act":
-        from tether.policies.act import ACTConfig, ACTModel
 
-        return ACTModel(from_dict(ACTConfig, model_config, "model"))
-    if policy_type == "diffusion":
-        from tether.policies.diffusion import DiffusionConfig, DiffusionModel
+def build_model(policy_type: str, model_config: dict[str, Any], *, load_pretrained: bool = True,
+                source: Path | None = None) -> nn.Module:
+    """The model class for `policy_type` built from a plain config dict (strictly checked).
 
-        return DiffusionModel(from_dict(DiffusionConfig, model_config, "model"))
-    raise PolicyError(f"unknown policy type '{policy_type}'; use 'act' or 'diffusion'")
+    `load_pretrained=False` never opens the `pretrained_backbone` file named in the config: a
+    checkpoint's own weights are loaded over the model anyway, and a path stored in a checkpoint
+    may not exist (or hold other weights) on the machine that loads it. The field is kept in the
+    model's config as a record of how training started.
+    """
+    import dataclasses
+    import importlib
+
+    where = f" in {source}" if source is not None else ""
+    if policy_type not in POLICY_TYPES:
+        raise PolicyError(f"unknown policy type '{policy_type}'{where}; known types: "
+                          f"{', '.join(sorted(POLICY_TYPES))}. Use a checkpoint made by `tether train` "
+                          "or upgrade tether if it came from a newer version")
+    module_name, config_name, model_name, _ = POLICY_TYPES[policy_type]
+    module = importlib.import_module(module_name)
+    try:
+        config = from_dict(getattr(module, config_name), model_config, "model")
+    except ConfigError as exc:
+        if source is None:
+            raise
+        raise PolicyError(f"model_config{where} is invalid: {exc} The checkpoint is corrupt or "
+                          "from another tether version; use another checkpoint") from exc
+    build_config = config
+    if not load_pretrained and getattr(config, "pretrained_backbone", None):
+        build_config = dataclasses.replace(config, pretrained_backbone=None)
+    model = getattr(module, model_name)(build_config)
+    model.config = config
+    return model
 
 
 def save_checkpoint(directory: str | Path, *, model: nn.Module, normalizer: Normalizer,
                     policy_type: str, spec: PolicySpec, step: int,
                     ema_model: nn.Module | None = None,
                     train_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Path:
-    """Write a checkpoint atomically (to a temp dir, then rename), so a crash never leaves half."""
-    from safetensors.torch import save_file
+    """Write a checkpoint atomically (to `<name>.tmp`, fsync, then rename): a crash or a full disk
+    never leaves half of one, and the previous checkpoint of that name stays intact until the new
+    one is complete. A failed write (disk full, read-only) raises PolicyError and removes the
+    temporary directory."""
+    from safetensors.torch import save as to_safetensors
 
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -71,24 +102,54 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, normalizer: Norm
         "step": int(step),
         "has_ema": ema_model is not None,
     }
-    (tmp / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
-    save_file(_state_tensors(model), str(tmp / "model.safetensors"))
+    files: dict[str, Callable[[], bytes]] = {
+        "policy.json": lambda: (json.dumps(meta, indent=2) + "\n").encode(),
+        "model.safetensors": lambda: to_safetensors(_state_tensors(model)),
+        # Same layout as Normalizer.save (tensors + modes metadata), written through _write_file.
+        "normalizer.safetensors": lambda: to_safetensors(
+            {k: v.detach().cpu().contiguous() for k, v in normalizer.tensors().items()},
+            metadata={"modes": json.dumps(normalizer.modes)}),
+    }
     if ema_model is not None:
-        save_file(_state_tensors(ema_model), str(tmp / "ema.safetensors"))
-    normalizer.save(tmp / "normalizer.safetensors")
+        files["ema.safetensors"] = lambda: to_safetensors(_state_tensors(ema_model))
     if train_state is not None:
         tensors, info = train_state
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "train_state.safetensors"))
-        (tmp / "train_state.json").write_text(json.dumps(info, indent=2) + "\n")
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
+        files["train_state.safetensors"] = lambda: to_safetensors(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        files["train_state.json"] = lambda: (json.dumps(info, indent=2) + "\n").encode()
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for name, payload in files.items():
+            _write_file(tmp / name, payload())
+        _fsync_dir(tmp)
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
         if old.exists():
             shutil.rmtree(old)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old.exists():
-        shutil.rmtree(old)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not directory.exists() and _has_old(directory):
+            with contextlib.suppress(OSError):  # put the previous checkpoint back
+                os.replace(directory.with_name(directory.name + ".old"), directory)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        hint = ("free disk space" if exc.errno == errno.ENOSPC else
+                "make the run directory writable" if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+                else "check the run directory")
+        raise PolicyError(f"could not write checkpoint {directory}: {reason}; {hint}, then continue "
+                          "from the last complete checkpoint (tether train --resume <run dir>)") from exc
     return directory
+
+
+def _has_old(directory: Path) -> bool:
+    """True if a `<name>.old` checkpoint (the previous one, mid-swap) is present."""
+    return directory.with_name(directory.name + ".old").is_dir()
 
 
 def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
@@ -98,10 +159,18 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
         return path
     order = [prefer, "last"] if prefer != "last" else ["last"]
     for name in order:
-        if (path / "checkpoints" / name / "policy.json").is_file():
-            return path / "checkpoints" / name
+        candidate = path / "checkpoints" / name
+        if (candidate / "policy.json").is_file():
+            return candidate
+        if not candidate.exists() and _has_old(candidate):
+            # A crash between the two renames of save_checkpoint: the previous one is complete.
+            return candidate.with_name(name + ".old")
     if not path.exists():
-        raise PolicyError(f"checkpoint path {path} does not exist")
+        raise PolicyError(f"checkpoint path {path} does not exist; check the path (a run directory "
+                          "made by `tether train`, or one of its checkpoints/ subdirectories)")
+    if path.is_file():
+        raise PolicyError(f"{path} is a file; give the checkpoint directory that holds it "
+                          f"({path.parent}) or the run directory")
     raise PolicyError(
         f"{path} holds no checkpoint (no policy.json, no checkpoints/last); give a run directory "
         "made by `tether train` or one of its checkpoints/ subdirectories"
@@ -109,38 +178,79 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
 
 
 def read_policy_json(ckpt: Path) -> dict[str, Any]:
-    meta = json.loads((ckpt / "policy.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise PolicyError(f"{ckpt / 'policy.json'} is not a tether policy checkpoint")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    """policy.json of checkpoint `ckpt`, checked; every problem is a PolicyError naming the file."""
+    path = ckpt / "policy.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise PolicyError(f"{path} is missing; {ckpt} is not a complete checkpoint. Copy the whole "
+                          "checkpoint directory or give the run directory") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyError(f"{path} is corrupt or truncated ({exc}); re-copy the checkpoint or load "
+                          "another one (the run's checkpoints/last or checkpoints/best)") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PolicyError(f"{path} is not a tether policy checkpoint (no \"format\": \"{FORMAT}\"); "
+                          "give a directory made by `tether train`")
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(f"{path} has an invalid format_version {meta.get('format_version')!r}; "
+                          "the checkpoint is corrupt") from exc
+    if version > FORMAT_VERSION:
         raise PolicyError(
-            f"checkpoint format version {meta['format_version']} is newer than this tether "
+            f"checkpoint format version {version} in {path} is newer than this tether "
             f"({FORMAT_VERSION}); upgrade tether to load it"
         )
+    for key, kind in (("policy_type", str), ("model_config", dict), ("spec", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise PolicyError(f"{path} has no valid '{key}'; the checkpoint is corrupt or was edited "
+                              "by hand. Load another checkpoint or re-export this one")
     return meta
 
 
 def load_policy(path: str | Path, device: str = "cpu", use_ema: bool = True) -> Policy:
-    """Load a policy for inference from a run or checkpoint directory (no training code runs)."""
-    from safetensors.torch import load_file
+    """Load a policy for inference from a run or checkpoint directory (no training code runs).
 
-    from tether.policies.torch_policy import ACTPolicy, DiffusionPolicy
+    Only files inside the checkpoint are read: a `pretrained_backbone` path in policy.json is
+    never followed. Every missing or corrupt file raises PolicyError naming it and the fix.
+    """
+    import importlib
 
     ckpt = find_checkpoint(path)
     meta = read_policy_json(ckpt)
-    model = build_model(meta["policy_type"], meta["model_config"])
+    model = build_model(meta["policy_type"], meta["model_config"], load_pretrained=False,
+                        source=ckpt / "policy.json")
     weights = ckpt / ("ema.safetensors" if use_ema and meta.get("has_ema") else "model.safetensors")
-    _load_state(model, load_file(str(weights)), weights)
+    _load_state(model, read_tensors(weights), weights)
     model.eval()
-    normalizer = Normalizer.load(ckpt / "normalizer.safetensors")
-    spec = PolicySpec.from_dict(meta["spec"])
+    normalizer = _read_normalizer(ckpt / "normalizer.safetensors")
+    try:
+        spec = PolicySpec.from_dict(meta["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyError(f"the spec in {ckpt / 'policy.json'} is invalid ({exc!r}); the checkpoint "
+                          "is corrupt or was edited by hand") from exc
     if spec.normalizer_hash and spec.normalizer_hash != normalizer.digest():
         raise PolicyError(f"normalizer in {ckpt} does not match the hash in policy.json; the "
                           "checkpoint was modified or mixed with files from another run")
     if meta["policy_type"] == "act":
         _fuse_for_inference(model)
-        return ACTPolicy(model, normalizer, spec, device)
-    return DiffusionPolicy(model, normalizer, spec, device)
+    wrapper = getattr(importlib.import_module("tether.policies.torch_policy"),
+                      POLICY_TYPES[meta["policy_type"]][3])
+    return wrapper(model, normalizer, spec, device)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint; missing or corrupt -> PolicyError naming it."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise PolicyError(f"{path} is missing; the checkpoint {path.parent} is incomplete. Copy the "
+                          "whole checkpoint directory, or load another checkpoint of the run")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError (corrupt, truncated), OSError
+        raise PolicyError(f"{path} could not be read ({exc}); the file is corrupt or truncated. "
+                          "Re-copy the checkpoint or load another one") from exc
 
 
 def optimize_for_inference(model: nn.Module) -> nn.Module:
@@ -175,3 +285,38 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
             f"weights in {source} do not match the model config in policy.json: missing "
             f"{missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def _read_normalizer(path: Path) -> Normalizer:
+    if not path.is_file():
+        raise PolicyError(f"{path} is missing; the checkpoint {path.parent} is incomplete. Copy the "
+                          "whole checkpoint directory, or load another checkpoint of the run")
+    try:
+        return Normalizer.load(path)
+    except PolicyError:
+        raise
+    except Exception as exc:  # SafetensorError, JSON in the metadata
+        raise PolicyError(f"{path} could not be read ({exc}); the file is corrupt or truncated. "
+                          "Re-copy the checkpoint or load another one") from exc
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """The one place checkpoint bytes reach the disk: write, flush, fsync (so the rename that
+    publishes the directory never points at data still in the page cache)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # platforms without directory fds
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

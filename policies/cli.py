@@ -17,31 +17,48 @@ def register(app: typer.Typer) -> None:
     _register_serve(app)
 
 
+# The examples `tether train --help` shows; tests run each of them with --dry-run.
+TRAIN_EXAMPLES = (
+    "tether train --dataset data.zarr --policy act --out runs/act_lift",
+    "tether train --dataset data.zarr --policy act --preset cpu --steps 3000 --out runs/act_lift",
+    "tether train --dataset data.zarr --set model.dim=256 --set lr=3e-4 --out runs/act_big",
+)
+
+
 def _register_train(app: typer.Typer) -> None:
     @app.command(
         "train",
         help=(
             "Train ACT or Diffusion Policy on an episode store, or resume a run.\n\n"
-            "Example: tether train --dataset data.zarr --policy act --preset cpu --steps 3000 "
-            "--out runs/act_lift\n\n"
-            "Resume: tether train --resume runs/act_lift   (optionally --steps N to extend)\n\n"
+            f"Example: {TRAIN_EXAMPLES[0]}   (no --preset: 'cpu' on a CPU, minutes; 'default' on "
+            "a GPU)\n\n"
+            f"Example: {TRAIN_EXAMPLES[1]}\n\n"
+            "Resume: tether train --resume runs/act_lift   (optionally --steps N to extend; Ctrl-C "
+            "saves a checkpoint to resume from)\n\n"
+            "An existing --out directory is refused: add --overwrite to replace that run.\n\n"
             "Keep the checkpoint that succeeds most on the twin: --eval-task lift --eval-every 500\n\n"
-            "Any setting: --set model.dim=256 --set lr=3e-4 (keys of TrainConfig; model.* are "
-            "model config keys). Multi-process: torchrun --nproc_per_node 2 -m tether.cli train ..."
+            f"Any setting (keys of TrainConfig; model.* are model config keys): {TRAIN_EXAMPLES[2]}"
+            "\n\nCheck a configuration without training: add --dry-run. "
+            "Multi-process: torchrun --nproc_per_node 2 -m tether.cli train ..."
         ),
     )
     def train_command(
         dataset: str | None = typer.Option(None, "--dataset", "-d", help="Episode store (.zarr) to train on."),
         policy: str | None = typer.Option(None, "--policy", "-p", help="act (default) or diffusion."),
-        preset: str | None = typer.Option(None, "--preset", help="tiny, cpu, default (default) or full."),
+        preset: str | None = typer.Option(
+            None, "--preset", help="tiny, cpu, default or full (default: cpu on CPU, default on GPU)."),
         steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: preset)."),
         out: str | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/latest)."),
         resume: str | None = typer.Option(None, "--resume", help="Run directory to continue."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace the run in a non-empty --out (its checkpoints, config, metrics)."),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON TrainConfig file."),
         overrides: list[str] = typer.Option([], "--set", help="key=value override, repeatable."),
         seed: int | None = typer.Option(None, "--seed", help="Random seed."),
         threads: int | None = typer.Option(None, "--threads", help="torch threads (0 = torch default)."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar / lines."),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Print the resolved configuration and exit without training."),
         eval_task: str | None = typer.Option(
             None, "--eval-task", help="Evaluate on this twin task every --eval-every steps; keeps the best."),
         eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between twin evaluations."),
@@ -52,31 +69,42 @@ def _register_train(app: typer.Typer) -> None:
         from rich.console import Console
 
         from tether.errors import TetherError
+        from tether.policies.trainer import TrainingInterrupted
 
         console = Console(stderr=True)
         try:
+            if dry_run:
+                _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads,
+                         eval_every, keep_every)
+                return
             evaluate = None
             if eval_task:
                 from tether.eval.worker import make_twin_evaluator
 
                 evaluate = make_twin_evaluator(eval_task, eval_episodes)
             run_dir = _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
-                             threads, not no_progress, evaluate, eval_every, keep_every)
+                             threads, not no_progress, evaluate, eval_every, keep_every, overwrite)
         except TetherError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
             raise typer.Exit(2) from exc
-        console.print(f"[green]done:[/green] {run_dir}  (load with "
-                      f"tether.policies.checkpoint.load_policy('{run_dir}'))")
+        except TrainingInterrupted as exc:
+            console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}) at step {exc.step}: "
+                          f"checkpoint saved to {exc.checkpoint}\n"
+                          f"continue with: tether train --resume {exc.run_dir}", highlight=False)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow] before the first training step; nothing saved")
+            raise typer.Exit(130) from None
+        console.print(f"[green]done:[/green] {run_dir}  (serve with: tether serve {run_dir})",
+                      highlight=False)
 
 
-def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads, progress,
-           evaluate=None, eval_every=None, keep_every=None) -> Path:
+def _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,
+                  eval_every=None, keep_every=None):
+    """The TrainConfig a command line asks for (before the preset fills it in)."""
     from tether.config import apply_overrides, from_dict, load_mapping
-    from tether.policies.trainer import TrainConfig, train
+    from tether.policies.trainer import TrainConfig
 
-    if resume:
-        cfg = TrainConfig(out=resume, steps=steps, progress=progress)
-        return train(cfg, evaluate=evaluate, resume=True)
     data = load_mapping(config) if config else {}
     explicit = {}
     for key, value in (("dataset", dataset), ("policy", policy), ("preset", preset), ("out", out),
@@ -85,9 +113,55 @@ def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
         if value is not None:
             explicit[key] = value
     data = {**data, **explicit, "progress": progress}
-    cfg = from_dict(TrainConfig, apply_overrides(data, overrides))
+    return from_dict(TrainConfig, apply_overrides(data, overrides))
+
+
+def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads, progress,
+           evaluate=None, eval_every=None, keep_every=None, overwrite=False) -> Path:
+    from tether.policies.trainer import TrainConfig, train
+
+    if resume:
+        if overwrite:
+            from tether.errors import ConfigError
+
+            raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
+        cfg = TrainConfig(out=resume, steps=steps, progress=progress)
+        return train(cfg, evaluate=evaluate, resume=True)
+    cfg = _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,
+                        eval_every, keep_every)
     if evaluate is not None and not cfg.eval_every:
         from tether.errors import ConfigError
 
         raise ConfigError("--eval-task needs --eval-every N (steps between evaluations).")
-    return train(cfg, evaluate=evaluate)
+    return train(cfg, evaluate=evaluate, overwrite=overwrite)
+
+
+def _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads,
+             eval_every, keep_every) -> None:
+    """Resolve (preset by device, overrides, model keys) and print the config; train nothing."""
+    import importlib
+    import json
+
+    from tether.config import from_dict, to_dict
+    from tether.policies.checkpoint import POLICY_TYPES
+    from tether.policies.trainer import (
+        choose_preset,
+        load_run_config,
+        resolve_config,
+        resolve_device,
+    )
+
+
+    if resume:
+        cfg = load_run_config(resume)
+    else:
+        cfg = _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, True,
+                            eval_every, keep_every)
+        if cfg.preset is None:
+            name, why = choose_preset(resolve_device(cfg.device))
+            typer.echo(f"preset '{name}' for {cfg.policy} (no preset given; {why})", err=True)
+        cfg = resolve_config(cfg)
+        module, config_cls = POLICY_TYPES[cfg.policy][:2]
+        model_keys = {k: v for k, v in cfg.model.items() if k != "chunk_seconds"}  # trainer-only key
+        from_dict(getattr(importlib.import_module(module), config_cls), model_keys, "model")
+    typer.echo(json.dumps(to_dict(cfg), indent=2))

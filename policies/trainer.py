@@ -5,7 +5,16 @@ evaluation and export), seeded and resumable: a resumed run on CPU continues bit
 because everything random is either saved (model, EMA, optimizer, torch/numpy/python RNG
 states) or a pure function of (seed, step) (the batch order). Checkpoints are safetensors +
 JSON (`tether.policies.checkpoint`). Metrics go to `metrics.jsonl` and `metrics.csv` in the run
-directory; a rich progress bar shows loss, lr and it/s.
+directory; a rich progress bar shows loss, lr and it/s on a terminal, plain rate-limited lines
+otherwise (pipes, nohup, CI), and the estimated total time is printed once the first steps are
+measured.
+
+Run directories: a new run refuses a non-empty `out` unless `overwrite` (which first moves the old
+checkpoints out of the way in one rename, so an old `checkpoints/best` is never served as the new
+run's). SIGINT / SIGTERM stop after the current step, save `checkpoints/last` and raise
+`TrainingInterrupted` naming it; `resume` continues from there.
+
+Without a preset the device decides: `cpu` on CPU (finishes in minutes), `default` on CUDA.
 
 Periodic evaluation: pass `evaluate(policy) -> success rate` and set `eval_every`; the best
 checkpoint by success rate is kept in `checkpoints/best`, because training loss predicts
@@ -24,6 +33,10 @@ import logging
 import math
 import os
 import random
+import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +53,8 @@ from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
 from tether.policies.presets import get_preset
 
-__all__ = ["TrainConfig", "load_run_config", "resolve_config", "train"]
+__all__ = ["TrainConfig", "TrainingInterrupted", "choose_preset", "load_run_config", "resolve_config",
+           "train"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +70,8 @@ class TrainConfig:
 
     dataset: str = ""
     policy: str = "act"  # act | diffusion
-    preset: str = "default"  # tiny | cpu | default | full
+    preset: str | None = None  # tiny | cpu | default | full; None: chosen by device (choose_preset)
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     out: str = "runs/latest"
     steps: int | None = None
     batch_size: int | None = None
@@ -79,12 +94,44 @@ class TrainConfig:
     progress: bool = True
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving `checkpoint` (resume with `run_dir`).
+
+    A KeyboardInterrupt, so code that does not know about it still stops as on Ctrl-C."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path | None, step: int, signal_name: str) -> None:
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"{signal_name} at step {step}; {saved}")
+        self.run_dir, self.checkpoint, self.step, self.signal_name = run_dir, checkpoint, step, signal_name
+
+
+def choose_preset(device: str) -> tuple[str, str]:
+    """(preset, why) for a run that names none: the default preset is sized for a GPU (ACT:
+    100k steps at ~0.5 it/s on a 2-core CPU, ~2 days), the `cpu` preset learns in minutes."""
+    if str(device).startswith("cuda"):
+        return "default", f"training on {device}"
+    return "cpu", f"training on {device} (the 'default' preset is sized for a GPU; pass --preset to choose)"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is checked and kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' was asked for but torch sees no CUDA GPU; use --set device=cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
+    return device
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fill unset fields from the preset and check the values."""
+    """Fill unset fields from the preset (chosen by device when unset) and check the values."""
     if config.policy not in NORMALIZER_MODES:
         raise ConfigError(f"policy must be 'act' or 'diffusion', got '{config.policy}'")
-    preset = get_preset(config.policy, config.preset)
     resolved = copy.deepcopy(config)
+    if resolved.preset is None:
+        resolved.preset, _ = choose_preset(resolve_device(config.device))
+    preset = get_preset(config.policy, resolved.preset)
     for key, value in preset["train"].items():
         if getattr(resolved, key) is None:
             setattr(resolved, key, value)
@@ -97,11 +144,18 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 
 def train(config: TrainConfig, evaluate: Callable[[Policy], float] | None = None,
-          resume: bool = False) -> Path:
-    """Train a policy; returns the run directory. With `resume`, continue the run in `config.out`."""
+          resume: bool = False, overwrite: bool = False) -> Path:
+    """Train a policy; returns the run directory. With `resume`, continue the run in `config.out`.
+
+    A new run refuses a non-empty `config.out` unless `overwrite` (which removes the previous
+    run's checkpoints, config and metrics; other files stay). Raises TrainingInterrupted after
+    saving a checkpoint when SIGINT/SIGTERM arrive.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
     dist = _Distributed.from_env()
     try:
-        return _Trainer(config, evaluate, resume, dist).run()
+        return _Trainer(config, evaluate, resume, dist, overwrite).run()
     finally:
         dist.close()
 
@@ -110,8 +164,49 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved TrainConfig saved in a run directory (for `tether train --resume`)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise PolicyError(f"{run_dir} has no config.json; it is not a tether training run")
-    return from_dict(TrainConfig, json.loads(path.read_text()))
+        raise PolicyError(f"{run_dir} has no config.json; it is not a tether training run "
+                          "(give the --out directory of an earlier `tether train`)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyError(f"{path} is corrupt ({exc}); the run cannot be resumed. Start a new run "
+                          "with --out, or fix the file") from exc
+    return from_dict(TrainConfig, data)
+
+
+# Files a run writes at the top of its directory; `overwrite` removes exactly these.
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, remove: bool = True) -> None:
+    """Refuse a non-empty `run_dir` for a new run, or (overwrite) remove the previous run.
+
+    The old `checkpoints/` leaves in one rename before anything else is deleted, so a crash
+    part-way never leaves a mix of old and new checkpoints that `load_policy` could pick up.
+    """
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; give a directory for the run")
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(
+            f"run directory {run_dir} is not empty ({shown}); pass --overwrite to replace the "
+            f"previous run, --resume {run_dir} to continue it, or choose another --out")
+    if not remove:
+        return
+    trash = run_dir / "checkpoints.overwritten"
+    if trash.exists():  # left by an earlier overwrite that crashed
+        shutil.rmtree(trash)
+    if (run_dir / "checkpoints").exists():
+        os.replace(run_dir / "checkpoints", trash)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(trash, ignore_errors=True)
+    log.info("removed the previous run in %s (--overwrite)", run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +236,16 @@ class _Distributed:
             import torch.distributed as tdist
 
             tdist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any (so all ranks stop at the same step)."""
+        if not self.active:
+            return flag
+        import torch.distributed as tdist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     def close(self) -> None:
         if self.active:
@@ -193,11 +298,14 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, evaluate, resume: bool, dist: _Distributed) -> None:
+    def __init__(self, config: TrainConfig, evaluate, resume: bool, dist: _Distributed,
+                 overwrite: bool = False) -> None:
         self.dist = dist
         self.evaluate = evaluate
         self.run_dir = Path(config.out)
         self.resume = resume
+        self.overwrite = overwrite
+        self.preset_note = ""
         if resume:
             saved = load_run_config(self.run_dir)
             if config.steps is not None:
@@ -205,10 +313,18 @@ class _Trainer:
             saved.progress = config.progress
             self.config = saved
         else:
+            if config.preset is None:
+                name, why = choose_preset(resolve_device(config.device))
+                self.preset_note = f"preset '{name}' for {config.policy} (no preset given; {why})"
             self.config = resolve_config(config)
         c = self.config
+        self.device = torch.device(resolve_device(c.device))
+        if self.device.type == "cuda" and self.dist.active and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.dist.rank)))
         if c.threads > 0:
             torch.set_num_threads(c.threads)
+        self.progress_ui = _ProgressUI(c.steps, enabled=c.progress and dist.is_main,
+                                       terminal=sys.stdout.isatty())
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -242,7 +358,8 @@ class _Trainer:
 
             model_cfg["chunk_size"] = chunk_size_for_fps(fps, chunk_seconds or 2.0)
         torch.manual_seed(c.seed)  # model init
-        self.model = build_model(c.policy, model_cfg)
+        # On resume the checkpoint's weights replace the initial ones: never read the pretrained file.
+        self.model = build_model(c.policy, model_cfg, load_pretrained=not self.resume).to(self.device)
         mc = self.model.config
         if c.policy == "act":
             horizons = {"obs_horizon": 1, "action_horizon": mc.chunk_size, "action_start": 0}
@@ -253,7 +370,7 @@ class _Trainer:
             chunk = mc.n_action_steps
         self.dataset = EpisodeDataset(c.dataset, keys=["state", *cameras], episodes=c.episodes, **horizons)
         stats = get_stats(c.dataset)
-        self.normalizer = Normalizer.from_stats(stats, NORMALIZER_MODES[c.policy])
+        self.normalizer = Normalizer.from_stats(stats, NORMALIZER_MODES[c.policy]).to(self.device)
         extra = {"obs_horizon": horizons["obs_horizon"]}
         if c.policy == "diffusion":
             extra.update(inference_steps=mc.inference_steps, num_train_steps=mc.num_train_steps)
@@ -267,7 +384,8 @@ class _Trainer:
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.order = _BatchOrder(len(self.dataset), c.batch_size, c.seed, self.dist.rank, self.dist.world)
         self.step = 0
         self.best_score: float | None = None
@@ -276,6 +394,12 @@ class _Trainer:
 
     def run(self) -> Path:
         c = self.config
+        if not self.resume:
+            # Every rank checks (so all refuse together); only rank 0 removes an old run.
+            prepare_run_dir(self.run_dir, self.overwrite, remove=self.dist.is_main)
+            self.dist.barrier()
+        if self.preset_note:
+            self.progress_ui.say(self.preset_note)
         self._build()
         if self.resume:
             self._load_train_state()
@@ -296,15 +420,17 @@ class _Trainer:
         self.model.train()
         window_t, window_n = time.perf_counter(), 0
         sums: dict[str, float] = {}
-        with self._progress() as progress:
-            task = progress.add_task("train", total=c.steps, completed=self.step, loss=float("nan"),
-                                     lr=0.0, rate=0.0)
+        meter = _RateMeter(self.step, c.steps)
+        with _StopSignals(self.progress_ui.say) as stop, self.progress_ui.running(self.step):
             for batch in loader:
                 metrics = self._train_step(batch)
                 self.step += 1
                 window_n += 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
+                meter.tick(self.step, time.perf_counter())
+                if meter.estimate_ready():
+                    self.progress_ui.say(meter.estimate_text())
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     dt = time.perf_counter() - window_t
                     row = {"step": self.step, **{k: v / window_n for k, v in sums.items()},
@@ -312,16 +438,22 @@ class _Trainer:
                            "world_size": self.dist.world,
                            "time": time.time()}
                     self._log(row)
-                    progress.update(task, loss=row["loss"], lr=row["lr"], rate=row["it_s"])
                     window_t, window_n, sums = time.perf_counter(), 0, {}
-                progress.update(task, completed=self.step)
+                    self.progress_ui.update(self.step, row["loss"], row["lr"], meter.rate())
+                else:
+                    self.progress_ui.update(self.step, sums["loss"] / window_n,
+                                            self.optimizer.param_groups[0]["lr"], meter.rate())
                 evaluating = c.eval_every > 0 and self.evaluate is not None and (
                     self.step % c.eval_every == 0 or self.step == c.steps)
-                if self.step % c.save_every == 0 or self.step == c.steps or evaluating:
+                stopping = self.dist.any(stop.requested is not None) and self.step < c.steps
+                if self.step % c.save_every == 0 or self.step == c.steps or evaluating or stopping:
                     self._save("last")
                 if c.keep_every > 0 and (self.step % c.keep_every == 0 or self.step == c.steps):
                     # Snapshots for `tether eval --sweep`: success, not loss, picks the checkpoint.
                     self._save(f"step_{self.step:07d}", with_train_state=False)
+                if stopping:
+                    raise TrainingInterrupted(self.run_dir, self.run_dir / "checkpoints" / "last",
+                                              self.step, stop.requested or "signal on another rank")
                 if evaluating:
                     self._evaluate()
         self.dist.barrier()
@@ -332,7 +464,7 @@ class _Trainer:
         factor = _lr_factor(self.step, c.warmup_steps, c.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        batch = dict(batch)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         batch["state"] = self.normalizer.normalize("state", batch["state"].float())
         batch["action"] = self.normalizer.normalize("action", batch["action"].float())
         loss, metrics = self.net(batch)
@@ -383,19 +515,21 @@ class _Trainer:
         return tensors, info
 
     def _load_train_state(self) -> None:
-        from safetensors.torch import load_file
+        from tether.policies.checkpoint import _load_state, find_checkpoint, read_tensors
 
-        from tether.policies.checkpoint import _load_state
-
-        ckpt = self.run_dir / "checkpoints" / "last"
+        ckpt = find_checkpoint(self.run_dir, prefer="last")
         if not (ckpt / "train_state.json").is_file():
             raise PolicyError(f"{self.run_dir} has no resumable checkpoint (checkpoints/last/"
                               "train_state.json); start a new run instead of --resume")
-        _load_state(self.model, load_file(str(ckpt / "model.safetensors")), ckpt)
+        _load_state(self.model, read_tensors(ckpt / "model.safetensors"), ckpt / "model.safetensors")
         if self.ema is not None:
-            _load_state(self.ema, load_file(str(ckpt / "ema.safetensors")), ckpt)
-        tensors = load_file(str(ckpt / "train_state.safetensors"))
-        info = json.loads((ckpt / "train_state.json").read_text())
+            _load_state(self.ema, read_tensors(ckpt / "ema.safetensors"), ckpt / "ema.safetensors")
+        tensors = read_tensors(ckpt / "train_state.safetensors")
+        try:
+            info = json.loads((ckpt / "train_state.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PolicyError(f"{ckpt / 'train_state.json'} is corrupt ({exc}); the run cannot be "
+                              "resumed from it. Start a new run (--out, or --overwrite)") from exc
         state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
             if key.startswith("opt."):
@@ -404,6 +538,8 @@ class _Trainer:
         for key, value in info["opt_scalars"].items():
             idx, name = key.split(".", 1)
             state.setdefault(int(idx), {})[name] = value
+        state = {i: {k: v.to(self.device) if k != "step" else v for k, v in st.items()}
+                 for i, st in state.items()}
         self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         self.step = int(info["step"])
         self.best_score = info.get("best_score")
@@ -417,8 +553,6 @@ class _Trainer:
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def _evaluate(self) -> None:
-        import shutil
-
         from tether.policies.checkpoint import load_policy
 
         if not self.dist.is_main:
@@ -431,10 +565,7 @@ class _Trainer:
         self._log(row)
         if self.best_score is None or score > self.best_score:
             self.best_score = score
-            best = self.run_dir / "checkpoints" / "best"
-            if best.exists():
-                shutil.rmtree(best)
-            shutil.copytree(self.run_dir / "checkpoints" / "last", best)
+            self._save("best", with_train_state=False)  # atomic, like every checkpoint write
             self._save("last")  # records best_score for resume
         self.model.train()
 
@@ -453,22 +584,6 @@ class _Trainer:
                 if key != "step":
                     writer.writerow([row["step"], key, value])
 
-    def _progress(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-            TextColumn("{task.fields[rate]:.1f} it/s"), TimeRemainingColumn(),
-            disable=not (self.config.progress and self.dist.is_main),
-        )
-
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -483,3 +598,162 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
+
+
+def format_duration(seconds: float) -> str:
+    """'42 s', '27 min', '3 h 05 min': what a person reads at a glance."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min"
+
+
+class _RateMeter:
+    """Steps per second since the first step of this session finished (the first step carries
+    one-off costs: allocation, first decode), and the one-time estimate of the total time."""
+
+    ESTIMATE_STEPS = 5  # measured steps before the estimate
+    ESTIMATE_SECONDS = 20.0  # ... or this much time, whichever comes first
+
+    def __init__(self, start_step: int, total: int) -> None:
+        self.start_step, self.total = start_step, total
+        self._t0: float | None = None
+        self._s0 = start_step
+        self._t = 0.0
+        self._step = start_step
+        self._estimated = False
+
+    def tick(self, step: int, now: float) -> None:
+        if self._t0 is None:
+            self._t0, self._s0 = now, step
+        self._t, self._step = now, step
+
+    def rate(self) -> float | None:
+        if self._t0 is None or self._step <= self._s0 or self._t <= self._t0:
+            return None
+        return (self._step - self._s0) / (self._t - self._t0)
+
+    def eta(self) -> float | None:
+        rate = self.rate()
+        return None if not rate else (self.total - self._step) / rate
+
+    def estimate_ready(self) -> bool:
+        """True once, when enough steps are measured (never for runs too short to measure)."""
+        if self._estimated or self.rate() is None or self._step >= self.total:
+            return False
+        measured = self._step - self._s0
+        if measured >= self.ESTIMATE_STEPS or self._t - self._t0 >= self.ESTIMATE_SECONDS:
+            self._estimated = True
+            return True
+        return False
+
+    def estimate_text(self) -> str:
+        rate = self.rate() or 0.0
+        total_s = (self.total - self.start_step) / rate if rate else float("inf")
+        return (f"estimated training time: {format_duration(total_s)} ({self.total - self.start_step} "
+                f"steps at {rate:.2f} it/s, measured over {self._step - self._s0} steps; periodic "
+                "evaluation not included)")
+
+
+class _PlainProgress:
+    """Progress as plain lines for logs (pipes, nohup, CI): at most one per `interval_s`, plus the
+    last step. The clock is passed in so tests need not sleep."""
+
+    def __init__(self, total: int, write: Callable[[str], None], interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.write, self.interval_s, self.clock = total, write, interval_s, clock
+        self._last: float | None = None
+
+    def update(self, step: int, loss: float, rate: float | None) -> None:
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_s and step != self.total:
+            return
+        self._last = now
+        parts = [f"step {step}/{self.total}", f"loss {loss:.4f}"]
+        if rate:
+            parts += [f"{rate:.2f} it/s", f"ETA {format_duration((self.total - step) / rate)}"]
+        self.write("  ".join(parts))
+
+
+class _ProgressUI:
+    """A rich bar on a terminal, plain lines otherwise; `say` prints one-off messages above it."""
+
+    def __init__(self, total: int, enabled: bool, terminal: bool) -> None:
+        self.total, self.enabled, self.terminal = total, enabled, terminal
+        self._bar = None
+        self._task = None
+        self._plain: _PlainProgress | None = None
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)  # rich shows it above a live bar
+
+    def running(self, start_step: int):
+        import contextlib
+
+        if not self.enabled:
+            return contextlib.nullcontext()
+        if not self.terminal:
+            self._plain = _PlainProgress(self.total, self.say)
+            return contextlib.nullcontext()
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[lr]}"),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+        # Text fields start empty: nothing is shown until the first loss exists (never "nan").
+        self._task = self._bar.add_task("train", total=self.total, completed=start_step, loss="",
+                                        lr="", rate="")
+        return self._bar
+
+    def update(self, step: int, loss: float, lr: float, rate: float | None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, loss=f"loss {loss:.4f}", lr=f"lr {lr:.2e}",
+                             rate=f"{rate:.1f} it/s" if rate else "")
+        elif self._plain is not None:
+            self._plain.update(step, loss, rate)
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM ask the loop to stop after the current step (it then saves). A second
+    signal acts as usual (Ctrl-C again aborts at once, without saving). Only the main thread can
+    install handlers; elsewhere this does nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+        self._restore()  # the next signal behaves as before (abort)
+        self.say(f"{self.requested}: stopping after this step and saving a checkpoint "
+                 "(send it again to abort without saving)")
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
@@ -156,6 +157,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# YAML 1.1 (PyYAML) reads `1e-4`, `3E5` and even `1.0e5` as strings: its floats need a dot and a
+# signed exponent (`1.0e-4`). Scientific notation is how people write learning rates, so a string
+# that is exactly a number in scientific notation is accepted wherever the field is numeric (an
+# int field only if the value is whole: `steps: 1e5`). Nothing else is converted.
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+")
+
+
+def _number_from_text(value: Any) -> float | None:
+    """`value` as a float if it is a string spelling a number in scientific notation, else None."""
+    if not isinstance(value, str) or not _SCIENTIFIC.fullmatch(value.strip()):
+        return None
+    return float(value.strip().replace("_", ""))
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check `value` against annotation `tp`, converting only where it is lossless."""
     origin = typing.get_origin(tp)
@@ -204,11 +219,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        number = _number_from_text(value)
+        if number is not None and number.is_integer():  # `steps: 1e5`
+            return int(number)
         raise ConfigError(f"Config key '{key}' expects int, got {value!r}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"Config key '{key}' expects float, got {value!r}.")
+        number = _number_from_text(value)
+        if number is not None:
+            return number
+        raise ConfigError(f"Config key '{key}' expects float (for example 3e-4 or 0.0003), got {value!r}.")
     if tp is str:
         if isinstance(value, str):
             return value
