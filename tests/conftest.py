@@ -1,6 +1,76 @@
-"""Shared test setup: headless MuJoCo rendering and small, bounded torch thread use."""
+"""Shared test setup: headless MuJoCo rendering, and the two timing helpers every test uses.
+
+Tests check behaviour, never how fast this host is: instead of sleeping a fixed time and then
+asserting, they poll for the condition with a generous deadline (`wait_until`), and instead of
+asserting an achieved rate they check that executed plus skipped ticks account for the time
+that passed (`check_tick_accounting`). Tests that must measure real time carry the `realtime`
+marker and use margins that hold on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TETHER_TEST", "1")
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 20.0  # generous: a loaded CI box may be 10x slower than a laptop
+
+
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    what: str = "the condition",
+    interval: float = 0.005,
+) -> T:
+    """Poll `condition` until it returns something truthy (returned) or fail after `timeout` s.
+
+    The failure names `what` did not happen, so a red run says which behaviour was missing
+    rather than which sleep was too short.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.1f} s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
+def check_tick_accounting(loop: Mapping[str, Any], slack_ticks: float = 1.5) -> None:
+    """Executed + skipped ticks account for the time the loop ran (stats of a realtime RateLoop).
+
+    Every tick started or dropped advances the schedule by one period, and an overrun may shift
+    the schedule by less than one period (the loop restarts at once instead of bursting), so
+    `duration / period - overruns <= ticks + skipped <= duration / period + 1`. This holds on
+    any machine: a slow host skips ticks, it never loses them from the accounting.
+    """
+    period = 1.0 / loop["target_hz"]
+    expected = loop["duration_s"] / period
+    accounted = loop["ticks"] + loop["skipped_ticks"]
+    low = expected - loop["overruns"] - slack_ticks
+    high = expected + 1 + slack_ticks
+    assert low <= accounted <= high, (
+        f"{loop['ticks']} ticks + {loop['skipped_ticks']} skipped do not account for "
+        f"{loop['duration_s']:.3f} s at {loop['target_hz']} Hz ({loop['overruns']} overruns)"
+    )
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Any]:
+    """`wait_until(condition, timeout=20, what="...")`: poll with a deadline, fail naming `what`."""
+    return wait_until
+
+
+@pytest.fixture(name="check_tick_accounting")
+def check_tick_accounting_fixture() -> Callable[..., None]:
+    """`check_tick_accounting(loop_stats_dict)`: ticks + skipped account for the elapsed time."""
+    return check_tick_accounting

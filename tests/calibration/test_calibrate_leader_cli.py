@@ -50,7 +50,7 @@ def write_config(tmp_path, follower_port, leader_port, calibration=None):
     return path
 
 
-def test_calibrate_then_teleop_with_the_file(tmp_path):
+def test_calibrate_then_teleop_with_the_file(tmp_path, wait_until):
     app = typer.Typer()
     register(app)
     with FeetechBusEmulator(list(range(1, 7))) as follower_bus, FeetechBusEmulator(list(range(1, 7))) as leader_bus:
@@ -81,12 +81,21 @@ def test_calibrate_then_teleop_with_the_file(tmp_path):
         robot = make_robot(write_config(tmp_path, follower_bus.port, leader_bus.port, out))
         params = yaml.safe_load((tmp_path / "robot.yaml").read_text())["teleop"]["params"]
         teleop = make_teleop("leader", robot, params)
+        expected = leader[:5] + np.array([0, math.pi / 2, 0, 0, 0])
+        expected[2] = -leader[2]
         with robot, teleop:
-            for _ in range(90):
-                robot.act(teleop.next_target(robot.observe()))
+            # The emulated follower moves in wall-clock time: drive it at the robot's rate until
+            # it converges (an unpaced loop on a fast host would read it before it got there).
+            def tick_and_check() -> bool:
+                observation = robot.observe()
+                if teleop.engaged and np.allclose(observation.state[:5], expected, atol=0.01):
+                    return True
+                robot.act(teleop.next_target(observation))
+                return False
+
+            wait_until(tick_and_check, timeout=30.0, interval=1.0 / robot.fps,
+                       what=f"the follower to reach {expected.round(3)} through the calibration")
             state = robot.observe().state
-    expected = leader[:5] + np.array([0, math.pi / 2, 0, 0, 0])
-    expected[2] = -leader[2]
     np.testing.assert_allclose(state[:5], expected, atol=0.01)
 
 

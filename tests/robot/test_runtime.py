@@ -1,52 +1,136 @@
-"""The fixed-rate loop: achieved rate, jitter measurement, overrun handling, fast mode."""
+"""The fixed-rate loop, driven by a fake clock: pacing, overrun and skip accounting, no catch-up
+bursts, fast mode. One `realtime` test checks the same accounting against the real clock."""
 
-import time
+from __future__ import annotations
+
+import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tether.robot.runtime import RateLoop
 
-
-def test_realtime_loop_hits_its_rate():
-    loop = RateLoop(hz=100.0)
-    stats = loop.run(lambda tick: None, duration_s=0.5)
-    assert 45 <= stats.ticks <= 51
-    assert stats.achieved_hz == pytest.approx(100.0, rel=0.1)
-    assert stats.jitter_p50_ms < 5.0
-    assert stats.overruns == 0
+HZ = 64.0  # a period of 1/64 s is exact in binary: the fake-clock checks below can be exact
+P = 1.0 / HZ
 
 
-def test_overruns_are_counted_and_not_caught_up():
-    loop = RateLoop(hz=100.0)
+class FakeClock:
+    """A monotonic clock that moves only when the loop sleeps or a step 'works'."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0, "the loop asked to sleep a non-positive time"
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def fake_loop(hz: float = HZ, realtime: bool = True) -> tuple[RateLoop, FakeClock]:
+    clock = FakeClock()
+    return RateLoop(hz, realtime=realtime, clock=clock, sleep=clock.sleep), clock
+
+
+def test_a_free_step_runs_exactly_on_schedule():
+    loop, clock = fake_loop()
+    t0 = clock.now
+    ticks = []
+    stats = loop.run(ticks.append, duration_s=0.5)
+    assert stats.ticks == 32 and [t.index for t in ticks] == list(range(32))
+    assert [t.t_scheduled for t in ticks] == [t0 + i * P for i in range(32)]
+    assert all(t.t_start == t.t_scheduled for t in ticks)
+    assert clock.sleeps == [P] * 31  # slept to each deadline; the first tick starts at once
+    assert stats.overruns == 0 and stats.skipped_ticks == 0 and stats.jitter_max_ms == 0.0
+    assert stats.duration_s == 31 * P
+
+
+def test_an_overrun_skips_whole_periods_and_the_loop_never_bursts_to_catch_up():
+    loop, clock = fake_loop()
+    t0 = clock.now
     starts = []
 
     def step(tick):
-        starts.append(tick.t_start)
+        starts.append(tick.t_start - t0)
         if tick.index == 2:
-            time.sleep(0.055)  # miss ~5 deadlines
+            clock.work(5.5 * P)  # runs from 2 P to 7.5 P: the deadlines 3 P .. 7 P are missed
 
     stats = loop.run(step, max_ticks=8)
-    assert stats.overruns == 1
-    assert stats.skipped_ticks >= 4
+    assert stats.ticks == 8 and stats.overruns == 1
+    assert stats.skipped_ticks == 4  # 3 P .. 6 P dropped; 7 P is late and restarts at once
+    assert starts[:3] == [0.0, P, 2 * P]
+    assert starts[3] == 7.5 * P  # started right away after the overrun
     gaps = [b - a for a, b in zip(starts[3:], starts[4:])]
-    assert min(gaps) >= 0.008, "loop burst to catch up after an overrun"
+    assert gaps == [P] * 4, "the loop burst to catch up after an overrun"
+    assert stats.step_p99_ms > 0
 
 
-def test_step_returning_false_stops_and_stop_is_thread_safe():
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    hz=st.sampled_from([10.0, 30.0, 50.0, 64.0, 100.0, 500.0]),
+    work=st.lists(st.floats(0.0, 6.0), min_size=1, max_size=60),  # step times, in periods
+)
+def test_executed_plus_skipped_ticks_account_for_elapsed_time(hz, work, check_tick_accounting):
+    loop, clock = fake_loop(hz)
+    period = 1.0 / hz
+    ticks = []
+
+    def step(tick):
+        ticks.append(tick)
+        clock.work(work[tick.index] * period)
+
+    stats = loop.run(step, max_ticks=len(work))
+    assert stats.ticks == len(work)
+    check_tick_accounting(stats.as_dict(), slack_ticks=1e-6)
+    for before, after in zip(ticks, ticks[1:]):
+        assert after.t_start >= before.t_start + period * (1 - 1e-9), "burst after an overrun"
+        assert after.t_scheduled > before.t_scheduled
+    assert all(t.t_start >= t.t_scheduled for t in ticks), "a tick started before its deadline"
+    overran = sum(1 for w in work[:-1] if w > 1.0 + 1e-9)
+    assert stats.overruns <= overran + (work[-1] > 1.0) and stats.skipped_ticks >= 0
+
+
+def test_step_returning_false_or_stop_from_another_thread_ends_the_loop(wait_until):
     loop = RateLoop(hz=1000.0, realtime=False)
     stats = loop.run(lambda tick: tick.index < 9)
     assert stats.ticks == 10
-    loop2 = RateLoop(hz=50.0)
+    loop2, _ = fake_loop(50.0)
     stats2 = loop2.run(lambda tick: loop2.stop() if tick.index == 3 else None, max_ticks=100)
     assert stats2.ticks == 4
 
+    loop3 = RateLoop(hz=200.0)
+    seen: list[int] = []
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("stats", loop3.run(
+        lambda tick: seen.append(tick.index), duration_s=60.0)))
+    runner.start()
+    wait_until(lambda: len(seen) >= 3, what="the loop to run 3 ticks")
+    loop3.stop()
+    runner.join(timeout=20.0)
+    assert not runner.is_alive(), "stop() from another thread did not end the loop"
+    assert result["stats"].ticks == len(seen) >= 3
 
-def test_fast_mode_does_not_sleep():
-    loop = RateLoop(hz=1.0, realtime=False)
-    t0 = time.monotonic()
-    stats = loop.run(lambda tick: None, max_ticks=50)
-    assert stats.ticks == 50
-    assert time.monotonic() - t0 < 1.0
+
+def test_fast_mode_never_sleeps():
+    loop, clock = fake_loop(hz=1.0, realtime=False)
+    stats = loop.run(lambda tick: clock.work(0.001), max_ticks=50)
+    assert stats.ticks == 50 and clock.sleeps == []
+    assert stats.overruns == 0 and stats.skipped_ticks == 0
+
+
+@pytest.mark.realtime
+def test_on_the_real_clock_ticks_and_skips_account_for_the_time(check_tick_accounting):
+    stats = RateLoop(hz=100.0).run(lambda tick: None, duration_s=0.5)
+    assert stats.ticks >= 1 and stats.duration_s >= 0.49
+    check_tick_accounting(stats.as_dict())
+    assert 0 <= stats.jitter_p50_ms <= stats.jitter_p99_ms <= stats.jitter_max_ms
 
 
 def test_rejects_nonpositive_rate():

@@ -175,7 +175,7 @@ def test_leader_drives_the_twin_follower(leader_bus):
     assert np.abs(after[arm] - pose[arm]).max() < 0.1, (before, after, pose)
 
 
-def test_tether_teleop_command_runs_a_leader_config(tmp_path, leader_bus):
+def test_tether_teleop_command_runs_a_leader_config(tmp_path, leader_bus, check_tick_accounting):
     """`tether teleop` with a config file: the device and its params come from `teleop:`."""
     import json
 
@@ -200,10 +200,11 @@ def test_tether_teleop_command_runs_a_leader_config(tmp_path, leader_bus):
         set_leader(leader_bus, np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0]))
         app = typer.Typer()
         register(app)
-        result = CliRunner().invoke(app, ["teleop", "--robot", str(path), "--duration", "1.0", "--json"])
+        # 2 s: the 0.3 rad walk needs ~15 ticks at 1 rad/s, with room for ticks a loaded host skips
+        result = CliRunner().invoke(app, ["teleop", "--robot", str(path), "--duration", "2.0", "--json"])
         assert result.exit_code == 0, result.output + repr(result.exception)
         summary = json.loads(result.output.strip().splitlines()[-1])
         position = (follower_bus.servo(1).position - 2048) / TICKS_PER_RAD
-    assert 40 <= summary["loop"]["ticks"] <= 55  # 1 s at 50 Hz
-    assert summary["loop"]["overruns"] <= 2
-    assert position == pytest.approx(0.3, abs=0.01)  # walked to the leader within the second
+    assert summary["loop"]["target_hz"] == 50 and summary["loop"]["duration_s"] >= 1.9
+    check_tick_accounting(summary["loop"])  # ran paced for the whole duration, nothing lost
+    assert position == pytest.approx(0.3, abs=0.01)  # walked to the leader and settled there

@@ -22,7 +22,7 @@ from tether.robot.emulators import FeetechBusEmulator
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_record_so101_leader_config_on_emulated_buses(tmp_path):
+def test_record_so101_leader_config_on_emulated_buses(tmp_path, check_tick_accounting):
     video = tmp_path / "cam.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
     for i in range(10):
@@ -50,7 +50,10 @@ def test_record_so101_leader_config_on_emulated_buses(tmp_path):
     assert store.n_episodes == 1
     episode = store.get_episode(0)
     assert episode["state"].shape[1] == episode["action"].shape[1] == 6
-    assert 10 <= episode["state"].shape[0] <= 35  # ~1 s at 30 Hz (ticks can be lost on a loaded host)
+    loop = store.episode_metadata(0)["stats"]["loop"]
+    assert episode["state"].shape[0] == loop["ticks"] >= 1  # every executed tick was recorded
+    assert loop["target_hz"] == 30 and loop["duration_s"] >= 0.95  # the 1 s episode, paced
+    check_tick_accounting(loop)  # ticks a loaded host lost are counted as skipped, not missing
     assert any(k.startswith("image.") for k in episode)
 
 

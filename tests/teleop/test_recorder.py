@@ -26,12 +26,19 @@ class SineTeleop(TeleopDevice):
     def __init__(self, dof: int) -> None:
         self.dof = dof
         self.resets = 0
+        self.calls = 0  # ticks of the current episode
 
     def reset(self, seed=None) -> None:
+        self.calls = 0
         self.resets += 1
 
     def next_target(self, observation):
+        self.calls += 1
         return np.full(self.dof, 0.2 * np.sin(2.0 * observation.t_host))
+
+    def recording(self, episode: int, ticks: int = 3) -> bool:
+        """True once the `episode`-th episode (1-based) has run at least `ticks` ticks."""
+        return self.resets == episode and self.calls >= ticks
 
 
 class StallingCamera(MemoryCamera):
@@ -72,106 +79,187 @@ def store(tmp_path):
     st.close()
 
 
-@pytest.mark.parametrize("fps", [30.0, 50.0])
-def test_realtime_episode_has_consistent_timestamps_and_sync_stats(tmp_path, fps):
+def record_realtime(tmp_path, fps: float, duration_s: float = 1.5):
     store = EpisodeStore.create(tmp_path / "rec.zarr", fps)
     robot = make_robot(fps=fps)
     teleop = SineTeleop(robot.action_dim)
     with robot, store:
         result = Recorder(robot, teleop, store, task="wave", operator="ci").record_episode(
-            duration_s=1.5
+            duration_s=duration_s
         )
-        _check_realtime_episode(store, robot, result, teleop, fps)
+        return result, store.get_episode(0), store.episode_metadata(0), robot, teleop
 
 
-def _check_realtime_episode(store, robot, result, teleop, fps):
-    FPS = fps  # noqa: N806 - the checks below read like the 30 Hz case
+@pytest.mark.parametrize("fps", [30.0, 50.0])
+def test_realtime_episode_has_consistent_timestamps_and_sync_stats(tmp_path, fps,
+                                                                   check_tick_accounting):
+    """What the recorder writes is consistent whatever rate the host achieved."""
+    result, ep, meta, robot, teleop = record_realtime(tmp_path, fps)
     assert result.outcome == SAVED and result.episode == 0 and teleop.resets == 1
-    assert 0.8 * 1.5 * fps <= result.steps <= 1.5 * fps + 2  # a loaded CI box may skip ticks
-    ep = store.get_episode(0)
-    meta = store.episode_metadata(0)
     assert meta["task"] == "wave" and meta["operator"] == "ci" and meta["success"] is None
     loop, sync = meta["stats"]["loop"], meta["stats"]["sync"]
-    assert abs(loop["achieved_hz"] - FPS) < 0.15 * FPS
-    half_period_ms = 500.0 / FPS
-    assert sync["skew_p50_ms"] <= half_period_ms
-    assert sync["skew_p99_ms"] <= 2 * half_period_ms
+    # every executed tick is recorded; ticks a loaded host lost are counted as skipped
+    assert result.steps == loop["ticks"] == len(ep["timestamp"]) >= 2
+    assert loop["target_hz"] == fps and loop["duration_s"] >= 1.5 - 1 / fps
+    check_tick_accounting(loop)
+    # tick times: increasing, and never faster than the rate (ticks never start early)
+    ticks = np.diff(ep["timestamp"])
+    assert np.all(ticks > 0)
+    span = ep["timestamp"][-1] - ep["timestamp"][0]
+    assert span >= (result.steps - 1) / fps - loop["jitter_max_ms"] / 1e3 - 1e-6
+    # the sync statistics are computed, and agree with what was stored
+    assert 0 <= sync["skew_p50_ms"] <= sync["skew_p99_ms"]
     for cam in ("front", "wrist"):
         counts = sync["cameras"][cam]
-        # phase-locked sampling: no aliasing into duplicate+drop pairs in steady state
-        assert counts["dropped"] + counts["duplicated"] <= max(3, 0.1 * result.steps), counts
         idx = ep[f"image.{cam}_index"]
         assert np.all(np.diff(idx) >= 0)
         assert counts["dropped"] == int(np.sum(np.maximum(np.diff(idx) - 1, 0)))
         assert counts["duplicated"] == int(np.sum(np.diff(idx) == 0))
-        # a frame is captured before the tick that records it, and not long before
-        age = ep["timestamp"] - ep[f"image.{cam}_t"]
-        assert np.all(age > 0) and np.median(age) < 3 / FPS
+        # a frame is captured before the tick that records it, and received after capture
+        assert np.all(ep["timestamp"] - ep[f"image.{cam}_t"] > 0)
         assert np.all(ep[f"image.{cam}_t_host"] >= ep[f"image.{cam}_t"])
-    ticks = np.diff(ep["timestamp"])
-    assert abs(np.median(ticks) - 1 / FPS) < 2e-3
     assert np.all(ep["state.left_t"] <= ep["timestamp"])
     # the recorded action is exactly what reached the motors (after the safety layer)
-    sent = np.concatenate([np.stack(robot.raw_arms[n].commands[-result.steps:]) for n in ("left", "right")], 1)
+    sent = np.concatenate(
+        [np.stack(robot.raw_arms[n].commands[-result.steps:]) for n in ("left", "right")], 1
+    )
     np.testing.assert_allclose(ep["action"], sent.astype(np.float32))
     assert ep["state"].shape == (result.steps, 12) and ep["image.front"].shape[1:] == (48, 64, 3)
 
 
-def test_api_controls_discard_and_rerecord(store):
+@pytest.mark.realtime
+def test_realtime_sampling_is_phase_locked(tmp_path):
+    """Real-time quality at 30 Hz: tick spacing, cross-stream skew, and no aliasing of the camera
+    rate into duplicate+drop pairs. Margins are wide enough for a loaded 2-core machine."""
+    fps = 30.0
+    result, ep, meta, _, _ = record_realtime(tmp_path, fps)
+    sync = meta["stats"]["sync"]
+    assert abs(np.median(np.diff(ep["timestamp"])) - 1 / fps) < 0.25 / fps
+    assert sync["skew_p50_ms"] <= 1e3 / fps
+    for cam in ("front", "wrist"):
+        counts = sync["cameras"][cam]
+        assert counts["dropped"] + counts["duplicated"] <= max(5, 0.25 * result.steps), counts
+        age = ep["timestamp"] - ep[f"image.{cam}_t"]
+        assert np.median(age) < 3 / fps
+
+
+def call_when(wait_until, condition, action, what: str) -> threading.Thread:
+    """Run `action()` from another thread (an operator) once `condition()` holds."""
+
+    def operator() -> None:
+        wait_until(condition, what=what)
+        action()
+
+    thread = threading.Thread(target=operator, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_api_controls_discard_and_rerecord(store, wait_until):
     robot = make_robot()
     teleop = SineTeleop(robot.action_dim)
     recorder = Recorder(robot, teleop, store)
+    long_s = 60.0  # episodes end by the control request, never by this duration
     with robot:
-        threading.Timer(0.3, recorder.discard).start()
-        result = recorder.record_episode(duration_s=5.0)
-        assert result.outcome == DISCARDED and result.episode is None and 5 <= result.steps <= 15
+        call_when(wait_until, lambda: teleop.recording(1, 5), recorder.discard, "episode 1 to run 5 ticks")
+        result = recorder.record_episode(duration_s=long_s)
+        assert result.outcome == DISCARDED and result.episode is None and result.steps >= 5
+        assert result.stats["loop"]["duration_s"] < long_s
         assert store.n_episodes == 0 and store.n_steps == 0
         assert "state" not in store.keys or store.array("state").shape[0] == 0
-        threading.Timer(0.3, recorder.rerecord).start()
-        result = recorder.record_episode(duration_s=5.0)
+        call_when(wait_until, lambda: teleop.recording(2, 5), recorder.rerecord, "episode 2 to run 5 ticks")
+        result = recorder.record_episode(duration_s=long_s)
         assert result.outcome == DISCARDED and result.rerecord
-        threading.Timer(0.3, recorder.save).start()
-        result = recorder.record_episode(duration_s=5.0)
-        assert result.outcome == SAVED and result.episode == 0 and result.steps < 30
+        call_when(wait_until, lambda: teleop.recording(3, 5), recorder.save, "episode 3 to run 5 ticks")
+        result = recorder.record_episode(duration_s=long_s)
+        assert result.outcome == SAVED and result.episode == 0 and result.steps >= 5
+        assert result.stats["loop"]["duration_s"] < long_s
+        assert store.n_episodes == 1 and store.n_steps == result.steps
 
 
-def test_session_with_keyboard_keys_from_a_pipe(store):
+def test_session_with_keyboard_keys_from_a_pipe(store, wait_until):
     robot = make_robot(cameras={})
-    recorder = Recorder(robot, SineTeleop(robot.action_dim), store)
+    teleop = SineTeleop(robot.action_dim)
+    recorder = Recorder(robot, teleop, store)
     read_fd, write_fd = os.pipe()
     statuses = []
     recorder.on_status = statuses.append
     keys = KeyboardControls(recorder, fd=read_fd)
+    failures: list[BaseException] = []
+
+    def phase() -> str | None:
+        return recorder.status.get("phase")
 
     def operator() -> None:
-        for key, delay in (("d", 0.3), (" ", 0.2), ("s", 0.3), (" ", 0.2), ("q", 0.3)):
-            time.sleep(delay)
-            os.write(write_fd, key.encode())
+        """Types each key in the phase it is meant for, like a person watching the screen."""
+        script = (
+            ("d", lambda: teleop.recording(1) and phase() == "recording", "episode 1 recording"),
+            (" ", lambda: phase() == "reset", "the reset countdown after episode 1"),
+            ("s", lambda: teleop.recording(2) and phase() == "recording", "episode 2 recording"),
+            (" ", lambda: teleop.resets == 2 and phase() == "reset", "the reset after episode 2"),
+            ("q", lambda: teleop.recording(3) and phase() == "recording", "episode 3 recording"),
+        )
+        try:
+            for key, ready, what in script:
+                wait_until(ready, what=what)
+                os.write(write_fd, key.encode())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
+            failures.append(exc)
+            recorder.quit()
 
     typist = threading.Thread(target=operator)
     with robot:
         keys.start()
         typist.start()
-        results = recorder.run(num_episodes=5, episode_time_s=10.0, reset_time_s=30.0)
+        results = recorder.run(num_episodes=5, episode_time_s=60.0, reset_time_s=60.0)
         typist.join()
         keys.stop()
     os.close(write_fd)
     os.close(read_fd)
+    assert not failures, failures
     assert [r.outcome for r in results] == [DISCARDED, SAVED, SAVED]
     assert keys.actions == ["discard", "start", "save", "start", "quit"]
     assert store.n_episodes == 2
     assert any(s["phase"] == "reset" for s in statuses) and any(s["phase"] == "recording" for s in statuses)
 
 
+class StopWhen(SineTeleop):
+    """Ends the episode (`episode_done`) once `condition()` holds: a test's stop button."""
+
+    def __init__(self, dof: int, condition) -> None:
+        super().__init__(dof)
+        self.condition = condition
+
+    @property
+    def episode_done(self) -> bool:
+        return bool(self.condition())
+
+
 def test_camera_stall_is_warned_and_counted(store):
-    cams = {"front": StallingCamera(CameraSpec("front", 32, 24, FPS), stall_after=8)}
+    stall_after = 8
+    cams = {"front": StallingCamera(CameraSpec("front", 32, 24, FPS), stall_after=stall_after)}
     robot = make_robot(cameras=cams)
-    recorder = Recorder(robot, SineTeleop(robot.action_dim), store)
+    warned = {"tick": None}
+
+    def stall_seen_a_while_ago() -> bool:
+        """Stop 10 ticks after the stall warning: the recording must carry on through it."""
+        if warned["tick"] is None and any("stalled" in w for w in recorder.warnings):
+            warned["tick"] = teleop.calls
+        return warned["tick"] is not None and teleop.calls >= warned["tick"] + 10
+
+    teleop = StopWhen(robot.action_dim, stall_seen_a_while_ago)
+    recorder = Recorder(robot, teleop, store)
     with robot:
-        result = recorder.record_episode(duration_s=1.0)
-    counts = result.stats["sync"]["cameras"]["front"]
-    assert counts["stalls"] == 1 and counts["duplicated"] > 15
+        result = recorder.record_episode(duration_s=60.0)
+    assert warned["tick"] is not None, "the stall was never reported"
     assert any("camera 'front' stalled" in w for w in recorder.warnings)
+    counts = result.stats["sync"]["cameras"]["front"]
+    assert counts["stalls"] >= 1
+    # the stall is covered: every tick after the last frame re-recorded that frame
+    idx = store.get_episode(0)["image.front_index"]
+    assert idx.max() == stall_after - 1 and np.all(np.diff(idx) >= 0)
+    stalled_ticks = int(np.sum(idx == stall_after - 1))
+    assert stalled_ticks >= 10 and counts["duplicated"] >= stalled_ticks - 1
 
 
 def test_a_bad_stream_stops_the_episode_with_a_clear_error(store):
