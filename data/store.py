@@ -11,11 +11,17 @@ Root attributes hold `tether_format`, `format_version`, `fps`, the robot config 
 reference; `meta` attributes hold one metadata dict per committed episode and the normalizer
 statistics.
 
-Crash safety: episode data is appended to the tail of every `data/` array first, its metadata
-second, and `meta/episode_ends` last. Each file write is atomic (zarr's LocalStore writes to a
-temp file and renames), so `episode_ends` is the single commit point: a writer killed at any
-moment leaves every committed episode intact, and the partial tail is truncated when the store
-is next opened for writing (and hidden when opened read-only). See docs/data.md.
+Crash safety: episode data is appended to the tail of every `data/` array first, then the
+episode's chunk manifest (`manifest/<episode>.json`, see data/manifest.py) is written and the
+file system synced, then its metadata, and `meta/episode_ends` last, which is fsynced. Each file
+write is atomic: zarr >= 3.1.3 (pinned) writes every file to `<name>.<uuid>.partial` and
+`os.replace`s it (zarr/storage/_local.py, `_atomic_write`), and the store's own files go through
+data/durable.py. So `episode_ends` is the single commit point: a writer killed at any moment
+leaves every committed episode intact, and the partial tail is truncated when the store is next
+opened for writing (and hidden, without touching the disk, when opened read-only). Damage that
+is not a partial tail (committed data missing) is never truncated silently: append opens refuse
+and name `tether data repair`. One writer lock (`<store>.lock`, data/lock.py) covers recovery,
+appends, compaction and re-creation. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -23,12 +29,12 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import fcntl
 import json
 import logging
 import os
 import shutil
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from tether.data import manifest as _manifest
 from tether.data.codecs import (
     DEFAULT_JPEG_QUALITY,
     image_encoding,
@@ -43,6 +50,8 @@ from tether.data.codecs import (
     lowdim_encoding,
     register_codecs,
 )
+from tether.data.durable import fsync_dir, fsync_file, sync_filesystem, write_durable
+from tether.data.lock import StoreLock, holder_pid
 from tether.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -51,22 +60,34 @@ FORMAT_NAME = "tether-episodes"
 FORMAT_VERSION = 1
 EPISODE_ENDS = "meta/episode_ends"
 LOWDIM_CHUNK = 1024  # rows per chunk of low-dim arrays
-_LOCK_NAME = ".tether-writer.lock"
 _WRITE_BLOCK = 64  # frames per zarr write call
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """What `open` found and fixed: a partial (uncommitted) tail left by a crashed writer."""
+    """What `open` found: a partial (uncommitted) tail left by a crashed writer, or damage.
+
+    A partial tail (data after the last commit, at most one metadata entry and one torn
+    `episode_ends` entry) is what a killed writer leaves; append opens truncate it. Anything
+    more (`lost_episodes`, `missing_metadata`) means committed data is gone; append opens refuse
+    unless `repair=True`.
+    """
 
     partial_steps: int  # steps beyond the last committed episode
     dropped_metadata: int  # metadata entries of uncommitted episodes
     invalid_ends: int  # trailing episode_ends entries that were not a valid commit
     repaired: bool  # True when the tail was truncated on disk (append mode)
+    lost_episodes: int = 0  # episode_ends entries that look committed but whose data is missing
+    missing_metadata: int = 0  # committed episodes without a metadata entry
 
     @property
     def clean(self) -> bool:
         return self.partial_steps == 0 and self.dropped_metadata == 0 and self.invalid_ends == 0
+
+    @property
+    def damaged(self) -> bool:
+        """Committed data is missing: not a crash tail, needs `tether data repair`."""
+        return self.lost_episodes > 0 or self.missing_metadata > 0
 
 
 def is_image_key(key: str) -> bool:
@@ -80,18 +101,28 @@ def _is_time_key(key: str) -> bool:
 class EpisodeStore:
     """A dataset of episodes in one Zarr directory. Use `create` or `open`, not the constructor.
 
-    Modes: "r" read-only; "a" append (takes an exclusive writer lock, repairs a crashed tail).
+    Modes: "r" read-only (never changes anything on disk, not even a lock file); "a" append
+    (takes the writer lock `<store>.lock`, truncates a crashed writer's partial tail, refuses
+    when committed data is missing unless `repair=True`).
     """
 
-    def __init__(self, path: Path, mode: str, _internal: bool = False) -> None:
+    def __init__(self, path: Path, mode: str, _internal: bool = False, *, repair: bool = False,
+                 lock: StoreLock | None = None) -> None:
         if not _internal:
             raise TypeError("use EpisodeStore.create(...) or EpisodeStore.open(...)")
         self.path = Path(path)
         self.mode = mode
-        self._lock_fd: int | None = None
+        self._repair = repair
+        self._owns_lock = lock is None
+        self._lock: StoreLock | None = lock
         self._writer: EpisodeWriter | None = None
+        self._manifests: dict[int, dict[str, Any] | None] = {}
         self.recovery = Recovery(0, 0, 0, False)
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self._release_lock()
+            raise
 
     # ------------------------------------------------------------------ creation and opening
     @classmethod
@@ -107,28 +138,68 @@ class EpisodeStore:
         calibration: str | Mapping[str, Any] | None = None,
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        _lock: StoreLock | None = None,
     ) -> EpisodeStore:
-        """Create an empty store and open it for appending."""
-        import zarr
+        """Create an empty store and open it for appending.
 
+        Holds the writer lock from before `overwrite` removes anything until the returned store
+        is closed, so a store another process is writing is never removed under it.
+        """
         path = Path(path)
         if zarr_format not in (2, 3):
             raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format}.")
         if not fps > 0:
             raise StoreError(f"fps must be positive, got {fps}.")
         image_encoding(image_codec, image_quality, zarr_format)  # validate early
+        if path.exists() and not overwrite:
+            raise StoreError(
+                f"{path} already exists. Add episodes to it (`tether record --append`, or "
+                "EpisodeStore.open(path, mode='a')), replace it (`--overwrite`, or "
+                "overwrite=True), or pick a new path."
+            )
+        if path.exists() and not _looks_like_store(path) and any(path.iterdir()):
+            raise StoreError(
+                f"Refusing to overwrite {path}: it is a non-empty directory that is not an "
+                "episode store. Pick another path or remove it yourself."
+            )
+        lock = _lock or StoreLock(path).acquire("replace it" if path.exists() else "create it")
+        try:
+            cls._create_locked(path, fps, zarr_format, image_codec, image_quality, robot_config,
+                               calibration, attrs, overwrite)
+            if _lock is not None:
+                return cls(path, "a", _internal=True, lock=_lock)
+            return cls._adopt(path, lock)
+        except BaseException:
+            if _lock is None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _adopt(cls, path: Path, lock: StoreLock) -> EpisodeStore:
+        """Open `path` for appending with a lock this process already holds, and own it."""
+        store = cls(path, "a", _internal=True, lock=lock)
+        store._owns_lock = True
+        return store
+
+    @staticmethod
+    def _create_locked(path: Path, fps: float, zarr_format: int, image_codec: str,
+                       image_quality: int, robot_config: Mapping[str, Any] | None,
+                       calibration: str | Mapping[str, Any] | None,
+                       attrs: Mapping[str, Any] | None, overwrite: bool) -> None:
+        import zarr
+
         if path.exists():
-            if not overwrite:
-                raise StoreError(
-                    f"{path} already exists. Open it with EpisodeStore.open(path, mode='a') to "
-                    "append, pick a new path, or pass overwrite=True to replace it."
-                )
+            if not overwrite:  # appeared between the check and the lock
+                raise StoreError(f"{path} already exists; pass overwrite=True to replace it.")
             if not _looks_like_store(path) and any(path.iterdir()):
                 raise StoreError(
                     f"Refusing to overwrite {path}: it is a non-empty directory that is not an "
-                    "episode store."
+                    "episode store. Pick another path or remove it yourself."
                 )
-            shutil.rmtree(path)
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:
+                raise _os_error(exc, f"removing the old store {path}") from exc
         root_attrs = {
             "tether_format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -152,23 +223,30 @@ class EpisodeStore:
             root.attrs.update(root_attrs)  # written last: a store without it is not a store
         except OSError as exc:
             raise _os_error(exc, f"creating {path}") from exc
-        return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
-        """Open an existing store read-only ("r") or for appending ("a")."""
+    def open(cls, path: str | Path, mode: str = "r", *, repair: bool = False) -> EpisodeStore:
+        """Open an existing store read-only ("r") or for appending ("a").
+
+        `repair=True` (append mode) also drops committed episodes whose data is missing, which
+        a plain append open refuses to do; prefer `tether data repair STORE`, which reports
+        what it dropped.
+        """
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' (read-only) or 'a' (append), got '{mode}'.")
-        return cls(Path(path), mode, _internal=True)
+        if repair and mode != "a":
+            raise StoreError("repair=True needs mode='a' (repairing writes to the store).")
+        return cls(Path(path), mode, _internal=True, repair=repair)
 
     def close(self) -> None:
         if self._writer is not None and self._writer.active:
             self._writer.discard()
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-            self._lock_fd = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None and self._owns_lock:
+            self._lock.release()
+        self._lock = None
 
     def __enter__(self) -> EpisodeStore:
         return self
@@ -178,8 +256,7 @@ class EpisodeStore:
 
     def __del__(self) -> None:  # release the lock if the user forgot close()
         with contextlib.suppress(Exception):
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
+            self._release_lock()
 
     # ------------------------------------------------------------------ description
     @property
@@ -258,9 +335,131 @@ class EpisodeStore:
         for episode in range(self.n_episodes):
             yield self.get_episode(episode, keys)
 
-    def _read(self, start: int, stop: int, keys: Iterable[str] | None) -> dict[str, np.ndarray]:
+    def read_steps(self, start: int, stop: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Committed steps `start:stop` (store-wide indices) of `keys`, checked.
+
+        A chunk that fails to decode, or one the episode's manifest lists but that is gone
+        from disk (zarr would return zeros or a black frame for it), raises a StoreError naming
+        the episode, key and frame.
+        """
+        start, stop = max(0, int(start)), min(int(stop), self.n_steps)
         selected = self.keys if keys is None else list(keys)
-        return {key: np.asarray(self.array(key)[start:stop]) for key in selected}
+        out = {}
+        for key in selected:
+            arr = self.array(key)
+            try:
+                out[key] = np.asarray(arr[start:stop])
+            except Exception as exc:  # noqa: BLE001 - codec errors have no common base class
+                raise self._locate_decode_error(key, start, stop, exc) from exc
+            self._check_chunks_present(key, start, stop)
+        return out
+
+    def _read(self, start: int, stop: int, keys: Iterable[str] | None) -> dict[str, np.ndarray]:
+        return self.read_steps(start, stop, keys)
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(episode, frame within the episode) of a committed store-wide step index."""
+        if not 0 <= step < self.n_steps:
+            raise StoreError(f"Step {step} is not committed in {self.path} ({self.n_steps} steps).")
+        episode = int(np.searchsorted(self._ends, step, side="right"))
+        start = int(self._ends[episode - 1]) if episode > 0 else 0
+        return episode, int(step) - start
+
+    def manifest(self, episode: int) -> dict[str, Any] | None:
+        """The chunk manifest written when `episode` was committed (None for older stores)."""
+        self._check_episode(episode)
+        if episode not in self._manifests:
+            self._manifests[episode] = _manifest.load(self.path, episode)
+        return self._manifests[episode]
+
+    def missing_frame_error(self, key: str, step: int) -> StoreError | None:
+        """For readers that open chunk files directly: the error for an absent chunk file.
+
+        None when the frame was never stored because it was all zeros (then zeros are right).
+        Stores without manifests cannot tell; they keep zarr's behaviour (zeros) with a warning.
+        """
+        episode, frame = self.locate(step)
+        expected = _manifest.expected_frame(self.manifest(episode), key, frame)
+        if expected is None:
+            log.warning("Store %s has no manifest for episode %d: frame %d of '%s' has no chunk "
+                        "and reads as zeros; run `tether data verify`.", self.path, episode, frame, key)
+            return None
+        if not expected:
+            return None
+        return self._missing_error(key, episode, frame, step)
+
+    def decode_error(self, key: str, step: int, exc: BaseException) -> StoreError:
+        """The error for a chunk of `key` at store step `step` that did not decode."""
+        episode, frame = self.locate(step)
+        arr = self.array(key)
+        path = _manifest.chunk_path(self.path / "data", key, arr, step // int(arr.chunks[0]))
+        return StoreError(
+            f"Cannot decode episode {episode}, key '{key}', frame {frame} of {self.path} "
+            f"(chunk {path.relative_to(self.path)}): {type(exc).__name__}: {exc}. The chunk is "
+            f"corrupt; run `tether data verify {self.path}` for a full report, then restore the "
+            f"file from a backup or drop the episode (`tether data repair {self.path} "
+            "--drop-damaged`)."
+        )
+
+    def _missing_error(self, key: str, episode: int, frame: int, step: int) -> StoreError:
+        path = _manifest.chunk_path(self.path / "data", key, self.array(key),
+                                    step // int(self.array(key).chunks[0]))
+        return StoreError(
+            f"Episode {episode}, key '{key}', frame {frame} of {self.path}: its chunk file "
+            f"{path.relative_to(self.path)} is missing, though the episode's manifest lists it "
+            f"(zarr would read it back as zeros). Run `tether data verify {self.path}` for a full "
+            f"report, then restore the file from a backup or drop the episode (`tether data "
+            f"repair {self.path} --drop-damaged`)."
+        )
+
+    def _check_chunks_present(self, key: str, start: int, stop: int) -> None:
+        if stop <= start:
+            return
+        arr = self.array(key)
+        rows = int(arr.chunks[0])
+        data_dir = self.path / "data"
+        first, _ = self.locate(start)
+        last, _ = self.locate(stop - 1)
+        for episode in range(first, last + 1):
+            man = self.manifest(episode)
+            if man is None or key not in man["keys"]:
+                continue
+            ep_start, ep_stop = self.episode_range(episode)
+            lo, hi = max(start, ep_start), min(stop, ep_stop)
+            entry = man["keys"][key]
+            if "frames_crc32" in entry:
+                crcs = entry["frames_crc32"]
+                for step in range(lo, hi):
+                    frame = step - ep_start
+                    if frame < len(crcs) and crcs[frame] is not None and \
+                            not _manifest.chunk_path(data_dir, key, arr, step).is_file():
+                        raise self._missing_error(key, episode, frame, step)
+            else:
+                for chunk in entry.get("chunks", []):
+                    c_lo, c_hi = max(lo, chunk * rows), min(hi, (chunk + 1) * rows)
+                    if c_lo < c_hi and not _manifest.chunk_path(data_dir, key, arr, chunk).is_file():
+                        raise self._missing_error(key, episode, c_lo - ep_start, c_lo)
+
+    def _locate_decode_error(self, key: str, start: int, stop: int, exc: BaseException) -> StoreError:
+        """Find the first chunk of `start:stop` that fails to decode and name it."""
+        arr = self.array(key)
+        rows = int(arr.chunks[0])
+        for chunk_start in range(start - start % rows, stop, rows):
+            step = max(start, chunk_start)
+            try:
+                np.asarray(arr[step : step + 1])
+            except Exception as inner:  # noqa: BLE001
+                return self.decode_error(key, step, inner)
+        return StoreError(f"Reading '{key}' steps {start}:{stop} of {self.path} failed: "
+                          f"{type(exc).__name__}: {exc}")
+
+    @property
+    def next_seed(self) -> int:
+        """One past the largest `seed` in the episode metadata (0 for none): where scripted
+        recording continues on `--append` so appended episodes do not repeat earlier ones."""
+        seeds = [m.get("seed") for m in self._episodes_meta]
+        ints = [int(x) for x in seeds if isinstance(x, int) and not isinstance(x, bool)]
+        return max(ints) + 1 if ints else 0
 
     # ------------------------------------------------------------------ writing
     def begin_episode(self, flush_every: int = 32) -> EpisodeWriter:
@@ -379,7 +578,10 @@ class EpisodeStore:
 
         register_codecs()
         path = self.path
-        _finish_interrupted_swap(path, cleanup=self.mode == "a")
+        if self.mode == "a" and self._lock is None:
+            # Before recovery touches anything: nobody else may be writing or swapping.
+            self._lock = StoreLock(path).acquire("open it for appending")
+        self._resolve_interrupted_swap()
         if not path.exists():
             raise StoreError(f"No episode store at {path}: the path does not exist.")
         if not _looks_like_store(path):
@@ -387,13 +589,12 @@ class EpisodeStore:
                 f"{path} is not an episode store (no zarr group metadata found). Create one with "
                 "`tether record` or EpisodeStore.create()."
             )
-        if self.mode == "a":
-            self._take_lock()
+        _check_metadata_files(path)
         try:
             self._root = zarr.open_group(str(path), mode="r" if self.mode == "r" else "r+")
+            self._root_attrs = dict(self._root.attrs)
         except Exception as exc:
-            raise StoreError(f"{path} could not be opened as a zarr group: {exc}") from exc
-        self._root_attrs = dict(self._root.attrs)
+            raise _damaged(path, path, exc) from exc
         fmt = self._root_attrs.get("tether_format")
         version = self._root_attrs.get("format_version")
         if fmt != FORMAT_NAME:
@@ -412,14 +613,69 @@ class EpisodeStore:
             data = self._root["data"]
             ends_array = self._meta["episode_ends"]
         except KeyError as exc:
-            raise StoreError(f"{path} is missing {exc}; the store is damaged.") from exc
-        self._arrays = {name: arr for name, arr in data.arrays()}
+            raise StoreError(
+                f"{path} is missing {exc} (its folder or zarr metadata file is gone); the store "
+                "is damaged. Restore it from a backup."
+            ) from exc
+        except Exception as exc:
+            raise _damaged(path, path / "meta", exc) from exc
+        try:
+            self._arrays = {name: arr for name, arr in data.arrays()}
+        except Exception as exc:
+            raise _damaged(path, path / "data", exc) from exc
         self._ends_array = ends_array
-        self._episodes_meta = list(self._meta.attrs.get("episodes", []))
-        self._recover(np.asarray(ends_array[:], dtype=np.int64))
+        self._episodes_meta = self._read_episode_list()
+        try:
+            ends = np.asarray(ends_array[:], dtype=np.int64)
+        except Exception as exc:
+            raise _damaged(path, path / "meta" / "episode_ends", exc) from exc
+        self._recover(ends)
+
+    def _read_episode_list(self) -> list[dict[str, Any]]:
+        episodes = self._meta.attrs.get("episodes", [])
+        if not isinstance(episodes, list) or not all(isinstance(e, dict) for e in episodes):
+            meta_file = _meta_file(self.path / "meta", attrs=True)
+            raise StoreError(
+                f"{meta_file} is damaged: its 'episodes' attribute must be a list of one metadata "
+                f"object per episode, found {type(episodes).__name__}. Restore the file from a "
+                f"backup, or run `tether data repair {self.path}` to reset the per-episode "
+                "metadata (the recorded data is kept)."
+            )
+        return list(episodes)
+
+    def _resolve_interrupted_swap(self) -> None:
+        """A crash between compaction's two renames leaves `<store>.old` (and `.new`) only.
+
+        Append mode (lock held) finishes or rolls back the swap and removes leftovers. Read-only
+        mode never renames or deletes anything: it refuses with the command that fixes it.
+        """
+        new = self.path.with_name(self.path.name + ".new")
+        old = self.path.with_name(self.path.name + ".old")
+        if self.mode == "a":
+            _finish_interrupted_swap(self.path, cleanup=True)
+            return
+        if not self.path.exists() and old.exists():
+            pid = holder_pid(self.path)
+            if pid:
+                who = f"process {pid}" if pid > 0 else "another process"
+                raise StoreError(
+                    f"{self.path} is being compacted by {who} right now; open it again when "
+                    "that finishes."
+                )
+            raise StoreError(
+                f"{self.path} was left half-way through a compaction by a process that crashed "
+                f"({old.name}{' and ' + new.name if new.exists() else ''} exist beside it). Run "
+                f"`tether data repair {self.path}` (or open it with mode='a') to finish it."
+            )
 
     def _recover(self, ends: np.ndarray) -> None:
-        """Keep the longest valid prefix of episode_ends; hide or truncate everything after it."""
+        """Keep the longest valid prefix of episode_ends; hide or truncate what follows it.
+
+        A killed writer leaves at most: data past the last commit, one metadata entry and one
+        `episode_ends` entry still at the fill value 0 (the array grew but its chunk was not yet
+        rewritten). That tail is truncated in append mode. Any other invalid entry means
+        committed episodes lost data: append mode refuses (unless repairing); read-only hides it.
+        """
         lengths = [arr.shape[0] for arr in self._arrays.values()]
         limit = min(lengths) if lengths else 0
         valid = 0
@@ -429,24 +685,54 @@ class EpisodeStore:
                 break
             previous = int(end)
             valid += 1
-        invalid = len(ends) - valid
+        tail = ends[valid:]
+        invalid = len(tail)
+        # Zeros are the fill value: a commit cut between growing the array and writing its
+        # chunk, or a shrink cut short. A non-zero invalid end is a commit whose data is gone.
+        lost = 0 if all(int(e) == 0 for e in tail) else invalid
+        # Manifests are written just before the commit point: one past the last valid episode
+        # is an uncommitted episode's; any further one belonged to a commit that was lost.
+        lost = max(lost, _manifest.count_from(self.path, valid + 1))
+        meta_count = len(self._episodes_meta)
+        missing_meta = max(0, valid - meta_count)
+        # One extra entry is an uncommitted episode's; more are metadata of lost commits.
+        dropped_meta = max(0, meta_count - valid)
+        if dropped_meta > 1:
+            lost = max(lost, dropped_meta - 1)
         self._ends = ends[:valid].copy()
         committed = self.n_steps
         partial = max(lengths) - committed if lengths else 0
-        dropped_meta = max(0, len(self._episodes_meta) - valid)
+        if (lost or missing_meta) and self.mode == "a" and not self._repair:
+            raise StoreError(
+                f"{self.path} is damaged, not just interrupted: "
+                + _describe_damage(lost, missing_meta, valid)
+                + f" Opening it for appending would silently drop that. Run `tether data verify "
+                f"{self.path}` to see the damage, then `tether data repair {self.path}` to keep the "
+                f"{valid} intact episodes (or restore the store from a backup)."
+            )
         self._episodes_meta = self._episodes_meta[:valid]
-        while len(self._episodes_meta) < valid:  # never expected: metadata precedes the commit
-            self._episodes_meta.append({})
+        while len(self._episodes_meta) < valid:
+            self._episodes_meta.append({"recovered": True, "notes": "metadata was lost"})
         repaired = False
-        if (partial or dropped_meta or invalid) and self.mode == "a":
-            self._truncate_tail()
-            if invalid:
-                self._ends_array.resize((valid,))
-            if dropped_meta:
-                self._write_meta_attr("episodes", self._episodes_meta)
+        if (partial or dropped_meta or invalid or missing_meta) and self.mode == "a":
+            try:
+                self._truncate_tail()
+                self._shrink_ends(valid)
+                if dropped_meta or missing_meta:
+                    self._meta.attrs["episodes"] = self._episodes_meta
+            except OSError as exc:
+                raise _os_error(exc, "truncating an interrupted episode") from exc
             repaired = True
-        self.recovery = Recovery(partial, dropped_meta, invalid, repaired)
-        if not self.recovery.clean:
+        if self.mode == "a":
+            _manifest.remove_from(self.path, valid)  # manifests of uncommitted episodes
+        self.recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta)
+        if self.recovery.damaged:
+            log.warning(
+                "Store %s is damaged: %s %s", self.path, _describe_damage(lost, missing_meta, valid),
+                "Repaired: the damaged episodes were dropped." if repaired else
+                f"They are hidden; run `tether data repair {self.path}`.",
+            )
+        elif not self.recovery.clean:
             log.warning(
                 "Store %s: found an uncommitted tail of %d steps (%d metadata entries, %d invalid "
                 "commit entries) from an interrupted writer; %s. %d committed episodes are intact.",
@@ -455,18 +741,6 @@ class EpisodeStore:
                 valid,
             )
 
-    def _take_lock(self) -> None:
-        fd = os.open(self.path / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise StoreError(
-                f"{self.path} is open for writing by another process; close it there first "
-                "(or open this one read-only with mode='r')."
-            ) from exc
-        self._lock_fd = fd
-
     # ------------------------------------------------------------------ internals: writing
     def _require_writable(self) -> None:
         if self.mode != "a":
@@ -474,7 +748,7 @@ class EpisodeStore:
                 f"{self.path} is open read-only; open it with EpisodeStore.open(path, mode='a') "
                 "to write."
             )
-        if self._lock_fd is None:
+        if self._lock is None or not self._lock.held:
             raise StoreError(f"{self.path} was closed; open it again to write.")
 
     def _check_episode(self, episode: int) -> None:
@@ -489,6 +763,39 @@ class EpisodeStore:
         for arr in self._arrays.values():
             if arr.shape[0] != committed:
                 arr.resize((committed, *arr.shape[1:]))
+
+    def _shrink_ends(self, n: int) -> None:
+        """Cut `episode_ends` to `n` entries, zeroing the cut slots first.
+
+        zarr keeps a shrunk array's last chunk as it was, so without zeroing, a later commit
+        that grows the array again would briefly expose an old end value there; a crash at that
+        moment would look like a valid commit. Zero is never a valid end.
+        """
+        arr = self._ends_array
+        if arr.shape[0] > n:
+            arr[n:] = 0
+            arr.resize((n,))
+
+    def _restore_committed(self) -> None:
+        """After a failed commit: bring the disk back to the last commit, as far as it lets us.
+
+        Whatever cannot be undone (a full disk refuses even metadata rewrites) is an uncommitted
+        tail that the next append open truncates.
+        """
+        n = self.n_episodes
+        steps = [
+            self._truncate_tail,
+            lambda: self._shrink_ends(n),
+            lambda: _manifest.remove_from(self.path, n),
+        ]
+        if len(self._meta.attrs.get("episodes", [])) != n:
+            steps.append(lambda: self._meta.attrs.__setitem__("episodes", self._episodes_meta))
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - best effort, reported, recovery covers it
+                log.warning("Store %s: could not undo part of a failed commit (%s); the next "
+                            "append open will truncate it.", self.path, exc)
 
     def _prepare_block(self, block: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """Validate a block of steps against the schema; returns normalized arrays and length."""
@@ -562,6 +869,7 @@ class EpisodeStore:
                 target[start + i : start + min(i + step, n)] = arr[i : i + step]
 
     def _commit(self, n_steps: int, metadata: Mapping[str, Any]) -> int:
+        """Make the tail an episode. Raises OSError untouched (the caller undoes and reports)."""
         start = self.n_steps
         end = start + n_steps
         for key, arr in self._arrays.items():
@@ -573,13 +881,34 @@ class EpisodeStore:
         episode = self.n_episodes
         entry = {"index": episode, "length": n_steps, **_jsonable(dict(metadata))}
         episodes = [*self._episodes_meta, entry]
-        self._write_meta_attr("episodes", episodes)  # 2. metadata
+        # 1. the chunk manifest, then everything of the episode reaches the disk before 3.
+        manifest = _manifest.build(self.path / "data", self._arrays, start, end)
+        write_durable(_manifest.manifest_file(self.path, episode), _manifest.encode(manifest))
+        sync_filesystem(self.path)
+        self._meta.attrs["episodes"] = episodes  # 2. metadata
         new_ends = np.concatenate([self._ends, [end]]).astype(np.int64)
         self._ends_array.resize((len(new_ends),))  # 3. the commit point
         self._ends_array[len(new_ends) - 1 :] = new_ends[-1:]
         self._ends = new_ends
         self._episodes_meta = episodes
+        self._manifests[episode] = manifest
+        try:
+            self._fsync_commit_point()
+        except OSError as exc:
+            raise StoreError(
+                f"Episode {episode} was committed to {self.path}, but flushing it to disk failed "
+                f"({exc.strerror}); it may be lost if the machine loses power now. Check the disk."
+            ) from exc
         return episode
+
+    def _fsync_commit_point(self) -> None:
+        folder = self.path / "meta" / "episode_ends"
+        last = _manifest.chunk_path(self.path / "meta", "episode_ends", self._ends_array,
+                                    (len(self._ends) - 1) // int(self._ends_array.chunks[0]))
+        for path in (last, _meta_file(folder)):
+            fsync_file(path)
+        for path in {last.parent, folder, self.path / "meta"}:
+            fsync_dir(path)
 
     # ------------------------------------------------------------------ internals: copying
     def _copy_episode(self, source: EpisodeStore, episode: int) -> int:
@@ -640,35 +969,47 @@ class EpisodeStore:
             self._arrays = saved
 
     def _rewrite(self, keep: list[int]) -> None:
+        """Copy `keep` into `<store>.new`, then swap directories, all under this store's lock.
+
+        The lock is never released in between, so no other process can open, remove or
+        recreate the store or its `.new` while the rewrite runs.
+        """
         new_path = self.path.with_name(self.path.name + ".new")
         old_path = self.path.with_name(self.path.name + ".old")
-        for leftover in (new_path, old_path):
-            if leftover.exists():
-                shutil.rmtree(leftover)
-        attrs = {k: v for k, v in self._root_attrs.items() if k not in _CREATE_ATTRS}
-        fresh = EpisodeStore.create(
-            new_path, self.fps, zarr_format=self.zarr_format,
-            image_codec=self._root_attrs.get("image_codec", "jpeg"),
-            image_quality=int(self._root_attrs.get("image_quality", DEFAULT_JPEG_QUALITY)),
-            robot_config=self._root_attrs.get("robot_config"),
-            calibration=self._root_attrs.get("calibration"), attrs=attrs,
-        )
         try:
-            fresh.append_from(self, keep)
-        finally:
-            fresh.close()
-        self.close()
-        os.rename(self.path, old_path)
-        os.rename(new_path, self.path)
-        shutil.rmtree(old_path)
-        self._load_after_swap()
-
-    def _load_after_swap(self) -> None:
-        self.mode = "a"
+            for leftover in (new_path, old_path):  # only a crashed writer of ours leaves these
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+            attrs = {k: v for k, v in self._root_attrs.items() if k not in _CREATE_ATTRS}
+            fresh = EpisodeStore.create(
+                new_path, self.fps, zarr_format=self.zarr_format,
+                image_codec=self._root_attrs.get("image_codec", "jpeg"),
+                image_quality=int(self._root_attrs.get("image_quality", DEFAULT_JPEG_QUALITY)),
+                robot_config=self._root_attrs.get("robot_config"),
+                calibration=self._root_attrs.get("calibration"), attrs=attrs, _lock=self._lock,
+            )
+            try:
+                fresh.append_from(self, keep)
+            finally:
+                fresh.close()
+            for extra in _EXTRA_FILES:  # files beside the zarr data (robot_config.yaml)
+                if (self.path / extra).is_file():
+                    shutil.copy2(self.path / extra, new_path / extra)
+            sync_filesystem(new_path)
+            if self._writer is not None and self._writer.active:
+                self._writer.discard()
+            os.rename(self.path, old_path)
+            os.rename(new_path, self.path)
+            fsync_dir(self.path.parent)
+            shutil.rmtree(old_path)
+        except OSError as exc:
+            raise _os_error(exc, f"compacting {self.path}") from exc
         self._writer = None
+        self._manifests = {}
         self._load()
 
 
+_EXTRA_FILES = ("robot_config.yaml",)
 _CREATE_ATTRS = {
     "tether_format", "format_version", "fps", "image_codec", "image_quality", "robot_config",
     "calibration", "created",
@@ -729,21 +1070,32 @@ class EpisodeWriter:
         self.flush()
         if self._steps == 0:
             raise StoreError("Cannot commit an empty episode; record at least one step or discard().")
+        committed_before = self.store.n_episodes
         try:
             episode = self.store._commit(self._steps, metadata or {})
         except OSError as exc:
             self._abort()
             raise _os_error(exc, "committing the episode") from exc
+        except BaseException:
+            if self.store.n_episodes == committed_before:  # failed before the commit point
+                self._abort()
+            else:
+                self.active = False
+            raise
         self.active = False
         return episode
 
     def discard(self) -> None:
-        """Drop everything written for this episode; committed episodes are untouched."""
+        """Drop everything written for this episode; committed episodes are untouched.
+
+        Never raises for I/O: on a full disk even the truncation can fail, and then the tail
+        stays on disk, invisible to readers, until the next append open truncates it.
+        """
         if not self.active:
             return
         self._buffer, self._buffered = {}, 0
         self.active = False
-        self.store._truncate_tail()
+        self.store._restore_committed()
 
     def _write(self, block: Mapping[str, np.ndarray]) -> None:
         prepared, n = self.store._prepare_block(block)
@@ -759,8 +1111,7 @@ class EpisodeWriter:
     def _abort(self) -> None:
         self.active = False
         self._buffer, self._buffered = {}, 0
-        with contextlib.suppress(Exception):
-            self.store._truncate_tail()
+        self.store._restore_committed()
 
     def _require_active(self) -> None:
         if not self.active:
@@ -778,11 +1129,12 @@ def _finish_interrupted_swap(path: Path, cleanup: bool) -> None:
     old = path.with_name(path.name + ".old")
     if not path.exists() and old.exists():
         if new.exists():
-            os.rename(new, path)  # the new store was complete before the first rename
+            os.rename(new, path)  # the new store was complete (and synced) before the first rename
             log.warning("Store %s: finished an interrupted compaction.", path)
         else:
             os.rename(old, path)
             log.warning("Store %s: rolled back an interrupted compaction.", path)
+        fsync_dir(path.parent)
     if cleanup and path.exists():
         for leftover in (new, old):
             if leftover.exists():
@@ -791,6 +1143,64 @@ def _finish_interrupted_swap(path: Path, cleanup: bool) -> None:
 
 def _looks_like_store(path: Path) -> bool:
     return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+_METADATA_NAMES = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
+
+
+def _meta_file(folder: Path, attrs: bool = False) -> Path:
+    """The zarr metadata file of a group/array folder (format 3, else format 2)."""
+    if (folder / "zarr.json").exists():
+        return folder / "zarr.json"
+    if attrs:
+        return folder / ".zattrs"
+    return folder / (".zarray" if (folder / ".zarray").exists() else ".zgroup")
+
+
+def _check_metadata_files(path: Path) -> None:
+    """Parse every zarr metadata file the store reads, so a damaged one is named, not a traceback."""
+    folders = [path, path / "meta", path / "meta" / "episode_ends", path / "data"]
+    with contextlib.suppress(OSError):
+        folders += sorted(p for p in (path / "data").iterdir() if p.is_dir())
+    for folder in folders:
+        for name in _METADATA_NAMES:
+            file = folder / name
+            try:
+                raw = file.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"Cannot read {file}: {exc.strerror}. Check the store's permissions.") from exc
+            try:
+                value = json.loads(raw)
+                problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+            except (ValueError, UnicodeDecodeError) as exc:
+                problem = f"not valid JSON: {exc}"
+            if problem:
+                raise StoreError(
+                    f"{file} is damaged ({problem}). It holds the zarr metadata of "
+                    f"'{folder.relative_to(path).as_posix() if folder != path else '/'}'. Restore "
+                    "it from a backup of the store; the store cannot be read without it."
+                )
+
+
+def _damaged(store: Path, folder: Path, exc: BaseException) -> StoreError:
+    """zarr refused a metadata file that is valid JSON (wrong fields, types, codecs)."""
+    return StoreError(
+        f"{_meta_file(folder)} is damaged or unsupported ({type(exc).__name__}: {exc}). Restore it "
+        f"from a backup of {store}; if it names an unknown codec, install the package that "
+        "provides it."
+    )
+
+
+def _describe_damage(lost: int, missing_meta: int, valid: int) -> str:
+    parts = []
+    if lost:
+        parts.append(f"{lost} committed episode(s) after episode {valid - 1} have missing data "
+                     "(meta/episode_ends, the data arrays and the manifests disagree)")
+    if missing_meta:
+        parts.append(f"{missing_meta} committed episode(s) have no metadata entry")
+    return "; ".join(parts) + "."
 
 
 def _normalize(key: str, arr: np.ndarray) -> np.ndarray:
@@ -852,9 +1262,19 @@ def _copy_chunks(src: EpisodeStore, src_key: str, src_start: int, dst: EpisodeSt
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             payload = source.read_bytes()
-        except FileNotFoundError:  # an all-zero frame is not stored (fill value)
+        except FileNotFoundError:  # an all-zero frame is not stored (fill value), or lost
+            error = src.missing_frame_error(src_key, src_start + i)
+            if error is not None:
+                raise error from None
             target.unlink(missing_ok=True)
             continue
+        episode, frame = src.locate(src_start + i)
+        man = src.manifest(episode)
+        if man is not None and src_key in man["keys"]:
+            crcs = man["keys"][src_key].get("frames_crc32", [])
+            if frame < len(crcs) and crcs[frame] is not None and crcs[frame] != zlib.crc32(payload):
+                raise src.decode_error(src_key, src_start + i, ValueError(
+                    "checksum differs from the one written at commit"))
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(payload)
         os.replace(tmp, target)

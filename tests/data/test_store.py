@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -135,7 +136,7 @@ def test_other_processes_cannot_write_at_the_same_time(store):
     code = f"from tether.data.store import EpisodeStore; EpisodeStore.open({str(store.path)!r}, 'a')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "StoreError" in result.stderr and "open for writing by another process" in result.stderr
+    assert "StoreError" in result.stderr and f"is in use by process {os.getpid()}" in result.stderr
     with EpisodeStore.open(store.path, "r") as reader:  # readers are fine
         assert reader.n_episodes == 3
 
