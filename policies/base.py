@@ -3,10 +3,16 @@
 A policy takes one observation (the newest `state` and `image.<camera>` arrays, as produced by
 `Observation.to_arrays()`) and returns a chunk of future actions. Policies that condition on
 several past observations keep that history themselves; `reset()` clears it between episodes.
+
+Per-episode state (history, random generator) belongs to one robot. A policy names the
+attributes that hold it in `episode_state`; `fork()` then gives another robot its own copy
+while sharing everything else (the weights), which is how the server keeps one robot's `reset`
+or history from reaching another.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -69,12 +75,30 @@ class Policy(ABC):
 
     spec: PolicySpec
 
+    #: Attributes holding per-episode state (observation history, RNG): `fork()` copies them,
+    #: everything else (weights, normalizer, spec) is shared. Empty means memoryless.
+    episode_state: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         self.last_inference_ms: float = 0.0
 
     @abstractmethod
     def reset(self) -> None:
         """Forget history; call at the start of every episode."""
+
+    def fork(self) -> Policy:
+        """A policy for one more robot: same weights, its own freshly reset episode state.
+
+        A memoryless policy (no `episode_state`) returns itself. Override when the state is
+        not in attributes of this object (a wrapper forks what it wraps).
+        """
+        if not self.episode_state:
+            return self
+        clone = copy.copy(self)
+        for name in self.episode_state:
+            setattr(clone, name, copy.deepcopy(getattr(self, name)))
+        clone.reset()
+        return clone
 
     def predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray:
         """Return float32 (n_actions, action_dim) actions, the first one for the current tick.

@@ -9,13 +9,24 @@ mistaken for the answer to a newer request. The rollout loop uses the non-blocki
 Every reply is validated like the server validates requests: the action chunk must be a finite
 float32 (n, action_dim) array. `check_spec` compares the server's `info` with what the robot
 observes and raises a PolicyError listing every mismatch before the robot moves.
+
+What a retry can fix and what it cannot are different exceptions: `ServerTimeout` (no answer)
+and a `RemoteError` with `retryable` True (`busy`) may succeed later; a `RemoteError` for a bad
+request (steps out of range, a shape the policy does not take, a policy that raised) and a
+`MessageError` from the client's own checks have `retryable` False and must be raised as they
+are. A bad endpoint or key folder fails in the constructor; `close()` never blocks.
+
+The client keeps one ZMQ routing id for its life (across reconnects), which is what the server
+keys its per-client policy state (history, RNG) on.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +35,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from tether.errors import PolicyError, ProtocolError, TetherError
+from tether.errors import ConfigError, PolicyError, ProtocolError, TetherError
 from tether.policies import protocol
 from tether.policies.base import ArraySpec, PolicySpec
 from tether.policies.protocol import MessageError, RemoteError
@@ -33,9 +44,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ChunkReply", "PolicyClient", "ServerInfo", "ServerTimeout", "RemoteError"]
 
+TERM_TIMEOUT_S = 2.0  # close(): the longest we wait for ZMQ to release the context
+_warned_exposed: set[str] = set()  # endpoints already warned about (once per process)
+
 
 class ServerTimeout(TetherError, TimeoutError):
     """The server did not answer in time (not running, stalled, or refusing our CURVE key)."""
+
+    retryable = True
 
 
 @dataclass(frozen=True)
@@ -88,10 +104,25 @@ class PolicyClient:
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        self.address = address
+        self.address = protocol.validate_endpoint(address)
         self.timeout_s = float(timeout_s)
         self.keys_dir = Path(keys_dir) if keys_dir is not None else None
+        self._keys = None
+        if self.keys_dir is not None:
+            from tether.policies.keys import load_client_keys
+
+            self._keys = load_client_keys(self.keys_dir, client_name)
+        elif not protocol.is_local_address(address) and address not in _warned_exposed:
+            _warned_exposed.add(address)
+            log.warning(
+                "connecting to %s without CURVE keys: observations and actions cross the "
+                "network unencrypted and unauthenticated. Create keys with `tether keys "
+                "generate DIR` and pass --keys DIR to both `tether serve` and this client.",
+                address,
+            )
         self.client_name = client_name
+        # Kept across reconnects: the server's per-client policy state is keyed on it.
+        self.identity = f"{client_name}-{uuid.uuid4().hex[:12]}".encode()
         self.max_message_bytes = max_message_bytes
         self.clock_offset_s: float | None = None  # server clock minus client clock
         self.reconnects = 0
@@ -117,26 +148,37 @@ class PolicyClient:
         if self._context is None:
             self._context = zmq.Context()
         sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 4)
-        sock.setsockopt(zmq.RCVHWM, 16)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue requests for a peer that is not there
-        if self.keys_dir is not None:
-            from tether.policies.keys import configure_client
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 4)
+            sock.setsockopt(zmq.RCVHWM, 16)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue requests for a peer not there
+            sock.setsockopt(zmq.ROUTING_ID, self.identity)
+            if self._keys is not None:
+                from tether.policies.keys import configure_client
 
-            configure_client(sock, self.keys_dir, self.client_name)
-        sock.connect(self.address)
+                configure_client(sock, self._keys)
+            sock.connect(self.address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)  # an open socket would make close() wait in Context.term
+            raise ConfigError(
+                f"cannot connect to {self.address}: {exc}; use tcp://host:port or ipc://path"
+            ) from None
+        except BaseException:
+            sock.close(linger=0)
+            raise
         self._socket = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
 
     def close(self) -> None:
+        """Close the socket (nothing unsent is kept) and release ZMQ; never blocks for long."""
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
         if self._context is not None:
-            self._context.term()
+            _terminate(self._context, TERM_TIMEOUT_S)
             self._context = None
         self._pending.clear()
 
@@ -211,6 +253,8 @@ class PolicyClient:
         Only the arrays the policy needs are sent (once `info()` was called). Raises
         ServerTimeout when no server connection is ready within `wait_s` (nothing is queued).
         """
+        max_steps = protocol.max_steps_of(self._info.spec.extra) if self._info else None
+        protocol.check_steps(steps, max_steps or protocol.MAX_STEPS)  # before anything is sent
         self.connect()
         arrays = self._select(observation)
         request_id = next(self._ids)
@@ -369,6 +413,22 @@ class PolicyClient:
             f"no '{op}' {what} from {self.address} within {self.timeout_s:.2f} s. Is `tether "
             f"serve` running there and reachable?{hint}"
         )
+
+
+def _terminate(context: zmq.Context, timeout_s: float) -> None:
+    """Context.term() in a helper thread, waited for at most timeout_s.
+
+    term() blocks while any socket of the context is open; every path here closes its socket
+    with linger 0 first, so this is a guard, not the plan: a leak logs instead of hanging.
+    """
+    done = threading.Thread(target=context.term, name="tether-client-term", daemon=True)
+    try:
+        done.start()
+    except RuntimeError:  # interpreter shutdown: no new threads; the process is ending anyway
+        return
+    done.join(timeout_s)
+    if done.is_alive():
+        log.warning("ZMQ context still busy after %.1f s at close; leaving it", timeout_s)
 
 
 def spec_mismatches(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import zmq
 import zmq.auth
@@ -23,6 +24,12 @@ from tether.errors import ConfigError
 
 SERVER = "server"
 AUTHORIZED = "authorized_clients"
+
+
+class ClientKeys(NamedTuple):
+    server_public: bytes
+    public: bytes
+    secret: bytes
 
 
 def generate_keys(directory: Path, client_name: str = "client", overwrite: bool = False) -> dict:
@@ -67,6 +74,11 @@ def configure_server(context: zmq.Context, socket: zmq.Socket, directory: Path):
     from zmq.auth.thread import ThreadAuthenticator
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"key directory {directory} does not exist; create it with `tether keys generate "
+            f"{directory}`"
+        )
     public, secret = _load(directory / f"{SERVER}.key_secret", "server secret key")
     authorized = directory / AUTHORIZED
     if not authorized.is_dir() or not any(authorized.glob("*.key")):
@@ -82,14 +94,32 @@ def configure_server(context: zmq.Context, socket: zmq.Socket, directory: Path):
     return auth
 
 
-def configure_client(socket: zmq.Socket, directory: Path, client_name: str = "client") -> None:
-    """Give `socket` a client key pair and the server's public key from `directory`."""
+def load_client_keys(directory: Path, client_name: str = "client") -> ClientKeys:
+    """The server's public key and a client key pair from `directory` (ConfigError if absent).
+
+    Called when the client is created, so a wrong `--keys` fails at once with the fix instead
+    of surfacing as a handshake that never completes.
+    """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"key directory {directory} does not exist; create keys with `tether keys generate "
+            f"{directory}` on the server and copy server.key and {client_name}.key_secret here"
+        )
     server_public, _ = _load(directory / f"{SERVER}.key", "server public key")
     public, secret = _load(directory / f"{client_name}.key_secret", "client secret key")
-    socket.curve_secretkey = secret
-    socket.curve_publickey = public
-    socket.curve_serverkey = server_public
+    if secret is None:
+        raise ConfigError(f"{directory / (client_name + '.key_secret')} holds no secret key")
+    return ClientKeys(server_public, public, secret)
+
+
+def configure_client(socket: zmq.Socket, keys: ClientKeys | Path, client_name: str = "client") -> None:
+    """Give `socket` a client key pair and the server's public key (call before connect())."""
+    if not isinstance(keys, ClientKeys):
+        keys = load_client_keys(Path(keys), client_name)
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = keys.server_public
 
 
 def _load(path: Path, what: str) -> tuple[bytes, bytes | None]:

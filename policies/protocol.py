@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from tether.errors import ProtocolError
+from tether.errors import ConfigError, ProtocolError
 
 PROTOCOL_VERSION = 1
 
@@ -51,7 +51,16 @@ ALLOWED_DTYPES = frozenset(
 MAX_NDIM = 8
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 64
+MAX_FRAMES = 1 + MAX_ARRAYS  # the header and one frame per array
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_ELEMENTS = DEFAULT_MAX_MESSAGE_BYTES * 16  # per array; any one dimension is bounded by it too
+MAX_STEPS = 10000  # `steps` bound when the policy states none (diffusion: its training steps)
+
+# Error replies a later retry may succeed with (the server was momentarily full); every other
+# error code means the request itself is wrong and resending it gets the same answer.
+RETRYABLE_CODES = frozenset({"busy", "too_many_clients"})
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 # Stable error codes carried in {"op": "error", "code": ...} replies.
 ERROR_CODES = {
@@ -75,7 +84,13 @@ ERROR_CODES = {
 
 
 class MessageError(ProtocolError):
-    """A malformed message; `code` is one of ERROR_CODES, `request_id` echoes the id if known."""
+    """A malformed message; `code` is one of ERROR_CODES, `request_id` echoes the id if known.
+
+    Raised on the side that finds the problem: the server (it answers with an error reply) or
+    the client before sending (a request no retry can fix, so `retryable` is False).
+    """
+
+    retryable = False
 
     def __init__(self, code: str, message: str, request_id: Any = None) -> None:
         if code not in ERROR_CODES:
@@ -87,12 +102,18 @@ class MessageError(ProtocolError):
 
 
 class RemoteError(ProtocolError):
-    """The server answered a request with an error reply."""
+    """The server answered a request with an error reply.
+
+    `retryable` is True only for `busy` / `too_many_clients`; any other code (bad steps, a shape
+    or spec mismatch, a policy that raised) will be answered the same way again, so callers
+    must raise it instead of retrying.
+    """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"server refused the request [{code}]: {message}")
+        super().__init__(f"the policy server refused the request [{code}]: {message}")
         self.code = code
         self.detail = message
+        self.retryable = code in RETRYABLE_CODES
 
 
 @dataclass(frozen=True)
@@ -235,6 +256,61 @@ def check_arrays(arrays: Mapping[str, np.ndarray], expected: Sequence[Any]) -> N
             raise MessageError("non_finite", f"array '{name}' contains NaN or inf")
 
 
+def max_steps_of(extra: Mapping[str, Any]) -> int:
+    """The largest `steps` a policy accepts: diffusion's `num_train_steps` from its spec extra."""
+    value = extra.get("num_train_steps") if isinstance(extra, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS:
+        return value
+    return MAX_STEPS
+
+
+def check_steps(steps: Any, max_steps: int = MAX_STEPS) -> None:
+    """Raise MessageError(bad_field) unless `steps` is an int in 1..max_steps."""
+    if steps is None:
+        return
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise MessageError(
+            "bad_field", f"'steps' must be an integer from 1 to {max_steps}, got {steps!r}"
+        )
+    if not 1 <= int(steps) <= max_steps:
+        raise MessageError(
+            "bad_field",
+            f"'steps' must be from 1 to {max_steps} (denoising steps; the policy was trained "
+            f"with {max_steps}), got {int(steps)}; pass --steps between 1 and {max_steps}, or "
+            "leave it out for the policy's default",
+        )
+
+
+def validate_endpoint(address: str) -> str:
+    """`address` if it is a ZMQ endpoint a client can connect to; else ConfigError.
+
+    ZMQ itself answers `localhost:5555` with "Protocol not supported" (or, before this check,
+    a socket left open that made closing the client hang), so say what the form is.
+    """
+    fix = "use tcp://host:port or ipc://path (for example tcp://127.0.0.1:5555)"
+    if not isinstance(address, str) or "://" not in address:
+        raise ConfigError(f"'{address}' is not a policy server endpoint; {fix}")
+    scheme, rest = address.split("://", 1)
+    if scheme in ("ipc", "inproc"):
+        if not rest:
+            raise ConfigError(f"'{address}' names no path; {fix}")
+        return address
+    if scheme != "tcp":
+        raise ConfigError(f"'{address}' uses '{scheme}://', which is not supported; {fix}")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"'{address}' needs a host and a port from 1 to 65535; {fix}")
+    return address
+
+
+def is_local_address(address: str) -> bool:
+    """True for ipc/inproc endpoints and tcp endpoints on the loopback interface."""
+    if not address.startswith("tcp://"):
+        return True
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    return host in LOCAL_HOSTS or host.startswith("127.")
+
+
 def raise_if_error(message: Message) -> Message:
     """Turn an error reply into RemoteError; pass other messages through."""
     if message.header.get("op") == ERROR_OP:
@@ -307,13 +383,7 @@ def _check_header(header: dict[str, Any], allowed_ops: Sequence[str] | None) -> 
         raise MessageError("unknown_op", f"unknown op {op!r}; known ops: {known}")
     if "arrays" not in header:
         header["arrays"] = []
-    steps = header.get("steps")
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000
-    ):
-        raise MessageError(
-            "bad_field", f"'steps' must be an int between 1 and 10000, got {steps!r}"
-        )
+    check_steps(header.get("steps"))
     t_sent = header.get("t_sent")
     if t_sent is not None and (
         isinstance(t_sent, bool)
@@ -347,8 +417,11 @@ def _decode_arrays(descriptors: Any, buffers: Sequence[memoryview]) -> dict[str,
                 f"array '{name}' ({dtype.name} {tuple(shape)}) needs {expected} bytes, "
                 f"its frame has {buffer.nbytes}",
             )
-        array = np.frombuffer(buffer, dtype=dtype) if expected else np.empty(0, dtype=dtype)
-        array = array.reshape(shape)
+        try:
+            array = np.frombuffer(buffer, dtype=dtype) if expected else np.empty(0, dtype=dtype)
+            array = array.reshape(shape)
+        except ValueError as exc:  # numpy's own size limits: answer, never escape
+            raise MessageError("bad_shape", f"array '{name}' {tuple(shape)}: {exc}") from None
         array.flags.writeable = False
         arrays[name] = array
     return arrays
@@ -378,6 +451,11 @@ def _descriptor(desc: Any, index: int) -> tuple[str, np.dtype, tuple[int, ...]]:
             "bad_shape",
             f"array '{name}' has shape {shape!r}; expected a list of <= {MAX_NDIM} ints >= 0",
         )
-    if math.prod(shape) > DEFAULT_MAX_MESSAGE_BYTES * 16:
-        raise MessageError("too_large", f"array '{name}' has {math.prod(shape)} elements")
+    # Every dimension is bounded, not only the product: (0, 2**62, 2**62) has no elements but
+    # numpy refuses to build it, and (2**40, 2**40) overflows any fixed-width size.
+    if any(s > MAX_ELEMENTS for s in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise MessageError(
+            "too_large",
+            f"array '{name}' has shape {shape}; at most {MAX_ELEMENTS} elements are allowed",
+        )
     return name, np.dtype(dtype_name).newbyteorder("<"), tuple(shape)

@@ -11,9 +11,15 @@ Two threads with one job each:
   every other client by at most one inference; each client may queue only
   `max_queued_per_client` requests (more get a `busy` error).
 
+Each client (ZMQ routing id) gets its own fork of the policy (`Policy.fork()`: shared weights,
+its own observation history and RNG), so one robot's `reset` or history never changes what
+another receives. At most `max_client_states` are kept; the least recently used is dropped
+(logged) and starts afresh if it comes back.
+
 Nothing that arrives is trusted: a malformed message gets an error reply with a code naming the
 problem, a frame over the size limit makes ZMQ drop the connection (it cannot be answered
-without buffering it), and the server keeps serving either way.
+without buffering it), a message with too many frames or bytes in total is refused as soon as
+it can be read, and the server keeps serving either way.
 """
 
 from __future__ import annotations
@@ -21,11 +27,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import zmq
@@ -33,11 +38,11 @@ import zmq
 from tether.errors import ConfigError, TetherError
 from tether.policies import protocol
 from tether.policies.base import Policy
-from tether.policies.protocol import MessageError
+from tether.policies.protocol import MessageError, is_local_address
 
 log = logging.getLogger(__name__)
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+__all__ = ["PolicyServer", "ServerConfig", "ServerStats", "is_local_address", "warn_if_exposed"]
 
 
 @dataclass
@@ -51,6 +56,8 @@ class ServerConfig:
     max_message_bytes: larger requests get `too_large`; a single frame larger than this makes
         ZMQ drop the sender's connection.
     max_queued_per_client / max_clients: bound the memory the server holds for requests.
+    max_client_states: per-client policy states (history, RNG) kept; the least recently used
+        beyond it is dropped and starts afresh.
     hwm: ZMQ send/receive high-water marks (messages per peer).
     """
 
@@ -59,6 +66,7 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_queued_per_client: int = 2
     max_clients: int = 32
+    max_client_states: int = 64
     hwm: int = 32
 
 
@@ -91,8 +99,11 @@ class PolicyServer:
     def __init__(self, policy: Policy, config: ServerConfig | None = None) -> None:
         self.policy = policy
         self.config = config or ServerConfig()
-        if self.config.max_queued_per_client < 1 or self.config.max_clients < 1:
-            raise ConfigError("max_queued_per_client and max_clients must be >= 1")
+        if min(self.config.max_queued_per_client, self.config.max_clients,
+               self.config.max_client_states) < 1:  # fmt: skip
+            raise ConfigError(
+                "max_queued_per_client, max_clients and max_client_states must be >= 1"
+            )
         self.stats = ServerStats()
         self._context: zmq.Context | None = None
         self._auth = None
@@ -103,6 +114,8 @@ class PolicyServer:
         self._scheduler = _RoundRobin(self.config.max_queued_per_client, self.config.max_clients)
         self._wake_address = f"inproc://tether-server-{id(self)}"
         self._info = self._info_header()
+        self._max_steps = protocol.max_steps_of(policy.spec.extra)
+        self.client_policies = _ClientPolicies(policy, self.config.max_client_states)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
 
@@ -128,7 +141,11 @@ class PolicyServer:
         self._stop.clear()
         self._scheduler = _RoundRobin(self.config.max_queued_per_client, self.config.max_clients)
         self._context = zmq.Context()
-        self._router = self._make_router()
+        try:
+            self._router = self._make_router()
+        except BaseException:
+            self.stop()
+            raise
         io_thread = threading.Thread(target=self._io_loop, name="tether-server-io", daemon=True)
         worker = threading.Thread(target=self._work_loop, name="tether-server-worker", daemon=True)
         self._threads = [io_thread, worker]
@@ -182,11 +199,19 @@ class PolicyServer:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.config.hwm)
         sock.setsockopt(zmq.SNDHWM, self.config.hwm)
+        # Per frame: a larger frame makes ZMQ drop the connection before buffering it.
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        # A client keeps its routing id across reconnects (and so its policy state); the new
+        # connection takes over from the old one the server may not have seen close yet.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.config.keys_dir is not None:
             from tether.policies.keys import configure_server
 
-            self._auth = configure_server(self._context, sock, Path(self.config.keys_dir))
+            try:
+                self._auth = configure_server(self._context, sock, Path(self.config.keys_dir))
+            except BaseException:
+                sock.close()  # an open socket would make stop()'s context.term() wait forever
+                raise
         try:
             sock.bind(self.config.address)
         except zmq.ZMQError as exc:
@@ -227,17 +252,62 @@ class PolicyServer:
                 if router in events:
                     for _ in range(64):  # bounded burst, then serve replies again
                         try:
-                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames, refusal = self._receive(router)
                         except zmq.Again:
                             break
                         try:
-                            self._handle(frames, time.monotonic())
+                            if refusal is not None:
+                                self._refuse(frames, refusal)
+                            else:
+                                self._handle(frames, time.monotonic())
                         except Exception:  # a bug here must not take the server down
                             self.stats.errors["internal"] += 1
                             log.exception("internal error while handling a message; serving on")
         finally:
             replies.close()
             router.close()
+
+    def _receive(self, router: zmq.Socket) -> tuple[list, MessageError | None]:
+        """One message, frame by frame, refusing it at the first frame over the limits.
+
+        ZMQ hands over a multipart message only once all of it has arrived (MAXMSGSIZE bounds
+        each frame, nothing bounds their number), so this is the earliest the count and the
+        total can be checked: past a limit, the rest is released unread instead of kept.
+        Returns (identity + body frames, None), or (identity + header frame, the refusal).
+        """
+        frames = [router.recv(zmq.NOBLOCK, copy=False)]  # the routing id; raises zmq.Again
+        more = frames[0].more
+        total = 0
+        refusal: MessageError | None = None
+        while more:
+            frame = router.recv(copy=False)  # the rest of the message is already queued
+            more = frame.more
+            if refusal is not None:
+                continue  # released at once
+            total += len(frame)
+            if len(frames) > protocol.MAX_FRAMES:
+                refusal = MessageError(
+                    "too_large",
+                    f"message has more than {protocol.MAX_FRAMES} frames (a header and at most "
+                    f"{protocol.MAX_ARRAYS} arrays)",
+                )
+            elif total > self.config.max_message_bytes:
+                refusal = MessageError(
+                    "too_large",
+                    f"message is over {self.config.max_message_bytes} bytes; the server's limit "
+                    "is --max-message-mb",
+                )
+            else:
+                frames.append(frame)
+        if refusal is not None:
+            del frames[2:]
+        return frames, refusal
+
+    def _refuse(self, frames: list, refusal: MessageError) -> None:
+        self.stats.received += 1
+        self.stats.errors[refusal.code] += 1
+        rid = protocol.peek_id(frames[1]) if len(frames) > 1 else None
+        self._send(frames[0].bytes, protocol.error_reply(rid, refusal.code, refusal.detail))
 
     def _handle(self, frames: list, t_recv: float) -> None:
         self.stats.received += 1
@@ -248,6 +318,7 @@ class PolicyServer:
         try:
             message = protocol.decode(body, self.config.max_message_bytes)
             if message.op == "infer":
+                protocol.check_steps(message.header.get("steps"), self._max_steps)
                 protocol.check_arrays(message.arrays, self.policy.spec.observation)
             elif message.arrays:
                 raise MessageError(
@@ -307,7 +378,7 @@ class PolicyServer:
         queue_ms = (t_start - job.t_recv) * 1e3
         try:
             if message.op == "reset":
-                self.policy.reset()
+                self.client_policies.reset(job.identity)
                 return protocol.encode(
                     {
                         "id": message.id,
@@ -319,7 +390,7 @@ class PolicyServer:
             options: dict[str, Any] = {}
             if message.header.get("steps") is not None:
                 options["steps"] = int(message.header["steps"])
-            chunk = self.policy.predict_chunk(message.arrays, **options)
+            chunk = self.client_policies.get(job.identity).predict_chunk(message.arrays, **options)
             infer_ms = (time.monotonic() - t_start) * 1e3
             if not np.isfinite(chunk).all():
                 raise TetherError("the policy produced NaN or inf actions")
@@ -428,12 +499,51 @@ class _RoundRobin:
             del self._rank[identity]
 
 
-def is_local_address(address: str) -> bool:
-    """True for ipc/inproc endpoints and tcp endpoints on the loopback interface."""
-    if not address.startswith("tcp://"):
-        return True
-    host = urlparse(address).hostname or address[len("tcp://") :].rsplit(":", 1)[0]
-    return host in LOCAL_HOSTS or host.strip("[]") in LOCAL_HOSTS
+class _ClientPolicies:
+    """One fork of the served policy per client identity, least recently used first out.
+
+    Used by the worker thread only. A memoryless policy forks to itself, so this costs nothing
+    for ACT; diffusion gets its own history and generator per robot.
+    """
+
+    def __init__(self, policy: Policy, max_states: int) -> None:
+        self._template = policy
+        self._max_states = max_states
+        self._states: OrderedDict[bytes, Policy] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, identity: bytes) -> Policy:
+        """The client's policy, created (fresh, as after reset) on first use."""
+        policy = self._states.get(identity)
+        if policy is not None:
+            self._states.move_to_end(identity)
+            return policy
+        policy = self._template.fork()
+        self._states[identity] = policy
+        while len(self._states) > self._max_states:
+            dropped, _ = self._states.popitem(last=False)
+            self.evictions += 1
+            log.warning(
+                "dropped the policy state (history, RNG) of client %s: more than %d clients; "
+                "it starts afresh if it comes back (raise max_client_states to keep more)",
+                _name(dropped), self._max_states,
+            )  # fmt: skip
+        return policy
+
+    def reset(self, identity: bytes) -> None:
+        self.get(identity).reset()
+
+
+def _name(identity: bytes) -> str:
+    """A routing id for logs: the client's readable name, or hex."""
+    try:
+        text = identity.decode("ascii")
+    except UnicodeDecodeError:
+        return identity.hex()
+    return text if text.isprintable() else identity.hex()
 
 
 def warn_if_exposed(address: str, keys_dir: Path | None) -> bool:

@@ -140,6 +140,10 @@ class SlowPolicy(Policy):
     def reset(self) -> None:
         self.inner.reset()
 
+    def fork(self) -> Policy:
+        inner = self.inner.fork()
+        return self if inner is self.inner else SlowPolicy(inner, self.delay_s)
+
     def _predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray:
         time.sleep(self.delay_s)
         return self.inner.predict_chunk(observation, **options)
