@@ -91,6 +91,8 @@ class DiffusionPolicy(TorchPolicy):
     new frame only (half the encoder cost at obs_horizon 2).
     """
 
+    episode_state = ("_history", "generator")  # per robot: the server forks one per client
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._history: deque[torch.Tensor] = deque(maxlen=self.model.config.obs_horizon)
