@@ -27,12 +27,13 @@ def identity(chunk_size: int = 5) -> IdentityPolicy:
     return IdentityPolicy(OBS, 6, chunk_size=chunk_size, fps=30)
 
 
+@pytest.mark.realtime  # the 0.2 s timeout is honoured (a loaded host may add a few seconds)
 def test_no_server_times_out_quickly_naming_the_address():
     with PolicyClient("tcp://127.0.0.1:9", timeout_s=0.2) as client:
         t0 = time.monotonic()
         with pytest.raises(ServerTimeout, match=r"tcp://127\.0\.0\.1:9.*tether serve"):
             client.info()
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0
         with pytest.raises(ServerTimeout):
             client.send_infer(make_obs())  # nothing connected: refused at once, nothing queued
         assert client.pending == 0
@@ -47,6 +48,7 @@ def test_the_client_reconnects_to_a_restarted_server():
         with pytest.raises(ServerTimeout):
             client.infer(make_obs())
         server = PolicyServer(identity(), ServerConfig(endpoint)).start()
+        client.timeout_s = 10.0  # reconnecting may take a while on a loaded host; not a hang
         try:
             assert client.infer(make_obs(0.2)).actions[0, 0] == pytest.approx(0.2)
         finally:
@@ -54,12 +56,12 @@ def test_the_client_reconnects_to_a_restarted_server():
 
 
 def test_a_late_reply_is_never_taken_for_the_answer_to_a_newer_request():
-    slow = SlowPolicy(identity(), 0.3)
+    slow = SlowPolicy(identity(), 0.5)  # the first reply comes well after the 0.1 s timeout
     with PolicyServer(slow, ServerConfig("tcp://127.0.0.1:0")) as server:
         with PolicyClient(server.endpoint, timeout_s=0.1) as client:
             with pytest.raises(ServerTimeout):
                 client.infer(make_obs(1.0))
-            client.timeout_s = 1.0
+            client.timeout_s = 10.0  # behind the late one: >= 0.9 s, however slow the host
             reply = client.infer(make_obs(2.0))
             assert reply.actions[0, 0] == pytest.approx(2.0)
 
