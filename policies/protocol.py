@@ -95,7 +95,7 @@ class MessageError(ProtocolError):
     def __init__(self, code: str, message: str, request_id: Any = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown protocol error code {code!r}")
-        super().__init__(f"[{code}] {message}")
+        super().__init__(f"{message} ({code})")  # no [brackets]: rich would eat them
         self.code = code
         self.detail = message
         self.request_id = request_id
@@ -110,7 +110,7 @@ class RemoteError(ProtocolError):
     """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"the policy server refused the request [{code}]: {message}")
+        super().__init__(f"the policy server refused the request ({code}): {message}")
         self.code = code
         self.detail = message
         self.retryable = code in RETRYABLE_CODES
