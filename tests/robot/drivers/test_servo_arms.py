@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -91,7 +90,7 @@ def test_ticks_map_to_radians_with_zero_and_direction(family):
     assert pos[2] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_connect_holds_the_present_pose_then_tracks_commands(family):
+def test_connect_holds_the_present_pose_then_tracks_commands(family, wait_until):
     bus, cls, config = family
     for servo_id in range(1, 7):
         bus.servo(servo_id).move_to(2048 + 100 * servo_id)
@@ -107,20 +106,17 @@ def test_connect_holds_the_present_pose_then_tracks_commands(family):
         arm.command(target)
         expected = arm.to_ticks(target)
         # SYNC WRITE has no reply: give the emulator a moment to apply it
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            goals = [bus.servo(i).get(bus.servo(i).layout.goal_position) for i in range(1, 7)]
-            if goals == expected.astype(int).tolist():
-                break
-            time.sleep(0.002)
-        assert goals == expected.astype(int).tolist()
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
+        wait_until(
+            lambda: [bus.servo(i).get(bus.servo(i).layout.goal_position) for i in range(1, 7)]
+            == expected.astype(int).tolist(),
+            what=f"the goal registers to become {expected.astype(int).tolist()}",
+        )
+
+        def settled():
             state = arm.read()
-            if np.allclose(state.position, target, atol=2e-3):
-                break
-            time.sleep(0.01)
-        assert np.allclose(state.position, target, atol=2e-3)
+            return state if np.allclose(state.position, target, atol=2e-3) else None
+
+        state = wait_until(settled, what=f"the servos to settle at {np.round(target, 3)}")
         assert state.velocity is not None and state.effort is not None
     assert not bus.servo(1).torque_enabled  # torque_off_on_close
 
@@ -170,7 +166,7 @@ def test_unplugged_adapter_raises_device_error_and_close_still_works(family):
     assert not arm.is_connected
 
 
-def test_corrupted_reply_is_retried_then_reported(family):
+def test_corrupted_reply_is_retried_then_reported(family, wait_until):
     bus, cls, config = family
     with cls.from_config(config(bus.port)) as arm:
         bus.corrupt_replies = 1  # one damaged status packet: retried, the caller never sees it
@@ -181,8 +177,14 @@ def test_corrupted_reply_is_retried_then_reported(family):
         with pytest.raises(DeviceError, match="(?i)corrupt|incorrect|no status"):
             arm.read()
         bus.corrupt_replies = 0
-        time.sleep(0.05)  # let the replies to the failed attempts drain
-        assert arm.read().position.shape == (6,)
+
+        def reads_again():
+            try:
+                return arm.read().position.shape == (6,)
+            except DeviceError:  # replies to the failed attempts may still be draining
+                return False
+
+        wait_until(reads_again, what="a clean read once the corruption stopped")
 
 
 def test_wrong_model_and_wrong_baudrate_are_clear(family):
