@@ -1,8 +1,16 @@
-"""CLI command of the robot side: rollout (wired by tether/cli.py)."""
+"""CLI command of the robot side: rollout (wired by tether/cli.py).
+
+While it runs, `e` on the terminal latches the e-stop (every arm holds its last safe command)
+until `x` releases it. When stdout is not a terminal (a pipe, nohup, CI) it prints a plain
+progress line per episode and at most one every few seconds within an episode.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -39,7 +47,17 @@ def rollout(
         None, "--steps", help="Denoising steps per request (diffusion)."
     ),
     realtime: bool = typer.Option(
-        True, "--realtime/--lockstep", help="Pace to the wall clock, or wait for every chunk."
+        True, "--realtime/--lockstep",
+        help="Pace to the wall clock, or wait for every chunk (--lockstep: simulated robots only).",
+    ),
+    resample: bool = typer.Option(
+        False, "--resample",
+        help="Run a policy whose fps differs from the robot's by time-interpolating each chunk "
+             "onto the robot's ticks (otherwise refused; observations stay at the robot's rate).",
+    ),
+    keyboard: bool | None = typer.Option(
+        None, "--keyboard/--no-keyboard",
+        help="Read the e-stop keys from stdin (default: when stdin is a terminal).",
     ),
     timeout: float = typer.Option(0.5, "--timeout", help="Seconds before a request is resent."),
     keys: Path | None = typer.Option(None, "--keys", help="CURVE key directory (see tether keys)."),
@@ -47,6 +65,10 @@ def rollout(
     overrides: list[str] = typer.Option([], "--set", help="Robot config override key=value."),
 ) -> None:
     """Run a policy on a robot: async chunks, latency alignment, blending, stall watchdog.
+
+    The policy must run at the robot's fps (--set fps=N changes the robot's) unless --resample.
+
+    Keys (terminal): e E-STOP (every arm holds its last safe command; latched), x release it.
 
     Example: tether rollout --robot twin:lift --server tcp://127.0.0.1:5555 --episodes 3
     Example: tether rollout --robot twin:lift --policy simple:hold --lockstep --max-steps 100
@@ -58,11 +80,14 @@ def rollout(
             raise ConfigError(
                 "give exactly one of --server ENDPOINT or --policy CHECKPOINT|simple:<name>"
             )
+        if keyboard is None:
+            keyboard = sys.stdin.isatty()
         summaries = _run(
             robot, server, policy, episodes, seed, overrides, keys, timeout,
             dict(max_steps=max_steps, blend=blend, ensemble_m=ensemble_m,
                  request_threshold=threshold, steps=steps, realtime=realtime,
-                 request_timeout_s=timeout),
+                 request_timeout_s=timeout, resample=resample),
+            keyboard,
         )  # fmt: skip
     except TetherError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -77,31 +102,101 @@ def rollout(
 
 
 def _run(
-    robot_spec, server, policy, episodes, seed, overrides, keys, timeout, options
+    robot_spec, server, policy, episodes, seed, overrides, keys, timeout, options, keyboard=False
 ) -> list[dict]:
     from tether.robot.factory import make_robot
     from tether.robot.rollout import RolloutConfig, run_episode
 
     config = RolloutConfig(**options)
     robot = make_robot(robot_spec, overrides)
+    if not config.realtime:  # before a server is contacted or a checkpoint loaded
+        robot.require_simulated_time("--lockstep")
     summaries = []
     if server is not None:
         from tether.policies.client import PolicyClient
 
         source = PolicyClient(server, timeout_s=timeout, keys_dir=keys)
     else:
-        from tether.policies.serve_cli import load_served_policy
+        from tether.policies.serve_cli import SIMPLE_PREFIX, load_served_policy
 
-        source = load_served_policy(policy, robot_spec, 50, 0.0, "cpu")
+        if policy.startswith(SIMPLE_PREFIX):  # built for this robot, --set overrides included
+            from tether.policies.simple import make_simple_policy
+
+            source = make_simple_policy(policy[len(SIMPLE_PREFIX) :], robot, 50)
+        else:
+            source = load_served_policy(policy, robot_spec, 50, 0.0, "cpu")
+    progress = None if console.is_terminal else _PlainProgress(episodes, _plain)
+    reader = None
+    if keyboard:
+        from tether.teleop.recorder_keys import ESTOP_HELP, KeyReader, estop_bindings, legend
+
+        reader = KeyReader(estop_bindings(robot, _say_estop))
+        console.print(legend(ESTOP_HELP))
     try:
         with robot:
+            if reader is not None:
+                reader.start()
             for episode in range(episodes):
-                result = run_episode(robot, source, config, seed=seed + episode)
+                on_progress = None if progress is None else progress.step_callback(episode)
+                result = run_episode(
+                    robot, source, config, seed=seed + episode, on_progress=on_progress
+                )
                 summaries.append(result.summary())
+                if progress is not None:
+                    progress.finished(episode, summaries[-1])
     finally:
+        if reader is not None:
+            reader.stop()
         if server is not None:
             source.close()
     return summaries
+
+
+def _say_estop(latched: bool) -> None:
+    if latched:
+        console.print("[bold red]E-STOP latched[/bold red]: every arm holds; press x to release.")
+    else:
+        console.print("e-stop released: the arms follow the policy again.")
+
+
+def _plain(line: str) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+class _PlainProgress:
+    """Progress for a rollout whose output is not a terminal: one line per episode, and at most
+    one line every `interval_s` within an episode (clock injectable for tests)."""
+
+    def __init__(
+        self,
+        episodes: int,
+        write: Callable[[str], None],
+        interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.episodes = episodes
+        self.write = write
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last = clock()
+
+    def step_callback(self, episode: int) -> Callable[[int, int], None]:
+        def on_step(step: int, max_steps: int) -> None:
+            now = self.clock()
+            if now - self._last >= self.interval_s:
+                self._last = now
+                self.write(f"episode {episode + 1}/{self.episodes}: step {step + 1}/{max_steps}")
+
+        return on_step
+
+    def finished(self, episode: int, s: dict) -> None:
+        self._last = self.clock()
+        success = "-" if s["success"] is None else ("yes" if s["success"] else "no")
+        safety = ", ".join(f"{k} {v}" for k, v in s["safety"].items()) or "clean"
+        self.write(
+            f"episode {episode + 1}/{self.episodes} (seed {s['seed']}): success {success}, "
+            f"{s['length']} steps, {s['chunks']} chunks, {s['stalls']} stalls, safety {safety}"
+        )
 
 
 def _print(summaries: list[dict]) -> None:

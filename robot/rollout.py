@@ -15,19 +15,29 @@ One code path serves evaluation in-process and deployment through the inference 
 3. ask for the next chunk when at most `request_threshold` planned actions remain and no
    request is in flight (asynchronously for a server: the current chunk keeps running);
 4. send the action for step s (temporal ensemble of all chunks covering s, or the newest chunk
-   when switching) through the safety layer. If no chunk covers s, hold the last safe command
-   at once (the watchdog: at most one control period after the last valid action ran out),
-   report the stall, and keep asking; execution resumes with the first chunk that arrives.
+   when switching) through the safety layer, stamped with the time it is meant for (the tick's
+   scheduled time), so an action the loop could only send late is refused rather than executed
+   late. If no chunk covers s, the tick sends no target (`robot.tick()`): the arm keeps its last
+   safe command, the safety layer's watchdog counts a hold once no target has come for
+   `stale_after_s`, the stall is reported, and the loop keeps asking; execution resumes with
+   the first chunk that arrives.
+
+The policy must run at the robot's rate: a chunk's rows are one policy period apart. A policy
+whose fps differs is refused before anything moves, unless `resample=True`, which
+time-interpolates every chunk onto the robot's ticks (linear per joint; observations are still
+taken at the robot's rate, so a policy with an observation history sees it at that spacing).
 
 `realtime=True` paces the loop to the wall clock (deployment, latency tests). With
 `realtime=False` (lockstep, for batch evaluation on the twin) the loop runs as fast as it can and
-waits for every chunk it asks for, so results do not depend on machine speed.
+waits for every chunk it asks for, so results do not depend on machine speed; it is refused on a
+robot whose time is not simulated (a real arm cannot wait for the policy).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +70,8 @@ class RolloutConfig:
     stop_on_success: end the episode once it counts as a success (the twin: success held for
         the task's hold time).
     record_frames: keep every camera frame in the result (for videos).
+    resample: run a policy whose fps differs from the robot's by time-interpolating each chunk
+        onto the robot's ticks (otherwise such a policy is refused).
     """
 
     max_steps: int | None = None
@@ -73,6 +85,7 @@ class RolloutConfig:
     start_timeout_s: float = 10.0
     stop_on_success: bool = True
     record_frames: bool = False
+    resample: bool = False
 
     def __post_init__(self) -> None:
         if self.blend not in ("ensemble", "switch"):
@@ -146,16 +159,42 @@ class EpisodeResult:
 
 
 def run_episode(
-    robot, source, config: RolloutConfig | None = None, seed: int | None = None
+    robot,
+    source,
+    config: RolloutConfig | None = None,
+    seed: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> EpisodeResult:
     """Run one episode of `source` (a Policy or a PolicyClient) on `robot`; see the module doc.
 
     The robot is connected if needed; a robot with `reset(seed)` (the twin) is reset first.
-    Raises PolicyError before anything moves when the policy does not fit the robot.
+    Raises PolicyError before anything moves when the policy does not fit the robot (inputs,
+    action size, or rate without `resample`). `on_progress(step, max_steps)` is called every
+    tick (the caller rate-limits what it shows).
     """
     config = config or RolloutConfig()
     chunk_source = as_chunk_source(source, config.steps)
-    return _Episode(robot, chunk_source, config, seed).run()
+    return _Episode(robot, chunk_source, config, seed, on_progress).run()
+
+
+def resample_chunk(actions: np.ndarray, policy_fps: float, robot_fps: float) -> np.ndarray:
+    """A chunk planned at `policy_fps` as the actions for ticks at `robot_fps`.
+
+    Row k of the input is meant for k / policy_fps seconds after row 0, and each row lasts one
+    policy period; the output row j is the linear interpolation at j / robot_fps over the
+    chunk's span (n / policy_fps seconds, the last row held for its own period).
+    """
+    actions = np.asarray(actions, dtype=np.float32)
+    n = len(actions)
+    if n == 0 or abs(policy_fps - robot_fps) < 1e-9:
+        return actions
+    t_rows = np.arange(n) / policy_fps
+    m = max(1, int(round(n * robot_fps / policy_fps)))
+    t_ticks = np.arange(m) / robot_fps
+    out = np.empty((m, actions.shape[1]), dtype=np.float32)
+    for j in range(actions.shape[1]):
+        out[:, j] = np.interp(t_ticks, t_rows, actions[:, j])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +327,13 @@ def as_chunk_source(source, steps: int | None = None) -> ChunkSource:
     raise TypeError(f"expected a Policy or a PolicyClient, got {type(source).__name__}")
 
 
+def _raise_unless_retryable(exc: Exception, source: ChunkSource) -> None:
+    """Re-raise errors no retry can fix: a request the server rejected (bad steps, shape, spec;
+    `retryable` False) or anything an in-process policy raised. Timeouts and `busy` pass."""
+    if source.synchronous or getattr(exc, "retryable", True) is False:
+        raise exc
+
+
 # --------------------------------------------------------------------------------------------
 # Blending
 # --------------------------------------------------------------------------------------------
@@ -327,22 +373,27 @@ def _make_blender(config: RolloutConfig):
 
 
 class _Episode:
-    def __init__(self, robot, source: ChunkSource, config: RolloutConfig, seed: int | None) -> None:
+    def __init__(
+        self,
+        robot,
+        source: ChunkSource,
+        config: RolloutConfig,
+        seed: int | None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.robot = robot
         self.source = source
         self.config = config
         self.seed = seed
+        self.on_progress = on_progress
         self.fps = float(config.fps or robot.fps)
         self.period = 1.0 / self.fps
         max_steps = config.max_steps or getattr(robot, "max_steps", None)  # the twin's task length
         if not max_steps:
             raise ConfigError("rollout needs max_steps (the robot has no task that sets one)")
         self.max_steps = int(max_steps)
-        chunk_size = int(source.spec.chunk_size)
-        if config.request_threshold is not None:
-            self.threshold = config.request_threshold
-        else:
-            self.threshold = chunk_size if config.blend == "ensemble" else chunk_size // 2
+        self.policy_fps = self.fps  # set from the policy's spec once it is checked
+        self.threshold = 0
         self.blender = _make_blender(config)
         self.newest_end = -1  # first step not covered by any chunk received so far
         self.t_origin = 0.0
@@ -364,9 +415,12 @@ class _Episode:
 
     def run(self) -> EpisodeResult:
         robot = self.robot
+        if not self.config.realtime:
+            robot.require_simulated_time("--lockstep (realtime=False)")
         if not robot.is_connected:
             robot.connect()
         self.source.check(robot)
+        self._check_rate()
         if hasattr(robot, "reset"):
             robot.reset(self.seed if self.seed is not None else 0)
         self.source.reset()
@@ -420,6 +474,25 @@ class _Episode:
             frames=self.frames,
         )
 
+    def _check_rate(self) -> None:
+        """Refuse a policy planned at another rate, or resample it when asked to."""
+        spec = self.source.spec
+        policy_fps = float(spec.fps)
+        if abs(policy_fps - self.fps) > 1e-6 and not self.config.resample:
+            raise PolicyError(
+                f"the {spec.policy_type} policy runs at {policy_fps:g} fps but robot "
+                f"'{self.robot.name}' is controlled at {self.fps:g} fps, so every chunk would "
+                f"play {self.fps / policy_fps:.2f}x too fast or slow; run the robot at the "
+                f"policy's rate (--set fps={policy_fps:g}), or pass --resample to "
+                "time-interpolate each chunk onto the robot's ticks."
+            )
+        self.policy_fps = policy_fps
+        chunk_ticks = max(1, int(round(int(spec.chunk_size) * self.fps / policy_fps)))
+        if self.config.request_threshold is not None:
+            self.threshold = self.config.request_threshold
+        else:
+            self.threshold = chunk_ticks if self.config.blend == "ensemble" else chunk_ticks // 2
+
     def _first_chunk(self, arrays: dict[str, np.ndarray]) -> None:
         """Wait for the chunk of step 0 before the clock starts: starting is not a stall."""
         deadline = time.monotonic() + max(
@@ -436,6 +509,7 @@ class _Episode:
                 try:
                     self.source.request(arrays, 0, wait_s=self.config.request_timeout_s)
                 except TetherError as exc:
+                    _raise_unless_retryable(exc, self.source)
                     self._error(getattr(exc, "code", type(exc).__name__))
                     time.sleep(0.05)
                     continue
@@ -465,16 +539,31 @@ class _Episode:
         else:
             if self.stall is not None:
                 self._end_stall(step)
-            sent = self.robot.act(np.asarray(action, dtype=np.float64))
+            sent = self.robot.act(np.asarray(action, dtype=np.float64), t_target=self._meant_for(tick))
             target = action
         self.last_command = np.asarray(sent, dtype=np.float64)
         self.records["actions"].append(np.asarray(sent, dtype=np.float32))
         self.records["targets"].append(np.asarray(target, dtype=np.float32))
         self.records["joints"].append(observation.state)
         self.records["held"].append(action is None)
+        if self.on_progress is not None:
+            self.on_progress(step, self.max_steps)
         if self._check_success(step) and self.config.stop_on_success:
             return False
         return step + 1 < self.max_steps
+
+    def _meant_for(self, tick: Tick) -> float:
+        """When this tick's action is meant to run, on the robot's safety clock.
+
+        In real time that is the tick's scheduled time: the action for step s was planned for
+        t_origin + s * period, so a tick that could only send it late (the loop or an observe()
+        blocked) has it refused as stale instead of executed late. In lockstep the world waits
+        for the policy, so it is meant for now.
+        """
+        now = self.robot.now()
+        if not self.config.realtime:
+            return now
+        return now - max(0.0, time.monotonic() - tick.t_scheduled)
 
     def _check_success(self, step: int) -> bool:
         """Record the first successful step; True once the episode counts as a success.
@@ -507,6 +596,7 @@ class _Episode:
             wait_s = 0.0 if self.config.realtime else self.config.request_timeout_s
             self.source.request(arrays, step, wait_s=wait_s)
         except TetherError as exc:
+            _raise_unless_retryable(exc, self.source)
             self._error(getattr(exc, "code", type(exc).__name__))
             log.debug("request at step %d failed: %s", step, exc)
             return
@@ -525,6 +615,7 @@ class _Episode:
             try:
                 chunk = self.source.poll(remaining)
             except TetherError as exc:
+                _raise_unless_retryable(exc, self.source)
                 self._error(getattr(exc, "code", type(exc).__name__))
                 log.warning("invalid chunk: %s", exc)
                 continue
@@ -539,6 +630,7 @@ class _Episode:
             try:
                 chunk = self.source.poll(timeout_s)
             except TetherError as exc:  # an error reply or a malformed chunk: not a valid chunk
+                _raise_unless_retryable(exc, self.source)
                 self._error(getattr(exc, "code", type(exc).__name__))
                 log.warning("invalid chunk: %s", exc)
                 return
@@ -558,6 +650,7 @@ class _Episode:
         if not np.isfinite(actions).all():
             self._error("non_finite")
             return
+        actions = resample_chunk(actions, self.policy_fps, self.fps)
         if chunk.step > step:  # computed from an observation we have not taken yet: not ours
             self._error("future_chunk")
             return
@@ -577,7 +670,8 @@ class _Episode:
         self.newest_end = max(self.newest_end, end)
 
     def _hold(self, step: int) -> np.ndarray:
-        """Watchdog: re-command the last safe position (through the safety layer)."""
+        """No action for this step: a tick without a target (the safety layer's watchdog holds
+        the last safe command and counts a hold once targets are stale)."""
         if self.stall is None:
             t_out = self.t_origin + step * self.period if self.config.realtime else time.monotonic()
             delay_ms = max(0.0, (time.monotonic() - t_out) * 1e3)
@@ -586,8 +680,7 @@ class _Episode:
             self.stall = Stall(step, None, delay_ms, 0.0, reason)
             self.t_stall = time.monotonic()
             log.warning("rollout stalled at step %d (%s): holding position", step, reason)
-        assert self.last_command is not None
-        return self.robot.act(self.last_command)
+        return self.robot.tick()
 
     def _end_stall(self, step: int | None) -> None:
         assert self.stall is not None

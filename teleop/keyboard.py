@@ -7,8 +7,11 @@ smooth motion while a key is held):
     j / l   +y / -y (left / right)         y / h   pitch + / -
     u / o   +z / -z (up / down)            b / n   yaw   + / -
     c / v   close / open the gripper
+    e       E-STOP: every arm holds its last safe command (latched)
+    x       release the e-stop
 
-The keys avoid the recorder's own (s, d, r, q, space, Enter). Both read a terminal: when
+The keys avoid the recorder's own (s, d, r, q, space, Enter); e and x mean the same here as in
+the recorder, so the e-stop works even when this device has the terminal to itself. Both read a terminal: when
 recording with keyboard teleop, give this device its own terminal with `tty: /dev/pts/N`
 (run `tty` in a second window), or every key goes to whichever reader wins the byte.
 
@@ -40,6 +43,7 @@ KEYMAP: dict[str, tuple[int, float]] = {
     "b": (5, 1.0), "n": (5, -1.0),
 }
 GRIPPER_KEYS = {"c": -1.0, "v": 1.0}
+ESTOP_KEY, RELEASE_KEY = "e", "x"  # as in teleop/recorder_keys.py
 
 
 @dataclass
@@ -129,6 +133,10 @@ class KeyboardTeleop(EndEffectorTeleop):
             elif key in GRIPPER_KEYS:
                 self._gripper_dir = GRIPPER_KEYS[key]
                 self._gripper_ticks = self._hold_ticks
+            elif key == ESTOP_KEY:
+                self.robot.estop("keyboard teleop e-stop key")
+            elif key == RELEASE_KEY:
+                self.robot.reset_estop()
         twist = np.where(self._remaining > 0, self._active, 0.0)
         self._remaining = np.maximum(self._remaining - 1, 0)
         gripper = self._gripper_dir if self._gripper_ticks > 0 else 0.0

@@ -4,15 +4,20 @@
                                                                               --> EpisodeStore
 
 Each tick samples every stream (see recorder_streams), asks the teleop device for a target,
-sends it through the robot's safety layer, and queues one record: the observation arrays, the
+sends it through the robot's safety layer stamped with the time it was produced (a tick without
+a target calls `robot.tick()`, so the stale-target watchdog holds the arm once the device has
+been silent for `stale_after_s`), and queues one record: the observation arrays, the
 action that actually reached the arms (`robot.act()`'s return value), the tick time, and each
 stream's capture time, host time and frame index. A background thread JPEG-encodes and appends
 records to the store's uncommitted tail; `save` commits the episode (episode_ends last), and
 `discard` truncates it. Per-episode sync statistics (achieved rate, drops and duplicates per
 camera, skew p50/p99, loop overruns) go into the episode metadata.
 
-Controls work from the API (`save()`, `discard()`, `rerecord()`, `start()`, `quit()`, thread-safe)
-and from the terminal keyboard (recorder_keys) in `run()`, which also shows a rich live status.
+Controls work from the API (`save()`, `discard()`, `rerecord()`, `start()`, `quit()`, `estop()`,
+`release_estop()`, thread-safe) and from the terminal keyboard (recorder_keys) in `run()`. The
+e-stop latches across episodes until released; the episodes go on recording the held arm.
+
+`realtime=False` (fast mode) is only allowed on a robot whose time is simulated.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class Recorder:
                 f"Recorder fps {self.fps} differs from the store's fps {store.fps}; record into a "
                 "new store or use the store's rate."
             )
+        if not realtime:
+            robot.require_simulated_time("--fast (realtime=False)")
         self.realtime = realtime
         self.task = task
         self.operator = operator
@@ -131,6 +138,18 @@ class Recorder:
         """Save the current episode and stop the session."""
         self.controls.quit.set()
         self.controls.request(SAVED)
+
+    def estop(self, reason: str = "operator") -> None:
+        """Latch the robot's e-stop: every arm holds its last safe command until released."""
+        self.robot.estop(reason)
+
+    def release_estop(self) -> None:
+        """Release the e-stop; the arms follow the device's targets again."""
+        self.robot.reset_estop()
+
+    @property
+    def estopped(self) -> bool:
+        return _estopped(self.robot)
 
     # ------------------------------------------------------------------ one episode
     def record_episode(
@@ -166,11 +185,9 @@ class Recorder:
             obs = sample.observation
             target = self.teleop.next_target(obs)
             if target is not None:
-                sent = self.robot.act(target)
-            else:  # no input: hold; a simulated robot still has to advance one period
-                sent = self.robot.hold()
-                if not self.realtime:
-                    sent = self.robot.act(sent)
+                sent = self.robot.act(target, t_target=self.robot.now())
+            else:  # no input: the watchdog holds once the device has been silent too long
+                sent = self.robot.tick()
             spans.track(state["steps"], bool(getattr(self.teleop, "intervening", False)))
             t_tick = tick.t_start if self.realtime else tick.index / self.fps
             writer.put(_record(sample, sent, t_tick))
@@ -245,11 +262,16 @@ class Recorder:
         seed: int | None = 0,
         keyboard: bool = False,
         on_episode: Callable[[EpisodeResult], None] | None = None,
+        on_estop: Callable[[bool], None] | None = None,
     ) -> list[EpisodeResult]:
-        """Record `num_episodes` saved episodes with a reset countdown between them."""
+        """Record `num_episodes` saved episodes with a reset countdown between them.
+
+        keyboard: read the session keys (recorder_keys, e-stop included) from stdin.
+        on_estop: called with True when the e-stop key latches, False when it is released.
+        """
         from tether.teleop.recorder_keys import KeyboardControls
 
-        keys = KeyboardControls(self) if keyboard else None
+        keys = KeyboardControls(self, robot=self.robot, on_estop=on_estop) if keyboard else None
         if keys is not None:
             keys.start()
         results: list[EpisodeResult] = []
@@ -303,6 +325,7 @@ class Recorder:
             "dropped": live["dropped"],
             "stalled": live["stalled"],
             "backlog": writer.backlog,
+            "estop": _estopped(self.robot),
         }
         if self.on_status is not None:
             self.on_status(dict(self.status))
@@ -408,6 +431,10 @@ def _reset_robot(robot: Robot, seed: int) -> None:
     reset = getattr(robot, "reset", None)
     if callable(reset):
         reset(seed)
+
+
+def _estopped(robot: Robot) -> bool:
+    return any(arm.filter.estopped for arm in robot.arms.values())
 
 
 def _success(robot: Robot) -> bool | None:

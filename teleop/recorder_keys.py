@@ -1,4 +1,4 @@
-"""Terminal keyboard controls for a recording session.
+"""Terminal keyboard controls for a recording, teleop or rollout session.
 
 Keys (single key presses, no Enter needed when stdin is a terminal):
     s or Enter   save the current episode (during the reset countdown: start the next one now)
@@ -6,6 +6,11 @@ Keys (single key presses, no Enter needed when stdin is a terminal):
     r            re-record: discard it and record that episode again
     space        start the next episode now (skip the rest of the reset countdown)
     q or Esc     save the current episode and stop the session
+    e            E-STOP: every arm holds its last safe command, latched until released
+    x            release the e-stop (the arms follow targets again)
+
+`tether teleop` and `tether rollout` bind only the e-stop keys (and q to stop). The letters avoid
+the keyboard teleop device's keys (i k j l u o t g y h b n c v).
 
 The reader works on any file descriptor (a pipe in tests); on a terminal it switches it to
 cbreak mode and restores the settings on stop.
@@ -14,13 +19,28 @@ cbreak mode and restores the settings on stop.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-HELP = "keys: [s]ave  [d]iscard  [r]e-record  [space] start  [q]uit"
+log = logging.getLogger(__name__)
+
+ESTOP_KEY = "e"
+RELEASE_KEY = "x"
+# Plain text: print it with legend() (or rich.markup.escape), because rich reads "[s]" as markup.
+HELP = "keys: [s]ave  [d]iscard  [r]e-record  [space] start  [q]uit  [e] E-STOP  [x] release e-stop"
+ESTOP_HELP = "keys: [e] E-STOP (latched)  [x] release e-stop"
+
+
+def legend(text: str = HELP) -> str:
+    """`text` escaped for rich, so `[s]ave` renders as written instead of as a markup tag."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 class _Controllable(Protocol):
@@ -31,36 +51,70 @@ class _Controllable(Protocol):
     def quit(self) -> None: ...
 
 
+class _Stoppable(Protocol):
+    def estop(self, reason: str = "operator") -> None: ...
+    def reset_estop(self) -> None: ...
+
+
+Binding = tuple[str, Callable[[], None]]  # (action name, what the key does)
+
+
+def estop_bindings(
+    robot: _Stoppable, on_change: Callable[[bool], None] | None = None
+) -> dict[str, Binding]:
+    """`e` latches the robot's e-stop, `x` releases it; `on_change(latched)` reports either."""
+
+    def stop() -> None:
+        robot.estop("e-stop key")
+        if on_change is not None:
+            on_change(True)
+
+    def release() -> None:
+        robot.reset_estop()
+        if on_change is not None:
+            on_change(False)
+
+    return _bind({ESTOP_KEY + ESTOP_KEY.upper(): ("estop", stop),
+                  RELEASE_KEY + RELEASE_KEY.upper(): ("release", release)})
+
+
+def recorder_bindings(recorder: _Controllable) -> dict[str, Binding]:
+    return _bind({keys: (name, getattr(recorder, name)) for name, keys in _RECORDER_KEYS.items()})
+
+
+_RECORDER_KEYS = {"save": "sS\n\r", "discard": "dD", "rerecord": "rR", "start": " ", "quit": "qQ\x1b"}
+
+
+def _bind(table: Mapping[str, Binding]) -> dict[str, Binding]:
+    return {key: binding for keys, binding in table.items() for key in keys}
+
+
 def dispatch(key: str, recorder: _Controllable) -> str | None:
     """Apply one key to the recorder; returns the action name, or None for an unbound key."""
-    if key in ("s", "S", "\n", "\r"):
-        recorder.save()
-        return "save"
-    if key in ("d", "D"):
-        recorder.discard()
-        return "discard"
-    if key in ("r", "R"):
-        recorder.rerecord()
-        return "rerecord"
-    if key == " ":
-        recorder.start()
-        return "start"
-    if key in ("q", "Q", "\x1b"):
-        recorder.quit()
-        return "quit"
-    return None
+    binding = recorder_bindings(recorder).get(key)
+    if binding is None:
+        return None
+    binding[1]()
+    return binding[0]
 
 
-class KeyboardControls:
-    """A daemon thread turning key presses on `fd` (default: stdin) into recorder controls."""
+class KeyReader:
+    """A daemon thread turning key presses on `fd` (default: stdin) into calls of `bindings`."""
 
-    def __init__(self, recorder: _Controllable, fd: int | None = None) -> None:
-        self.recorder = recorder
+    def __init__(self, bindings: Mapping[str, Binding], fd: int | None = None) -> None:
+        self.bindings = dict(bindings)
         self.fd = sys.stdin.fileno() if fd is None else fd
-        self.actions: list[str] = []
+        self.actions: list[str] = []  # names of the actions taken, in order
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rec-keys", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="session-keys", daemon=True)
         self._saved_tty = None
+
+    def __enter__(self) -> KeyReader:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def start(self) -> None:
         if os.isatty(self.fd):
@@ -73,7 +127,8 @@ class KeyboardControls:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=1.0)
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
         if self._saved_tty is not None:
             import termios
 
@@ -93,6 +148,29 @@ class KeyboardControls:
             if not data:  # EOF: nobody will type any more
                 return
             for key in data.decode(errors="ignore"):
-                action = dispatch(key, self.recorder)
-                if action is not None:
-                    self.actions.append(action)
+                binding = self.bindings.get(key)
+                if binding is None:
+                    continue
+                name, action = binding
+                try:
+                    action()
+                except Exception:  # a key must never kill the reader (the e-stop depends on it)
+                    log.exception("key %r (%s) failed", key, name)
+                self.actions.append(name)
+
+
+class KeyboardControls(KeyReader):
+    """The recorder's keys; with `robot`, also the e-stop keys (e latches, x releases)."""
+
+    def __init__(
+        self,
+        recorder: _Controllable,
+        fd: int | None = None,
+        robot: _Stoppable | None = None,
+        on_estop: Callable[[bool], None] | None = None,
+    ) -> None:
+        bindings = recorder_bindings(recorder)
+        if robot is not None:
+            bindings.update(estop_bindings(robot, on_estop))
+        super().__init__(bindings, fd)
+        self.recorder = recorder

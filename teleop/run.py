@@ -1,19 +1,26 @@
 """Live teleoperation without recording: a device drives a robot at its control rate.
 
 `tether teleop` uses it to check a setup (leader calibration, SpaceMouse axes, safety limits)
-before recording. Every target goes through `Robot.act`, i.e. the safety layer; a device that
-has no input this tick (`None`) makes the robot hold its last safe command.
+before recording. Every target goes through `Robot.act`, i.e. the safety layer, stamped with
+the time it was produced; a tick without a new target (`None`, or a device read that failed)
+calls `Robot.tick()`, so the stale-target watchdog holds the arm once targets stop for
+`stale_after_s`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tether.errors import DeviceError
 from tether.robot.interfaces import Robot
 from tether.robot.runtime import LoopStats, RateLoop, Tick
 from tether.teleop.base import TeleopDevice
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,9 +28,15 @@ class TeleopReport:
     loop: LoopStats
     safety: dict[str, int]
     holds: int  # ticks where the device gave no target
+    device_errors: int = 0  # ticks where reading the device failed (counted in holds too)
 
     def as_dict(self) -> dict:
-        return {"loop": self.loop.as_dict(), "safety": dict(self.safety), "holds": self.holds}
+        return {
+            "loop": self.loop.as_dict(),
+            "safety": dict(self.safety),
+            "holds": self.holds,
+            "device_errors": self.device_errors,
+        }
 
 
 def run_teleop(
@@ -37,21 +50,37 @@ def run_teleop(
 ) -> TeleopReport:
     """Drive `robot` from `device` until `duration_s`, `max_ticks`, `stop` is set, or the
     device reports `episode_done`. Robot and device must be connected.
+
+    `realtime=False` (unpaced) is only allowed on a robot whose time is simulated. A device
+    whose read fails (DeviceError: a leader's bus times out, a cable is pulled) gives no target
+    that tick: the arm holds through the watchdog instead of the loop dying with the arm in an
+    unknown state; the errors are counted and logged.
     """
+    if not realtime:
+        robot.require_simulated_time("--fast (realtime=False)")
     holds = 0
+    errors = 0
+    last_log = -1e9
     loop = RateLoop(robot.fps, realtime=realtime)
 
     def step(tick: Tick) -> bool:
-        nonlocal holds
-        target = device.next_target(robot.observe())
+        nonlocal holds, errors, last_log
+        try:
+            target = device.next_target(robot.observe())
+        except DeviceError as exc:
+            target = None
+            errors += 1
+            if time.monotonic() - last_log >= 1.0:  # one line per second while it lasts
+                last_log = time.monotonic()
+                log.warning("teleop device failed (%d ticks so far), arm holding: %s", errors, exc)
         if target is None:
             holds += 1
-            robot.hold()
+            robot.tick()
         else:
-            robot.act(target)
+            robot.act(target, t_target=robot.now())
         if on_tick is not None:
             on_tick(tick)
         return not device.episode_done and not (stop is not None and stop.is_set())
 
     stats = loop.run(step, max_ticks=max_ticks, duration_s=duration_s)
-    return TeleopReport(stats, robot.safety_counts(), holds)
+    return TeleopReport(stats, robot.safety_counts(), holds, errors)

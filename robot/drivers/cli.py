@@ -37,65 +37,11 @@ def register(app: typer.Typer) -> None:
     app.command("find-cameras")(find_cameras)
     app.command("scan-bus")(scan_bus)
     app.command("emulate-bus")(emulate_bus)
-    # `tether teleop` belongs with the devices; tether/cli.py wires one module per part, and
-    # this is the hardware part's.
-    app.command("teleop")(teleop)
+    # `tether teleop` lives with the teleop devices (tether.teleop.cli, next to `record`, with
+    # which it shares the e-stop keys); it is registered here, as before, for existing callers.
+    from tether.teleop.cli import teleop_command
 
-
-def teleop(
-    robot: str = typer.Option("twin:lift", "--robot", help="twin:<task> or a robot config file."),
-    device: str | None = typer.Option(
-        None, "--device", help="leader, spacemouse, keyboard, scripted (default: the config's teleop.device)."
-    ),
-    param: list[str] = typer.Option([], "--param", help="Device option key=value (repeatable)."),
-    overrides: list[str] = typer.Option([], "--set", help="Robot config override a.b=value (repeatable)."),
-    duration: float = typer.Option(0.0, "--duration", help="Seconds to run (0: until Ctrl-C)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
-) -> None:
-    """Teleoperate a robot live, without recording: check calibration, axes and limits first.
-
-    The device and its parameters come from the config's `teleop:` section unless given here.
-    Every target passes the safety layer. Ctrl-C stops.
-
-    Example: tether teleop --robot configs/so101_leader.yaml --duration 60
-    """
-    import signal
-    import threading
-
-    from tether.config import apply_overrides
-    from tether.robot.factory import load_robot_config, make_robot
-    from tether.teleop.factory import make_teleop
-    from tether.teleop.run import run_teleop
-
-    config = load_robot_config(robot, overrides)
-    name = device or config.teleop.device
-    if name in ("none", ""):
-        raise ConfigError(f"{robot} names no teleop device; pass --device (leader, spacemouse, keyboard).")
-    base = dict(config.teleop.params) if name == config.teleop.device else {}
-    params = apply_overrides(base, param)
-    the_robot = make_robot(config)
-    the_device = make_teleop(name, the_robot, params)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        with the_robot, the_device:
-            reset = getattr(the_robot, "reset", None)
-            if callable(reset):
-                reset(seed=0)
-            if not as_json:
-                console.print(f"teleop: {name} -> {config.name} at {config.fps:g} Hz (Ctrl-C stops)")
-            report = run_teleop(the_robot, the_device, duration_s=duration or None, stop=stop)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if as_json:
-        print(json.dumps(report.as_dict()))
-        return
-    loop = report.loop
-    console.print(
-        f"{loop.ticks} ticks at {loop.achieved_hz:.1f} Hz (target {loop.target_hz:g}), jitter p99 "
-        f"{loop.jitter_p99_ms:.1f} ms, overruns {loop.overruns}, holds {report.holds}, "
-        f"safety {report.safety or 'clean'}"
-    )
+    app.command("teleop")(teleop_command)
 
 
 def find_ports(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:

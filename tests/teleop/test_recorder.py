@@ -296,6 +296,7 @@ class TakeoverTeleop(SineTeleop):
 
 def test_intervention_spans_and_hold_without_input_in_fast_mode(store):
     robot = make_robot(cameras={})
+    robot.simulated_time = True  # fast mode is refused on real-time robots; this one is a stand-in
     teleop = TakeoverTeleop(robot.action_dim)
     with robot:
         result = Recorder(robot, teleop, store, realtime=False).record_episode(max_steps=20)
