@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import cv2
 import numpy as np
 import pytest
@@ -43,14 +41,16 @@ class TestOpenCVContract(CameraContract):
         return lambda: OpenCVCamera.from_config(config(video))
 
 
-def test_frames_are_rgb_in_order_and_paced(video):
+def test_frames_are_rgb_in_order_and_paced(video, wait_until):
     with OpenCVCamera.from_config(config(video)) as cam:
         seen = {}
-        deadline = time.monotonic() + 2.0
-        while len(seen) < 8 and time.monotonic() < deadline:
+
+        def eight_frames() -> bool:
             frame = cam.read()
             seen[frame.index] = frame
-            time.sleep(0.005)
+            return len(seen) >= 8
+
+        wait_until(eight_frames, what="8 distinct frames")
     frames = [seen[i] for i in sorted(seen)][:8]
     first = frames[0].image
     assert first[:, : W // 4, 0].mean() > 200 and first[:, : W // 4, 2].mean() < 60  # red is R
@@ -61,11 +61,9 @@ def test_frames_are_rgb_in_order_and_paced(video):
     assert np.allclose(periods, 1 / FPS, atol=1e-6)  # paced at the configured rate
 
 
-def test_file_loops_when_it_ends(video):
+def test_file_loops_when_it_ends(video, wait_until):
     with OpenCVCamera.from_config(config(video, fps=120.0, params={"fps_tolerance": 100.0})) as cam:
-        deadline = time.monotonic() + 3.0
-        while cam.read().index < N + 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: cam.read().index >= N + 3, what=f"frame {N + 3} of a {N}-frame file")
         frame = cam.read()
     assert frame.index >= N + 3
     assert frame.image[:, -8:].mean() == pytest.approx(20 * (frame.index % N), abs=6)
@@ -91,12 +89,10 @@ def test_missing_device_and_bad_params_are_clear(tmp_path):
         OpenCVCamera.from_config(config(0, params={"backend": "directshow"}))
 
 
-def test_reopens_a_source_that_stopped_delivering(video):
+def test_reopens_a_source_that_stopped_delivering(video, wait_until):
     """With loop: false the file runs dry like a stalled device: the driver reopens it."""
     params = {"loop": False, "reconnect_after_s": 0.2, "fps_tolerance": 100.0}
     with OpenCVCamera.from_config(config(video, fps=120.0, params=params)) as cam:
-        deadline = time.monotonic() + 3.0
-        while cam.read().index < N + 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert cam.read().index >= N + 2  # frames keep coming after the stall
+        # frames keep coming after the stall
+        wait_until(lambda: cam.read().index >= N + 2, what="frames after the file ran dry")
         assert cam.reconnects >= 1

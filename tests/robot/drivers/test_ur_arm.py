@@ -114,19 +114,20 @@ class TestURReadOnlyContract:
     test_read_does_not_block = _C.test_read_does_not_block
 
 
-def test_read_only_arm_reads_joints_controller_time_and_stops(rtde_peer):
+def test_read_only_arm_reads_joints_controller_time_and_stops(rtde_peer, wait_until):
     q = [0.1, -1.2, 1.3, -0.4, -1.5, 0.6]
     rtde_peer({"actual_q": q, "actual_qd": [0.01] * 6, "safety_status_bits": 1})
     with URArm.from_config(config(read_only=True)) as arm:
+        # the peer is another process: poll until its update reaches us
+        wait_until(lambda: np.allclose(arm.read().position, q), what="the peer's joint positions")
         first = arm.read()
         np.testing.assert_allclose(first.position, q)
         np.testing.assert_allclose(first.velocity, [0.01] * 6)
-        time.sleep(0.05)
-        second = arm.read()
-        assert second.t_device > first.t_device  # controller clock, advancing at 500 Hz
+        # controller clock, advancing at 500 Hz
+        wait_until(lambda: arm.read().t_device > first.t_device, what="the controller clock to advance")
         assert not arm.stopped
         rtde_peer({"safety_status_bits": 1 << 2})  # protective stop
-        assert arm.stopped
+        wait_until(lambda: arm.stopped, what="the protective stop to be reported")
         with pytest.raises(DeviceError, match="read-only"):
             arm.command(np.array(q))
         rtde_peer({"safety_status_bits": 1})
