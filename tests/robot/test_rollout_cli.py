@@ -21,9 +21,10 @@ def app():
     return build_app()
 
 
+@pytest.mark.realtime  # no stall: each chunk within its 200 ms budget on a loaded host
 def test_rollout_through_a_server_writes_episode_summaries(app, tmp_path):
     twin = make_robot("twin:lift", ["fps=50"])
-    policy = WaypointPolicy(observation_specs_for(twin), twin.home + 0.1, chunk_size=10, fps=50)
+    policy = WaypointPolicy(observation_specs_for(twin), twin.home + 0.1, chunk_size=20, fps=50)
     out = tmp_path / "rollout.json"
     with PolicyServer(policy, ServerConfig("tcp://127.0.0.1:0")) as server:
         result = runner.invoke(
@@ -34,9 +35,12 @@ def test_rollout_through_a_server_writes_episode_summaries(app, tmp_path):
     assert result.exit_code == 0, result.output
     summaries = json.loads(out.read_text())
     assert [s["seed"] for s in summaries] == [0, 1]
-    assert all(
-        s["length"] + s["loop"]["skipped_ticks"] == 25 and s["stalls"] == 0 for s in summaries
-    )
+    for s in summaries:
+        # ticks a loaded host lost still advance the step index: whole skipped periods, plus
+        # less than one period per overrun
+        lost = 25 - s["length"]
+        assert s["loop"]["skipped_ticks"] <= lost <= s["loop"]["skipped_ticks"] + s["loop"]["overruns"], s
+        assert s["stalls"] == 0
     assert "rollout" in result.output and "latency" in result.output
 
 
