@@ -4,6 +4,10 @@ Started by tether.eval.runner as `python -m tether.eval.worker spec.json`. Every
 goes through the same `tether.robot.rollout.run_episode` used on hardware: a checkpoint loaded
 in this process, a policy server reached over ZMQ, or the twin's scripted expert wrapped as a
 one-action-per-chunk policy (the sanity baseline a trained policy should approach).
+
+An episode that raises stops the worker with `EpisodeFailed`, which names the seed and the
+original exception's type and message; `main` writes that to the spec's `error_file` so the
+parent reports the real cause instead of "a worker failed".
 """
 
 from __future__ import annotations
@@ -17,12 +21,27 @@ from typing import Any
 
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
 from tether.eval.records import EpisodeRecord
 from tether.policies.base import ArraySpec, Policy, PolicySpec
 from tether.robot.interfaces import IMAGE_PREFIX
 
 log = logging.getLogger(__name__)
+
+
+class EpisodeFailed(TetherError):
+    """An evaluation episode raised; the message is the original error's, naming the seed."""
+
+    def __init__(self, seed: int | None, error: BaseException) -> None:
+        where = f"seed {seed}" if seed is not None else "outside an episode"
+        super().__init__(f"{where}: {type(error).__name__}: {error}")
+        self.seed = seed
+        self.error_type = type(error).__name__
+        self.error_message = str(error)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "type": self.error_type, "message": self.error_message,
+                "text": str(self)}  # fmt: skip
 
 
 class ExpertPolicy(Policy):
@@ -111,7 +130,10 @@ def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
     for seed in seeds:
         if isinstance(source, ExpertPolicy):
             source.expert.reset(seed)
-        result = run_episode(robot, source, rollout, seed=seed)
+        try:
+            result = run_episode(robot, source, rollout, seed=seed)
+        except Exception as exc:  # named with its seed, as itself; KeyboardInterrupt passes
+            raise EpisodeFailed(seed, exc) from exc
         success = bool(result.success)
         record = EpisodeRecord(
             seed=seed, success=success, length=result.length, max_steps=result.max_steps,
@@ -183,7 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, threads))
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
-    run_worker(json.loads(Path(argv[0]).read_text()))
+    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        run_worker(spec)
+    except Exception as exc:
+        failure = exc if isinstance(exc, EpisodeFailed) else EpisodeFailed(None, exc)
+        log.exception("evaluation worker failed: %s", failure)
+        if spec.get("error_file"):
+            Path(spec["error_file"]).write_text(json.dumps(failure.as_dict()))
+        return 1
     return 0
 
 
