@@ -1,4 +1,8 @@
-"""`tether inspect`: look inside an episode store (wired into `tether` by tether/cli.py)."""
+"""`tether inspect` and `tether data verify|repair` (wired into `tether` by tether/cli.py).
+
+Every store problem (missing or damaged files, a store in use, a full or read-only disk) ends as
+one `error:` line naming the file and the fix, exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,16 @@ from pathlib import Path
 
 import typer
 
+data_app = typer.Typer(
+    help="Check and repair episode stores.\n\nExample: tether data verify data.zarr",
+    no_args_is_help=True,
+)
+
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the `tether` app."""
     app.command(name="inspect")(inspect_command)
+    app.add_typer(data_app, name="data")
 
 
 def inspect_command(
@@ -18,6 +28,9 @@ def inspect_command(
     episode: int | None = typer.Option(None, "--episode", "-e", help="Episode to render."),
     video: Path | None = typer.Option(
         None, "--video", help="Write the episode's cameras to this .mp4/.avi, or a .png contact sheet."
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="Also check every chunk against the manifests (as `tether data verify`)."
     ),
 ) -> None:
     """Show episodes, lengths, fps, streams, sizes, sync stats and success of a store.
@@ -30,10 +43,12 @@ def inspect_command(
 
     from tether.data.inspect import summarize, write_episode_media
     from tether.data.store import EpisodeStore
+    from tether.data.verify import verify_store
     from tether.errors import TetherError
 
     console = Console()
-    try:
+    report = None
+    with _store_errors(console):
         with EpisodeStore.open(store, "r") as st:
             if video is not None:
                 if episode is None:
@@ -46,13 +61,113 @@ def inspect_command(
                 st.episode_range(episode)  # raises a clear error for a missing episode
                 summary["per_episode"] = [summary["per_episode"][episode]]
                 summary["episode_metadata"] = st.episode_metadata(episode)
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from exc
+            if verify:
+                report = verify_store(st)
+                summary["verify"] = report.as_dict()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-        return
-    _print_summary(console, summary)
+    else:
+        _print_summary(console, summary)
+        if report is not None:
+            _print_verify(console, report)
+    if report is not None and not report.ok:
+        raise typer.Exit(2)
+
+
+@data_app.command("verify")
+def verify_command(
+    store: Path = typer.Argument(..., help="Path of the episode store (a .zarr directory)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check every committed chunk against the manifest written at commit (read-only).
+
+    Reports missing and corrupt chunks by episode, key, frame and file; exit code 2 when any.
+    Example: tether data verify data.zarr
+    """
+    import json
+
+    from rich.console import Console
+
+    from tether.data.verify import verify_path
+
+    console = Console()
+    with _store_errors(console):
+        report = verify_path(store)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_verify(console, report)
+    if not report.ok:
+        raise typer.Exit(2)
+
+
+@data_app.command("repair")
+def repair_command(
+    store: Path = typer.Argument(..., help="Path of the episode store (a .zarr directory)."),
+    drop_damaged: bool = typer.Option(
+        False, "--drop-damaged", help="Also delete every episode `tether data verify` flags."
+    ),
+) -> None:
+    """Make a damaged or interrupted store consistent: finish a compaction, drop lost commits,
+    remove temp files, write missing manifests; with --drop-damaged delete damaged episodes.
+
+    Example: tether data repair data.zarr --drop-damaged
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tether.data.verify import repair_store
+
+    console = Console()
+    with _store_errors(console):
+        result = repair_store(store, drop_damaged=drop_damaged)
+    for action in result.actions or ["nothing needed repairing"]:
+        console.print(f"repair: {escape(action)}", soft_wrap=True)
+    _print_verify(console, result.after)
+    if not result.after.ok:
+        console.print(f"{len(result.after.damaged_episodes)} episode(s) are still damaged; restore "
+                      f"them from a backup or run `tether data repair {escape(str(store))} "
+                      "--drop-damaged`.", soft_wrap=True)
+        raise typer.Exit(2)
+
+
+class _store_errors:
+    """Turn store failures into one `error:` line and exit code 2 (context manager)."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from rich.markup import escape
+
+        from tether.errors import TetherError
+
+        if exc is None or not isinstance(exc, TetherError | OSError):
+            return False
+        message = str(exc)
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            message = f"{exc.strerror or exc}{where}. Check the path and its permissions."
+        self.console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def _print_verify(console, report) -> None:
+    from rich.markup import escape
+
+    for problem in report.problems:
+        console.print(f"[red]{problem.kind}:[/red] {escape(problem.message)}", soft_wrap=True)
+    note = (f"; {len(report.unverified)} episode(s) have no manifest (recorded before manifests: "
+            "decoded only; `tether data repair` writes them)" if report.unverified else "")
+    tail = f"; an uncommitted tail of {report.partial_steps} steps is hidden" if report.partial_steps else ""
+    verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    console.print(
+        f"verify {escape(report.path)}: {verdict}: {report.episodes} episodes, "
+        f"{report.chunks_checked} chunks checked{note}{tail}.", soft_wrap=True,
+    )
 
 
 def _print_summary(console, summary: dict) -> None:

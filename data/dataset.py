@@ -75,9 +75,8 @@ class EpisodeDataset(Dataset):
                 raise StoreError(f"No episodes selected from {self.store_path}.")
             self.episodes = chosen
             n = store.n_steps
-            self._lowdim = {
-                k: np.asarray(store.array(k)[:n]) for k in ("action", *self.lowdim_keys)
-            }
+            # read_steps checks chunks against the manifests: a lost chunk is an error, not zeros
+            self._lowdim = store.read_steps(0, n, ("action", *self.lowdim_keys))
             self.image_shapes = {k: tuple(store.array(k).shape[1:]) for k in self.image_keys}
         starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
         sample_step, sample_lo, sample_hi = [], [], []
@@ -276,11 +275,19 @@ class _FrameReader:
         self.decoded += 1
         if self._direct[key]:
             try:
-                jpeg_decode(chunk_file(self.store, key, step).read_bytes(), out=out)
-            except FileNotFoundError:  # never written: the fill value (black)
+                payload = chunk_file(self.store, key, step).read_bytes()
+            except FileNotFoundError:  # never written (all-zero frame), or lost: the manifest knows
+                error = self.store.missing_frame_error(key, step)
+                if error is not None:
+                    raise error from None
                 out[...] = 0
+            else:
+                try:
+                    jpeg_decode(payload, out=out)
+                except Exception as exc:  # noqa: BLE001 - imagecodecs raises its own error types
+                    raise self.store.decode_error(key, step, exc) from exc
         else:
-            out[...] = np.asarray(self.store.array(key)[step])
+            out[...] = self.store.read_steps(step, step + 1, [key])[key][0]
         if self.cache_size > 0:
             self._cache[(key, step)] = out.copy()
             if len(self._cache) > self.cache_size:

@@ -34,11 +34,11 @@ def compute_stats(
         stats: dict[str, dict[str, np.ndarray]] = {}
         for key in LOWDIM_KEYS:
             if key in st.keys:
-                values = np.asarray(st.array(key)[:n], dtype=np.float64)
+                values = np.asarray(st.read_steps(0, n, [key])[key], dtype=np.float64)
                 stats[key] = _summary(values.reshape(n, -1), (1,) if values.ndim == 1 else values.shape[1:])
         for key in st.image_keys:
             picks = np.unique(np.linspace(0, n - 1, num=min(n, image_samples)).round().astype(int))
-            frames = np.stack([np.asarray(st.array(key)[int(i)]) for i in picks]).astype(np.float64) / 255.0
+            frames = np.stack([st.read_steps(int(i), int(i) + 1, [key])[key][0] for i in picks]).astype(np.float64) / 255.0
             stats[key] = _summary(frames.reshape(-1, 3), (3,))
         if save is None:
             save = st.mode == "a"

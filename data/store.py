@@ -634,6 +634,9 @@ class EpisodeStore:
     def _read_episode_list(self) -> list[dict[str, Any]]:
         episodes = self._meta.attrs.get("episodes", [])
         if not isinstance(episodes, list) or not all(isinstance(e, dict) for e in episodes):
+            if self._repair:  # every entry is replaced by a placeholder in _recover
+                log.warning("Store %s: the per-episode metadata is unreadable; resetting it.", self.path)
+                return []
             meta_file = _meta_file(self.path / "meta", attrs=True)
             raise StoreError(
                 f"{meta_file} is damaged: its 'episodes' attribute must be a list of one metadata "
