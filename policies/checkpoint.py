@@ -142,8 +142,8 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, normalizer: Norm
         hint = ("free disk space" if exc.errno == errno.ENOSPC else
                 "make the run directory writable" if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
                 else "check the run directory")
-        raise PolicyError(f"could not write checkpoint {directory}: {reason}; {hint}, then continue "
-                          "from the last complete checkpoint (tether train --resume <run dir>)") from exc
+        kept = " (the previous one is intact)" if directory.exists() else ""
+        raise PolicyError(f"could not write checkpoint {directory}{kept}: {reason}; {hint}") from exc
     return directory
 
 

@@ -85,18 +85,20 @@ def _register_train(app: typer.Typer) -> None:
             run_dir = _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
                              threads, not no_progress, evaluate, eval_every, keep_every, overwrite)
         except TetherError as exc:
-            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            # soft_wrap: a path in the message stays on one line (copyable, greppable)
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
         except TrainingInterrupted as exc:
             console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}) at step {exc.step}: "
                           f"checkpoint saved to {exc.checkpoint}\n"
-                          f"continue with: tether train --resume {exc.run_dir}", highlight=False)
+                          f"continue with: tether train --resume {exc.run_dir}", highlight=False,
+                          soft_wrap=True)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow] before the first training step; nothing saved")
             raise typer.Exit(130) from None
         console.print(f"[green]done:[/green] {run_dir}  (serve with: tether serve {run_dir})",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 def _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,

@@ -486,10 +486,14 @@ class _Trainer:
 
         if not self.dist.is_main:
             return
-        save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model, normalizer=self.normalizer,
-                        policy_type=self.config.policy, spec=self.spec, step=self.step,
-                        ema_model=self.ema,
-                        train_state=self._train_state() if with_train_state else None)
+        try:
+            save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model,
+                            normalizer=self.normalizer, policy_type=self.config.policy, spec=self.spec,
+                            step=self.step, ema_model=self.ema,
+                            train_state=self._train_state() if with_train_state else None)
+        except PolicyError as exc:
+            raise PolicyError(f"{exc}. Training stopped at step {self.step}; once fixed, continue "
+                              f"with: tether train --resume {self.run_dir}") from exc
 
     def _train_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         opt = self.optimizer.state_dict()
