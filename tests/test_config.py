@@ -85,3 +85,36 @@ def test_robot_config_from_file_and_unknown_driver(tmp_path: Path):
     with pytest.raises(ConfigError, match="Unknown camera driver 'mystery'"):
         make_robot(cfg)
     assert load_robot_config("twin:lift", ["fps=50"]).twin_task == "lift"
+
+
+@dataclass
+class Rates:
+    lr: float = 1e-3
+    lr_backbone: float | None = None
+    max_step: float = 0.1
+    gains: list[float] = field(default_factory=lambda: [1.0])
+    steps: int = 10
+    name: str = "x"
+
+
+def test_scientific_notation_works_wherever_a_float_is_expected(tmp_path: Path):
+    # PyYAML (YAML 1.1) reads 1e-4, 3E5 and 1.0e5 as strings; they must still be numbers here
+    (tmp_path / "r.yaml").write_text("lr: 1e-4\nmax_step: 1e-1\ngains: [1e-2, 2, 3.5E1]\nsteps: 1e5\n")
+    cfg = load_config(Rates, tmp_path / "r.yaml", ["lr_backbone=3e-4", "name=1e3"])
+    assert cfg == Rates(lr=1e-4, lr_backbone=3e-4, max_step=0.1, gains=[0.01, 2.0, 35.0], steps=100_000,
+                        name="1e3")
+    assert isinstance(cfg.lr, float) and isinstance(cfg.steps, int)
+    assert load_config(Rates, None, ["lr=-2.5E-3", "lr_backbone=1.0e5"]).lr_backbone == 1e5
+    assert load_config(Rates, None, ["lr_backbone=null"]).lr_backbone is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=3e", r"'lr' expects float"),
+    ("lr=fast", r"'lr' expects float"),
+    ("lr='1e-4x'", r"'lr' expects float"),
+    ("steps=1.5e0", r"'steps' expects int"),  # not whole: never rounded
+    ("gains=[1e-2, x]", r"'gains\[1\]' expects float"),
+])
+def test_only_real_numbers_are_converted(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Rates, None, [override])
