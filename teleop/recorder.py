@@ -5,8 +5,9 @@
 
 Each tick samples every stream (see recorder_streams), asks the teleop device for a target,
 sends it through the robot's safety layer stamped with the time it was produced (a tick without
-a target calls `robot.tick()`, so the stale-target watchdog holds the arm once the device has
-been silent for `stale_after_s`), and queues one record: the observation arrays, the
+a target, or whose device read failed with a DeviceError, calls `robot.tick()`, so the
+stale-target watchdog holds the arm once the device has been silent for `stale_after_s`), and
+queues one record: the observation arrays, the
 action that actually reached the arms (`robot.act()`'s return value), the tick time, and each
 stream's capture time, host time and frame index. A background thread JPEG-encodes and appends
 records to the store's uncommitted tail; `save` commits the episode (episode_ends last), and
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tether.data.store import EpisodeStore, EpisodeWriter
-from tether.errors import StoreError, TetherError
+from tether.errors import DeviceClosedError, DeviceError, StoreError, TetherError
 from tether.robot.interfaces import ACTION_KEY, STATE_KEY, Robot, image_key
 from tether.robot.runtime import RateLoop, Tick
 from tether.teleop.base import TeleopDevice
@@ -177,13 +178,20 @@ class Recorder:
         loop = RateLoop(self.fps, realtime=self.realtime)
         self._loop = loop
         t_wall = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        state = {"steps": 0, "t0": time.monotonic(), "last_status": 0.0}
+        state = {"steps": 0, "t0": time.monotonic(), "last_status": 0.0, "device_errors": 0}
         spans = _Spans()
 
         def step(tick: Tick) -> bool:
             sample = streams.sample(tick.t_scheduled)
             obs = sample.observation
-            target = self.teleop.next_target(obs)
+            try:
+                target = self.teleop.next_target(obs)
+            except DeviceClosedError:
+                raise
+            except DeviceError as exc:  # a leader's bus timed out, a cable came loose: hold
+                target = None
+                state["device_errors"] += 1
+                monitor.warn("device", f"teleop device failed, the arm holds: {exc}")
             if target is not None:
                 sent = self.robot.act(target, t_target=self.robot.now())
             else:  # no input: the watchdog holds once the device has been silent too long
@@ -221,6 +229,7 @@ class Recorder:
             "loop": loop_stats.as_dict(),
             "sync": monitor.summary(),
             "writer": {"max_backlog": writer.max_backlog},
+            "device_errors": state["device_errors"],
             "safety": _diff_counts(self.robot.safety_counts(), safety_before),
         }
         meta = {

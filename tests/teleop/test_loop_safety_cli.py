@@ -65,45 +65,80 @@ def test_the_key_legend_renders_its_brackets():
 # --- the watchdog -----------------------------------------------------------------------------
 
 
-def test_teleop_holds_within_stale_after_s_when_the_leader_stops_answering(tmp_path):
+@pytest.fixture
+def leader_bus():
     pytest.importorskip("scservo_sdk")
     from tether.robot.emulators import FeetechBusEmulator
 
-    robot = make_robot("twin:lift", ["twin_params.cameras=[]"])
-    spec = next(iter(robot.raw_arms.values())).spec
+    with FeetechBusEmulator(list(range(1, 7))) as bus:
+        yield bus
+
+
+def _twin_with_leader(tmp_path, bus) -> str:
+    """twin:lift without cameras, driven by a leader arm on an emulated Feetech bus."""
+    spec = next(iter(make_robot("twin:lift", ["twin_params.cameras=[]"]).raw_arms.values())).spec
     motors = [{"name": n, "id": i + 1} for i, n in enumerate(spec.joint_names)]
-    with FeetechBusEmulator(list(range(1, spec.dof + 1))) as bus:
-        config = {
-            "name": "twin-with-leader",
-            "twin_task": "lift",
-            "twin_params": {"cameras": []},
-            "teleop": {"device": "leader", "params": {"leaders": [{
-                "follower": spec.name, "driver": "feetech",
-                "params": {"port": bus.port, "torque": False, "motors": motors,
-                           "packet_timeout_ms": 50.0},
-            }]}},
-        }  # fmt: skip
-        path = tmp_path / "robot.yaml"
-        path.write_text(yaml.safe_dump(config))
+    config = {
+        "name": "twin-with-leader",
+        "twin_task": "lift",
+        "twin_params": {"cameras": []},
+        "teleop": {"device": "leader", "params": {"leaders": [{
+            "follower": spec.name, "driver": "feetech",
+            "params": {"port": bus.port, "torque": False, "motors": motors,
+                       "packet_timeout_ms": 50.0},
+        }]}},
+    }  # fmt: skip
+    path = tmp_path / "robot.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
 
-        def unplug() -> None:  # once the leader has been read a while, every reply is garbage
-            deadline = time.monotonic() + 30
-            while sum(bus.counts.values()) < 40 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            bus.corrupt_replies = 10**9
 
-        cutter = threading.Thread(target=unplug, daemon=True)
-        cutter.start()
-        result = runner.invoke(build_app(), ["teleop", "--robot", str(path), "--duration", "3",
-                                             "--json", "--no-keyboard"])  # fmt: skip
-        cutter.join()
+def _unplug_later(bus, after_packets: int = 40) -> threading.Thread:
+    """Once the leader has been read a while, every reply of its bus is garbage."""
+
+    def unplug() -> None:
+        deadline = time.monotonic() + 30
+        while sum(bus.counts.values()) < after_packets and time.monotonic() < deadline:
+            time.sleep(0.01)
+        bus.corrupt_replies = 10**9
+
+    thread = threading.Thread(target=unplug, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_teleop_holds_within_stale_after_s_when_the_leader_stops_answering(tmp_path, leader_bus):
+    config = _twin_with_leader(tmp_path, leader_bus)
+    cutter = _unplug_later(leader_bus)
+    result = runner.invoke(build_app(), ["teleop", "--robot", config, "--duration", "3",
+                                         "--json", "--no-keyboard"])  # fmt: skip
+    cutter.join()
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["device_errors"] > 0 and report["holds"] >= report["device_errors"]
     watchdog = report["safety"].get("watchdog_hold", 0)
     assert watchdog > 0, report
     # every tick without a target after the first stale_after_s (+1 tick) was a watchdog hold
-    assert report["holds"] - watchdog <= _max_ticks_before_watchdog(robot.fps), report
+    assert report["holds"] - watchdog <= _max_ticks_before_watchdog(30.0), report
+
+
+def test_record_holds_within_stale_after_s_when_the_leader_stops_answering(tmp_path, leader_bus):
+    config = _twin_with_leader(tmp_path, leader_bus)
+    out = tmp_path / "leader.zarr"
+    cutter = _unplug_later(leader_bus)
+    result = runner.invoke(build_app(), ["record", "--robot", config, "--out", str(out),
+                                         "--episode-time", "2.5", "--no-keyboard"])  # fmt: skip
+    cutter.join()
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    with EpisodeStore.open(out) as store:
+        meta = store.episode_metadata(0)
+        actions = store.get_episode(0)["action"]
+    assert meta["realtime"] is True  # a person's device: real time, on the twin too
+    errors, watchdog = meta["stats"]["device_errors"], meta["stats"]["safety"]["watchdog_hold"]
+    assert errors > 0 and watchdog > 0, meta["stats"]
+    # The twin runs on wall-clock time here: one more tick of slack for the loop's start jitter.
+    assert errors - watchdog <= _max_ticks_before_watchdog(store.fps) + 1, meta["stats"]
+    np.testing.assert_array_equal(actions[-errors:], np.repeat(actions[-errors:][:1], errors, 0))
 
 
 class _GoesSilent(TeleopDevice):
