@@ -69,6 +69,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
         "streams": streams,
         "per_episode": episodes,
         "recovered_partial_steps": store.recovery.partial_steps,
+        "lost_episodes": store.recovery.lost_episodes,  # damage: see `tether data verify`
     }
 
 
