@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,17 +73,29 @@ class ArmSpec:
     upper: np.ndarray  # float64 (n,)
     home: np.ndarray  # float64 (n,)
     gripper_index: int | None = None  # which entry of `position` is the gripper
+    # Per-joint speed the arm can safely be commanded at, rad/s (gripper: its unit per second).
+    # None: the safety layer's conservative default applies (see robot/safety.py).
+    max_velocity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.joint_names)
-        for label in ("lower", "upper", "home"):
-            value = np.asarray(getattr(self, label), dtype=np.float64)
+        for label in ("lower", "upper", "home", "max_velocity"):
+            raw = getattr(self, label)
+            if raw is None and label == "max_velocity":
+                continue
+            value = np.asarray(raw, dtype=np.float64)
+            if label == "max_velocity" and value.ndim == 0:
+                value = np.full(n, float(value))
             if value.shape != (n,):
                 raise ValueError(
                     f"ArmSpec '{self.name}': {label} has shape {value.shape}, expected ({n},) "
                     f"to match joint_names"
                 )
             object.__setattr__(self, label, value)
+        if self.max_velocity is not None and not (
+            np.all(np.isfinite(self.max_velocity)) and np.all(self.max_velocity > 0)
+        ):
+            raise ValueError(f"ArmSpec '{self.name}': max_velocity must be finite and positive")
         if np.any(self.lower >= self.upper):
             raise ValueError(f"ArmSpec '{self.name}': every lower limit must be below its upper limit")
         if np.any(self.home < self.lower) or np.any(self.home > self.upper):
@@ -305,7 +317,15 @@ class Robot:
 
     `act(action)` splits the action vector by arm (robot order) and sends each part through that
     arm's SafeArm. Subclasses (the twin) may advance simulated time in `act`.
+
+    Time: `now()` is the safety clock every SafeArm of this robot uses (time.monotonic() on
+    hardware; simulated seconds on the twin). Stamp targets (`t_target`) on this clock.
+    `simulated_time` says whether that time is driven by the program rather than the wall: only
+    then may a loop run unpaced (fast, lockstep), see `require_simulated_time`.
     """
+
+    #: True when the robot's time is simulated (the twin): a loop may run faster than real time.
+    simulated_time: bool = False
 
     def __init__(
         self,
@@ -314,6 +334,8 @@ class Robot:
         safety=None,
         fps: float = 30.0,
         name: str = "robot",
+        clock: Callable[[], float] | None = None,
+        simulated_time: bool | None = None,
     ) -> None:
         from tether.robot.safety import SafeArm, SafetyConfig
 
@@ -323,11 +345,35 @@ class Robot:
         self.fps = float(fps)
         self.raw_arms: dict[str, Arm] = dict(arms)
         self.cameras: dict[str, Camera] = dict(cameras or {})
+        self.clock: Callable[[], float] = clock or time.monotonic
+        if simulated_time is not None:
+            self.simulated_time = bool(simulated_time)
         config = safety if safety is not None else SafetyConfig()
         self.arms: dict[str, SafeArm] = {
-            arm_name: SafeArm(arm, config) for arm_name, arm in self.raw_arms.items()
+            arm_name: SafeArm(arm, config, clock=self.clock)
+            for arm_name, arm in self.raw_arms.items()
         }
         self._connected = False
+
+    def now(self) -> float:
+        """The time on this robot's safety clock (use it for `t_target`)."""
+        return self.clock()
+
+    def require_simulated_time(self, mode: str) -> None:
+        """Refuse an unpaced mode (`--fast`, `--lockstep`, ...) on a robot that runs in real time.
+
+        Unpaced loops command the arm as fast as the host runs; only a simulation, whose time
+        advances with the loop, can take that. Raises SafetyError naming the mode and the fix.
+        """
+        if self.simulated_time:
+            return
+        from tether.errors import SafetyError
+
+        flag = mode if mode.startswith("--") else f"--{mode}"
+        raise SafetyError(
+            f"{flag} drives the arm as fast as the loop runs; robot '{self.name}' runs in real "
+            "time, so run it with --realtime (unpaced modes are for the twin only)."
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
     def __enter__(self):
@@ -405,7 +451,9 @@ class Robot:
     def act(self, action: np.ndarray, t_target: float | None = None) -> np.ndarray:
         """Send one action (all arms, robot order) through the safety layer.
 
-        Returns what actually reached the arms (after limits, rate limiting and e-stop).
+        t_target: when the action was produced, on this robot's clock (`now()`); an action older
+        than `stale_after_s` is refused and the arms hold. Returns what actually reached the
+        arms (after limits, velocity and following-error limits, and e-stop).
         """
         if not self._connected:
             raise DeviceClosedError(f"Robot '{self.name}' is not connected; call connect() first.")
@@ -421,6 +469,17 @@ class Robot:
             sent.append(arm.command(action[offset : offset + n], t_target=t_target))
             offset += n
         return np.concatenate(sent)
+
+    def tick(self) -> np.ndarray:
+        """One control tick without a new target: every arm re-sends its last safe command
+        while its target is fresh and holds (counting a watchdog hold) once it is stale.
+
+        Call it on every tick a loop has no new target (a teleop device or policy that is late),
+        so the stale-target watchdog runs. Returns what reached the arms.
+        """
+        if not self._connected:
+            raise DeviceClosedError(f"Robot '{self.name}' is not connected; call connect() first.")
+        return np.concatenate([arm.tick() for arm in self.arms.values()])
 
     def hold(self) -> np.ndarray:
         """Re-send every arm's last safe command (used by watchdogs when targets stop)."""

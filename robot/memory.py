@@ -2,14 +2,20 @@
 
 Used by tests of the layers above the drivers (safety, runtime, recorder plumbing) and as the
 reference implementation the contract suite is checked against. The arm tracks its target with
-a first-order lag in wall-clock time; the camera produces a synthetic pattern at its own fps on a
-background thread, like a real camera would.
+a first-order lag in wall-clock time (or on an injected clock); the camera produces a synthetic
+pattern at its own fps on a background thread, like a real camera would.
+
+A Robot of memory arms is a real-time robot (`simulated_time` False), like the hardware it
+stands in for: its arm moves in wall-clock time whether or not the loop keeps up. A test that
+wants to run one unpaced and deterministically gives the robot and its arms one ManualClock
+(`Robot(..., clock=clock, simulated_time=True)`) and advances it per tick.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,15 +41,37 @@ def default_arm_spec(name: str = "arm", dof: int = 6) -> ArmSpec:
     )
 
 
+class ManualClock:
+    """A clock that moves only when told to: inject it where code takes `clock=time.monotonic`."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = float(t)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> float:
+        if dt < 0:
+            raise ValueError("ManualClock only moves forward")
+        self.t += float(dt)
+        return self.t
+
+
 class MemoryArm(Arm):
-    def __init__(self, spec: ArmSpec | None = None, time_constant_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        spec: ArmSpec | None = None,
+        time_constant_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec = spec or default_arm_spec()
         self.time_constant_s = time_constant_s
+        self.clock = clock
         self._lock = threading.Lock()
         self._connected = False
         self._position = self.spec.home.copy()
         self._target = self.spec.home.copy()
-        self._t_update = time.monotonic()
+        self._t_update = clock()
         self.commands: list[np.ndarray] = []  # everything that reached the "motors"
 
     @classmethod
@@ -59,7 +87,7 @@ class MemoryArm(Arm):
 
     def connect(self) -> None:
         self._connected = True
-        self._t_update = time.monotonic()
+        self._t_update = self.clock()
 
     def close(self) -> None:
         self._connected = False
@@ -81,8 +109,8 @@ class MemoryArm(Arm):
             self.commands.append(target.copy())
 
     def _advance(self) -> float:
-        now = time.monotonic()
-        dt = now - self._t_update
+        now = self.clock()
+        dt = max(now - self._t_update, 0.0)
         alpha = 1.0 - np.exp(-dt / self.time_constant_s) if self.time_constant_s > 0 else 1.0
         self._position += alpha * (self._target - self._position)
         self._t_update = now

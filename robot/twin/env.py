@@ -37,6 +37,7 @@ class TwinEnv(gym.Env):
         render_mode: str | None = None,
         terminate_on_success: bool = True,
         max_step: float | None = None,
+        max_velocity: float | None = None,
         **twin_params: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -44,7 +45,9 @@ class TwinEnv(gym.Env):
         params = dict(twin_params, width=width, height=height)
         if cameras is not None:
             params["cameras"] = list(cameras)
-        safety = SafetyConfig(max_step=max_step) if max_step is not None else SafetyConfig()
+        # max_velocity: joint speed limit per simulated second (default: the twin arms' own);
+        # max_step: an optional extra cap per step.
+        safety = SafetyConfig(max_step=max_step, max_velocity=max_velocity)
         config = RobotConfig(
             name=f"twin-{task}", fps=fps, twin_task=task, twin_params=params, safety=safety
         )

@@ -10,6 +10,7 @@ tests.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -24,6 +25,13 @@ from tether.robot.safety import SafetyConfig
 from tether.robot.twin.devices import TwinArm, TwinCamera
 from tether.robot.twin.sim import Delay, TwinSim
 from tether.robot.twin.tasks import Task, make_task
+
+# Speed the twin's arms may be commanded at (rad/s; the gripper in its normalized 0..1 unit per
+# second), unless the robot config's `safety.max_velocity` says otherwise. 3 rad/s is about what
+# the modelled servo classes reach (STS3215 ~4.7, XM540 ~3.1 rad/s no load) and what the twin
+# configs allowed before limits were per second (0.1 rad per tick at 30 Hz); the scripted
+# experts peak at ~1.2 rad/s on lift and ~2.5 on the gripper, so they are not throttled.
+TWIN_MAX_VELOCITY = 3.0
 
 
 @dataclass
@@ -95,7 +103,13 @@ class TwinParams:
 
 
 class TwinRobot(Robot):
-    """The twin as a Robot: same arms/cameras API as hardware, plus reset/is_success/task."""
+    """The twin as a Robot: same arms/cameras API as hardware, plus reset/is_success/task.
+
+    Its time is simulated (`simulated_time`): `now()` is the simulation's device time, which
+    the safety layer and `t_target` stamps use.
+    """
+
+    simulated_time = True
 
     def __init__(
         self,
@@ -120,6 +134,9 @@ class TwinRobot(Robot):
             arm_name: TwinArm(self.sim, i, arm_name)
             for i, (arm_name, *_rest) in enumerate(task.sim_arms())
         }
+        for arm in arms.values():
+            if arm.spec.max_velocity is None:
+                arm.spec = dataclasses.replace(arm.spec, max_velocity=TWIN_MAX_VELOCITY)
         camera_names = list(task.default_cameras if params.cameras is None else params.cameras)
         for cam in camera_names:
             if cam not in task.cameras:
@@ -137,7 +154,16 @@ class TwinRobot(Robot):
             )
             for cam in camera_names
         }
-        super().__init__(arms, cameras, safety=safety, fps=fps, name=name or f"twin-{task.name}")
+        # The safety layer runs on simulated time (never reset, so it never goes back): in fast
+        # mode the velocity limit is per simulated second, whatever the host's speed.
+        super().__init__(
+            arms,
+            cameras,
+            safety=safety,
+            fps=fps,
+            name=name or f"twin-{task.name}",
+            clock=self._sim_clock,
+        )
         self.sim.add_after_step_hook(self._track_success)
         self._physics: threading.Thread | None = None
         self._stop_physics = threading.Event()
@@ -173,8 +199,14 @@ class TwinRobot(Robot):
             self._succeeded = False
             for cam in self.cameras.values():
                 cam.restart()
+        # The arms rest at home: seeded one period back, the first act() of the episode (sent
+        # at the reset's simulated time) may already move by one period's worth of velocity.
+        t_rest = self.now() - 1.0 / self.fps
         for safe in self.arms.values():
-            safe.filter.seed(safe.spec.home, safe._clock())
+            safe.seed(safe.spec.home, t=t_rest)
+
+    def _sim_clock(self) -> float:
+        return self.sim.device_time
 
     @property
     def sim_time(self) -> float:
@@ -255,6 +287,15 @@ class TwinRobot(Robot):
         """Send one action; in fast mode, then advance simulated time by one control period."""
         self._check_physics()
         sent = super().act(action, t_target=t_target)
+        if not self.realtime:
+            self.sim.advance()
+        self._steps += 1
+        return sent
+
+    def tick(self) -> np.ndarray:
+        """A tick without a new target (the watchdog runs); like act(), one period passes."""
+        self._check_physics()
+        sent = super().tick()
         if not self.realtime:
             self.sim.advance()
         self._steps += 1

@@ -5,7 +5,7 @@ import pytest
 
 from tether.errors import DeviceClosedError
 from tether.robot.interfaces import CameraSpec, Robot, image_key
-from tether.robot.memory import MemoryArm, MemoryCamera
+from tether.robot.memory import ManualClock, MemoryArm, MemoryCamera
 from tether.robot.safety import SafetyConfig
 from tether.robot.testing.contract import ArmContract, CameraContract
 
@@ -28,6 +28,7 @@ def make_robot() -> Robot:
         cameras={"top": MemoryCamera(CameraSpec("top", 32, 24, 60.0))},
         safety=SafetyConfig(max_step=0.1),
         fps=30,
+        clock=ManualClock(),  # the safety layer's time: the test advances it
     )
 
 
@@ -38,6 +39,7 @@ def test_robot_observe_and_act_through_safety():
         assert arrays["state"].shape == (12,) and arrays["state"].dtype == np.float32
         assert arrays[image_key("top")].shape == (24, 32, 3)
         assert set(obs.stream_times()) == {"state.left", "state.right", "image.top"}
+        robot.clock.advance(0.2)  # 1 rad/s default x 0.2 s, capped per call by max_step
         sent = robot.act(np.full(12, 3.0))
         np.testing.assert_allclose(sent, 0.1)  # rate limited from home (zeros)
         assert robot.safety_counts()["rate_limited"] == 2

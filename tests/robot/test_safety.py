@@ -18,7 +18,8 @@ SPEC = ArmSpec(
     home=np.array([0.0, 0.0, 1.0, 0.04]),
     gripper_index=3,
 )
-CONFIG = SafetyConfig(max_step=0.1, stale_after_s=0.2)
+# 10 rad/s with a 0.1 rad cap per call: at 100 Hz the two limits coincide (0.1 rad per tick).
+CONFIG = SafetyConfig(max_velocity=10.0, max_step=0.1, stale_after_s=0.2)
 
 wild_float = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=64),
@@ -57,7 +58,8 @@ def test_every_command_is_finite_inside_limits_and_rate_limited(events):
         assert cmd.shape == (4,)
         assert np.all(np.isfinite(cmd))
         assert np.all(cmd >= SPEC.lower) and np.all(cmd <= SPEC.upper)
-        assert np.all(np.abs(cmd - previous) <= CONFIG.max_step + 1e-12)
+        allowed = min(CONFIG.max_step, 10.0 * min(dt, CONFIG.stale_after_s))
+        assert np.all(np.abs(cmd - previous) <= allowed + 1e-12)
         if filt.estopped:
             np.testing.assert_array_equal(cmd, previous)
         previous = cmd
@@ -74,7 +76,7 @@ def test_valid_target_is_reached_in_rate_limited_steps():
 
 
 def test_out_of_limit_target_is_clipped_and_counted():
-    filt = SafetyFilter(SPEC, SafetyConfig(max_step=10.0))
+    filt = SafetyFilter(SPEC, SafetyConfig(max_velocity=1000.0))
     filt.seed(SPEC.home, 0.0)
     cmd = filt.step(np.array([5.0, -5.0, 1.0, 1.0]), 0.01).command
     np.testing.assert_allclose(cmd, [1.0, -2.0, 1.0, 0.08])
