@@ -28,8 +28,10 @@ import pytest
 from tether.errors import DeviceClosedError
 from tether.robot.interfaces import Arm, Camera, Frame, JointState
 
-# read() must return promptly: it hands over the newest frame, it does not wait for one.
-READ_BUDGET_S = 0.010
+# read() must return promptly: it hands over the newest frame, it does not wait for one. The
+# behaviour is checked by frame indices (reads in a row return the same frame); this wall-clock
+# bound only catches a read that hangs, with room for a loaded host.
+READ_BUDGET_S = 0.5
 
 
 class CameraContract:
@@ -77,10 +79,13 @@ class CameraContract:
         with make_camera() as cam:
             cam.read()
             worst = 0.0
+            indices = []
             for _ in range(20):
                 t0 = time.perf_counter()
-                cam.read()
+                indices.append(cam.read().index)
                 worst = max(worst, time.perf_counter() - t0)
+            # a read that waited for the next frame would return 20 different frames
+            assert len(set(indices)) < len(indices), f"every read returned a new frame: {indices}"
             assert worst < READ_BUDGET_S, f"read() took {worst * 1e3:.1f} ms; it must not wait for a frame"
 
     def test_read_after_close_raises(self, make_camera):
@@ -148,7 +153,7 @@ class ArmContract:
             t0 = time.perf_counter()
             for _ in range(10):
                 arm.read()
-            assert (time.perf_counter() - t0) / 10 < 0.05
+            assert (time.perf_counter() - t0) / 10 < READ_BUDGET_S  # no hang (loaded-host margin)
 
     def test_io_after_close_raises(self, make_arm):
         arm = make_arm()
