@@ -10,7 +10,7 @@ import pytest
 from tether.errors import ConfigError
 from tether.robot.emulators import DynamixelBusEmulator, FeetechBusEmulator
 from tether.robot.interfaces import ArmSpec, Robot
-from tether.robot.memory import MemoryArm
+from tether.robot.memory import ManualClock, MemoryArm
 from tether.robot.safety import SafetyConfig
 from tether.teleop.factory import make_teleop
 from tether.teleop.leader import LeaderTeleop
@@ -19,6 +19,7 @@ pytest.importorskip("scservo_sdk")
 
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 TICKS_PER_RAD = 4096 / (2 * math.pi)
+MAX_VELOCITY = 5.0  # rad/s: 0.1 rad per tick at 50 Hz
 
 
 def leader_params(port: str, driver: str = "feetech", follower: str = "main") -> dict:
@@ -34,12 +35,17 @@ def leader_params(port: str, driver: str = "feetech", follower: str = "main") ->
 
 
 def memory_robot(fps: float = 50.0) -> Robot:
+    """A follower on a manual clock that `run_ticks` advances one period per tick: the loop runs
+    unpaced and deterministic, and the safety layer sees the time a real loop would."""
     n = len(JOINTS)
     lower, upper = np.full(n, -math.pi), np.full(n, math.pi)
     lower[-1], upper[-1] = 0.0, 2.0  # follower gripper range is twice the leader's
     spec = ArmSpec("main", JOINTS, lower, upper, np.zeros(n), gripper_index=n - 1)
-    arm = MemoryArm(spec, time_constant_s=0.0)  # follows its command at once: checks are exact
-    return Robot({"main": arm}, safety=SafetyConfig(max_step=0.1), fps=fps, name="so101-memory")
+    clock = ManualClock()
+    arm = MemoryArm(spec, time_constant_s=0.0, clock=clock)  # follows at once: checks are exact
+    safety = SafetyConfig(max_velocity=MAX_VELOCITY)  # MAX_VELOCITY / fps rad per tick
+    return Robot({"main": arm}, safety=safety, fps=fps, name="so101-memory", clock=clock,
+                 simulated_time=True)
 
 
 @pytest.fixture
@@ -56,6 +62,7 @@ def set_leader(bus, pose: np.ndarray) -> None:
 def run_ticks(robot, teleop, n: int) -> list[np.ndarray]:
     sent = []
     for _ in range(n):
+        robot.clock.advance(1.0 / robot.fps)
         target = teleop.next_target(robot.observe())
         sent.append(robot.act(target))
     return sent
@@ -99,7 +106,7 @@ def test_a_leader_jump_is_rate_limited_by_the_safety_layer(leader_bus):
         assert teleop.engaged
         set_leader(leader_bus, np.array([2.0, 0, 0, 0, 0, 0]))  # the servo glitches a full 2 rad
         sent = run_ticks(robot, teleop, 1)[0]
-        assert sent[0] == pytest.approx(0.1)  # SafetyConfig.max_step
+        assert sent[0] == pytest.approx(MAX_VELOCITY / robot.fps)  # one tick at the speed limit
         assert robot.safety_counts().get("rate_limited", 0) >= 1
 
 

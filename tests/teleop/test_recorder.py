@@ -12,7 +12,7 @@ import pytest
 from tether.data.store import EpisodeStore
 from tether.errors import StoreError
 from tether.robot.interfaces import CameraSpec, Frame, Robot
-from tether.robot.memory import MemoryArm, MemoryCamera, default_arm_spec
+from tether.robot.memory import ManualClock, MemoryArm, MemoryCamera, default_arm_spec
 from tether.teleop.base import TeleopDevice
 from tether.teleop.recorder import DISCARDED, SAVED, Recorder
 from tether.teleop.recorder_keys import KeyboardControls
@@ -65,11 +65,15 @@ class ResizingCamera(MemoryCamera):
         return frame
 
 
-def make_robot(cameras=None, fps: float = FPS) -> Robot:
-    arms = {n: MemoryArm(default_arm_spec(n)) for n in ("left", "right")}
+def make_robot(cameras=None, fps: float = FPS, clock: ManualClock | None = None) -> Robot:
+    """Memory arms in real time, or on `clock` (simulated time: the test advances it)."""
+    arm_clock = {} if clock is None else {"clock": clock}
+    arms = {n: MemoryArm(default_arm_spec(n), **arm_clock) for n in ("left", "right")}
     if cameras is None:
         cameras = {n: MemoryCamera(CameraSpec(n, 64, 48, fps)) for n in ("front", "wrist")}
-    return Robot(arms, cameras, fps=fps, name="memory")
+    if clock is None:
+        return Robot(arms, cameras, fps=fps, name="memory")
+    return Robot(arms, cameras, fps=fps, name="memory", clock=clock, simulated_time=True)
 
 
 @pytest.fixture
@@ -277,27 +281,29 @@ def test_fps_must_match_the_store(store):
 
 
 class TakeoverTeleop(SineTeleop):
-    """Intervenes on steps 5-9 and gives no input (None: hold) on steps 12-14."""
+    """Intervenes on steps 5-9 and gives no input (None: hold) on steps 12-14. Each call is one
+    tick of the robot's simulated clock."""
 
-    def __init__(self, dof: int) -> None:
+    def __init__(self, dof: int, clock: ManualClock) -> None:
         super().__init__(dof)
-        self.calls = 0
+        self.clock = clock
 
     @property
     def intervening(self) -> bool:
         return 5 <= self.calls - 1 < 10
 
     def next_target(self, observation):
-        self.calls += 1
-        if 12 <= self.calls - 1 < 15:
+        self.clock.advance(1.0 / FPS)
+        if 12 <= self.calls < 15:
+            self.calls += 1
             return None
-        return super().next_target(observation)
+        return super().next_target(observation)  # counts the call
 
 
 def test_intervention_spans_and_hold_without_input_in_fast_mode(store):
-    robot = make_robot(cameras={})
-    robot.simulated_time = True  # fast mode is refused on real-time robots; this one is a stand-in
-    teleop = TakeoverTeleop(robot.action_dim)
+    clock = ManualClock()
+    robot = make_robot(cameras={}, clock=clock)  # fast mode needs a robot on simulated time
+    teleop = TakeoverTeleop(robot.action_dim, clock)
     with robot:
         result = Recorder(robot, teleop, store, realtime=False).record_episode(max_steps=20)
     assert result.steps == 20
@@ -306,6 +312,8 @@ def test_intervention_spans_and_hold_without_input_in_fast_mode(store):
     actions = store.get_episode(0)["action"]
     np.testing.assert_array_equal(actions[12], actions[11])  # held during the gap
     np.testing.assert_array_equal(actions[14], actions[11])
+    assert not np.array_equal(actions[11], actions[10])  # moving before the gap and after it
+    assert not np.array_equal(actions[16], actions[15])
     np.testing.assert_allclose(store.get_episode(0)["timestamp"], np.arange(20) / FPS)
 
 
