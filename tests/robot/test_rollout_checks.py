@@ -163,7 +163,7 @@ def test_a_policy_that_goes_silent_makes_the_arm_hold_within_stale_after_s(app, 
 
 def test_rollout_e_key_latches_the_estop_and_progress_is_plain_when_piped(tmp_path):
     out = tmp_path / "e.json"
-    result = _tether("rollout", "--policy", "simple:waypoint", "--lockstep", "--max-steps", "20",
+    result = _tether("rollout", "--policy", "simple:waypoint", "--lockstep", "--max-steps", "60",
                      "--episodes", "2", "--keyboard", "--json", str(out), *NO_CAMERAS,
                      stdin=b"e")  # fmt: skip
     stdout = result.stdout.decode()

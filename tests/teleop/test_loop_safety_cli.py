@@ -177,10 +177,10 @@ def test_keyboard_teleop_records_in_real_time_on_the_twin(tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     with EpisodeStore.open(out) as store:
         meta = store.episode_metadata(0)
-        stamps = store.get_episode(0)["timestamp"]
     assert meta["realtime"] is True
-    # host tick times: the episode took the wall-clock second it was asked to last
-    assert stamps[-1] - stamps[0] >= 1.0 - 2.0 / store.fps
+    # the loop ran for the wall-clock second it was asked to (fast mode takes a fraction of it;
+    # the last period may be cut short when the loop ends)
+    assert meta["stats"]["loop"]["duration_s"] >= 1.0 - 1.0 / meta["fps"]
 
 
 def test_fast_mode_is_refused_for_people_and_for_real_time_robots(tmp_path):
