@@ -431,7 +431,8 @@ class _Trainer:
                 meter.tick(self.step, time.perf_counter())
                 if meter.estimate_ready():
                     self.progress_ui.say(meter.estimate_text())
-                if self.step % c.log_every == 0 or self.step == c.steps:
+                stopping = self.dist.any(stop.requested is not None) and self.step < c.steps
+                if self.step % c.log_every == 0 or self.step == c.steps or stopping:
                     dt = time.perf_counter() - window_t
                     row = {"step": self.step, **{k: v / window_n for k, v in sums.items()},
                            "lr": self.optimizer.param_groups[0]["lr"], "it_s": window_n / dt,
@@ -445,7 +446,6 @@ class _Trainer:
                                             self.optimizer.param_groups[0]["lr"], meter.rate())
                 evaluating = c.eval_every > 0 and self.evaluate is not None and (
                     self.step % c.eval_every == 0 or self.step == c.steps)
-                stopping = self.dist.any(stop.requested is not None) and self.step < c.steps
                 if self.step % c.save_every == 0 or self.step == c.steps or evaluating or stopping:
                     self._save("last")
                 if c.keep_every > 0 and (self.step % c.keep_every == 0 or self.step == c.steps):
