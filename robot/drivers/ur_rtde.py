@@ -188,6 +188,7 @@ class URArm(Arm):
             if step > allowed + 1e-12:
                 raise DeviceError(
                     f"Arm '{self.name}': a {step:.3f} rad step in one period exceeds max_joint_speed "
-                    f"({self.params.max_joint_speed} rad/s); lower the safety layer's max_step."
+                    f"({self.params.max_joint_speed} rad/s) x servo_period_s; lower the robot config's "
+                    "safety.max_step (the cap per command) or safety.max_velocity."
                 )
         return target
