@@ -79,6 +79,7 @@ class Recovery:
     repaired: bool  # True when the tail was truncated on disk (append mode)
     lost_episodes: int = 0  # episode_ends entries that look committed but whose data is missing
     missing_metadata: int = 0  # committed episodes without a metadata entry
+    missing_keys: tuple[str, ...] = ()  # arrays the last commit had that are gone
 
     @property
     def clean(self) -> bool:
@@ -87,7 +88,7 @@ class Recovery:
     @property
     def damaged(self) -> bool:
         """Committed data is missing: not a crash tail, needs `tether data repair`."""
-        return self.lost_episodes > 0 or self.missing_metadata > 0
+        return self.lost_episodes > 0 or self.missing_metadata > 0 or bool(self.missing_keys)
 
 
 def is_image_key(key: str) -> bool:
@@ -631,6 +632,18 @@ class EpisodeStore:
             raise _damaged(path, path / "meta" / "episode_ends", exc) from exc
         self._recover(ends)
 
+    def _keys_lost_since_commit(self, valid: int) -> tuple[str, ...]:
+        """Arrays the last committed episode's manifest lists that the store no longer has."""
+        if valid == 0:
+            return ()
+        try:
+            man = _manifest.load(self.path, valid - 1)
+        except StoreError:
+            return ()  # a corrupt manifest is reported by verify, not fatal here
+        if man is None:
+            return ()
+        return tuple(sorted(set(man["keys"]) - set(self._arrays)))
+
     def _read_episode_list(self) -> list[dict[str, Any]]:
         episodes = self._meta.attrs.get("episodes", [])
         if not isinstance(episodes, list) or not all(isinstance(e, dict) for e in episodes):
@@ -705,10 +718,11 @@ class EpisodeStore:
         self._ends = ends[:valid].copy()
         committed = self.n_steps
         partial = max(lengths) - committed if lengths else 0
-        if (lost or missing_meta) and self.mode == "a" and not self._repair:
+        missing_keys = self._keys_lost_since_commit(valid)
+        if (lost or missing_meta or missing_keys) and self.mode == "a" and not self._repair:
             raise StoreError(
                 f"{self.path} is damaged, not just interrupted: "
-                + _describe_damage(lost, missing_meta, valid)
+                + _describe_damage(lost, missing_meta, valid, missing_keys)
                 + f" Opening it for appending would silently drop that. Run `tether data verify "
                 f"{self.path}` to see the damage, then `tether data repair {self.path}` to keep the "
                 f"{valid} intact episodes (or restore the store from a backup)."
@@ -728,10 +742,12 @@ class EpisodeStore:
             repaired = True
         if self.mode == "a":
             _manifest.remove_from(self.path, valid)  # manifests of uncommitted episodes
-        self.recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta)
+        self.recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta,
+                                 missing_keys)
         if self.recovery.damaged:
             log.warning(
-                "Store %s is damaged: %s %s", self.path, _describe_damage(lost, missing_meta, valid),
+                "Store %s is damaged: %s %s", self.path,
+                _describe_damage(lost, missing_meta, valid, missing_keys),
                 "Repaired: the damaged episodes were dropped." if repaired else
                 f"They are hidden; run `tether data repair {self.path}`.",
             )
@@ -1196,8 +1212,8 @@ def _damaged(store: Path, folder: Path, exc: BaseException) -> StoreError:
     )
 
 
-def _describe_damage(lost: int, missing_meta: int, valid: int) -> str:
-    parts = []
+def _describe_damage(lost: int, missing_meta: int, valid: int, missing_keys: tuple[str, ...] = ()) -> str:
+    parts = [f"the arrays {', '.join('data/' + k for k in missing_keys)} are gone"] if missing_keys else []
     if lost:
         parts.append(f"{lost} committed episode(s) after episode {valid - 1} have missing data "
                      "(meta/episode_ends, the data arrays and the manifests disagree)")

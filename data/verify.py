@@ -24,7 +24,7 @@ import numpy as np
 
 from tether.data import manifest as _manifest
 from tether.data.durable import write_durable
-from tether.data.store import EpisodeStore
+from tether.data.store import EpisodeStore, _describe_damage
 from tether.errors import StoreError
 
 
@@ -71,11 +71,11 @@ def verify_store(store: EpisodeStore) -> VerifyReport:
                           partial_steps=store.recovery.partial_steps)
     rec = store.recovery
     if rec.damaged and not rec.repaired:
+        what = _describe_damage(rec.lost_episodes, rec.missing_metadata, store.n_episodes,
+                                rec.missing_keys)
         report.problems.append(Problem(
-            "damaged",
-            f"{rec.lost_episodes} committed episode(s) after the last intact one lost their data "
-            f"and {rec.missing_metadata} lost their metadata; they are hidden. `tether data "
-            f"repair {store.path}` drops them for good.",
+            "damaged", f"{what} `tether data repair {store.path}` makes the store consistent "
+            "again (restore from a backup to get the data back).",
         ))
     for episode in range(store.n_episodes):
         try:

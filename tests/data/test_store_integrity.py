@@ -269,3 +269,21 @@ def test_next_seed_continues_after_recorded_seeds(path, tmp_path):
         assert store.next_seed == 13
     with EpisodeStore.create(tmp_path / "e.zarr", 30.0) as empty:
         assert empty.next_seed == 0
+
+
+def test_a_deleted_array_is_damage_not_a_new_schema(path):
+    shutil.rmtree(path / "data" / "image.cam")
+    with pytest.raises(StoreError, match=r"data/image.cam are gone.*tether data repair"):
+        EpisodeStore.open(path, "a")
+    with EpisodeStore.open(path, "r") as reader:
+        assert reader.recovery.missing_keys == ("image.cam",)
+    assert {p.kind for p in verify_path(path).problems} >= {"missing", "damaged"}
+
+
+def test_corrupt_manifest_is_named_and_repair_rewrites_it(path):
+    (path / "manifest" / "000001.json").write_text("{ not json")
+    with EpisodeStore.open(path) as store, pytest.raises(StoreError, match=r"000001.json is corrupt"):
+        store.get_episode(1)
+    assert [p.kind for p in verify_path(path).problems] == ["manifest"]
+    result = repair_store(path)
+    assert result.after.ok and any("episode(s) [1]" in a for a in result.actions)
