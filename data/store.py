@@ -163,6 +163,11 @@ class EpisodeStore:
                 f"Refusing to overwrite {path}: it is a non-empty directory that is not an "
                 "episode store. Pick another path or remove it yourself."
             )
+        if _lock is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _os_error(exc, f"creating the folder {path.parent}") from exc
         lock = _lock or StoreLock(path).acquire("replace it" if path.exists() else "create it")
         try:
             cls._create_locked(path, fps, zarr_format, image_codec, image_quality, robot_config,
