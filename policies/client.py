@@ -358,7 +358,8 @@ class PolicyClient:
         return True
 
     def _receive(self, timeout_s: float) -> protocol.Message | None:
-        assert self._socket is not None
+        if self._socket is None:  # closed: nothing is in flight, nothing can arrive
+            return None
         if not self._poller.poll(int(max(0.0, timeout_s) * 1000)):
             return None
         frames = self._socket.recv_multipart(copy=False)
