@@ -15,6 +15,7 @@ from tether.cli import build_app
 from tether.data.dataset import EpisodeDataset
 from tether.data.store import EpisodeStore
 from tether.robot.factory import make_robot
+from tether.robot.twin.robot import TWIN_MAX_VELOCITY
 from tether.teleop.factory import make_teleop
 from tether.teleop.recorder import SAVED, Recorder
 
@@ -50,7 +51,8 @@ def test_twin_episodes_are_recorded_with_sync_stats(twin_store):
             assert np.all(np.diff(ep["image.top_t"]) > 0)
             np.testing.assert_array_equal(np.diff(ep["image.top_index"]), 1)
             assert ep["image.top"].shape == (n, 120, 160, 3) and ep["image.top"].std() > 5
-            assert np.all(np.abs(np.diff(ep["action"], axis=0)) <= 0.05 + 1e-6)  # safety rate limit
+            # the safety layer's velocity limit, per simulated second
+            assert np.all(np.abs(np.diff(ep["action"], axis=0)) <= TWIN_MAX_VELOCITY / store.fps + 1e-6)
         first, second = store.get_episode(0)["state"], store.get_episode(1)["state"]
         assert len(first) != len(second) or not np.allclose(first, second)  # different seeds
 
