@@ -113,7 +113,9 @@ def load_client_keys(directory: Path, client_name: str = "client") -> ClientKeys
     return ClientKeys(server_public, public, secret)
 
 
-def configure_client(socket: zmq.Socket, keys: ClientKeys | Path, client_name: str = "client") -> None:
+def configure_client(
+    socket: zmq.Socket, keys: ClientKeys | Path, client_name: str = "client"
+) -> None:
     """Give `socket` a client key pair and the server's public key (call before connect())."""
     if not isinstance(keys, ClientKeys):
         keys = load_client_keys(Path(keys), client_name)

@@ -82,7 +82,9 @@ def test_piped_stdout_gets_plain_progress_lines(tmp_path):
     assert proc.returncode == 0, _text(proc)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("eval lift:")]
     assert lines[0] == "eval lift: 0/2 episodes started", proc.stdout
-    assert lines[-1].startswith("eval lift: 2/2 episodes, success ") and lines[-1].endswith("(done)")
+    assert lines[-1].startswith("eval lift: 2/2 episodes, success ") and lines[-1].endswith(
+        "(done)"
+    )
     assert "\x1b[" not in "".join(lines)  # plain text, no terminal control codes
 
 

@@ -92,7 +92,8 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         failures = _worker_failures(out / "logs")
         if failures:
             w, failure = failures[0]
-            others = f" ({len(failures) - 1} more worker(s) failed too)" if len(failures) > 1 else ""
+            more = len(failures) - 1
+            others = f" ({more} more worker(s) failed too)" if more else ""
             raise TetherError(
                 f"evaluation failed at {failure.get('text', failure)}{others}; the full log is "
                 f"{out / 'logs' / f'worker_{w}.log'}"
@@ -123,7 +124,8 @@ def _worker_failures(logs: Path) -> list[tuple[int, dict[str, Any]]]:
     failures = []
     for path in sorted(logs.glob("worker_*.error.json")):
         try:
-            failures.append((int(path.name.split("_")[1].split(".")[0]), json.loads(path.read_text())))
+            index = int(path.name.split("_")[1].split(".")[0])
+            failures.append((index, json.loads(path.read_text())))
         except (ValueError, OSError):
             continue
     return failures
