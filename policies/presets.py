@@ -7,7 +7,9 @@
   (10 DDIM steps in < 100 ms at 96x96).
 - `full`: Diffusion Policy with the paper U-Net (512/1024/2048); for ACT the same as default.
 
-A preset fills every TrainConfig / model field the user left unset; explicit values win.
+A preset fills every TrainConfig / model field the user left unset; explicit values win. When
+no preset is named, the trainer picks `cpu` on a CPU and `default` on a GPU
+(`tether.policies.trainer.choose_preset`).
 """
 
 from __future__ import annotations

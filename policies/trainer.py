@@ -184,10 +184,14 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, remove: bool = True) -> None
     The old `checkpoints/` leaves in one rename before anything else is deleted, so a crash
     part-way never leaves a mix of old and new checkpoints that `load_policy` could pick up.
     """
+    for parent in [run_dir, *run_dir.parents]:  # fail before training, not at the first save
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {run_dir}: {parent} is a file, not a folder; give a "
+                                  "directory for the run")
+            break
     if not run_dir.exists():
         return
-    if not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file; give a directory for the run")
     entries = sorted(p.name for p in run_dir.iterdir())
     if not entries:
         return

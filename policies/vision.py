@@ -142,7 +142,8 @@ def load_pretrained(model: ResNet18, path: str | Path) -> None:
     """Load torchvision-named ResNet-18 weights from a local .pth/.pt/.safetensors file.
 
     The classifier (`fc.*`) is ignored. `.pth` files are read with `weights_only=True`, so no
-    code inside the file runs. GroupNorm trunks cannot take BatchNorm statistics.
+    code inside the file runs. GroupNorm trunks cannot take BatchNorm statistics. Only training
+    calls this: loading a checkpoint never follows the path stored in it.
     """
     path = Path(path)
     if not path.is_file():
@@ -150,7 +151,10 @@ def load_pretrained(model: ResNet18, path: str | Path) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # SafetensorError: corrupt or truncated
+            raise PolicyError(f"could not read {path} as a safetensors weights file: {exc}") from exc
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
