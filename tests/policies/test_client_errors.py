@@ -174,3 +174,18 @@ def test_rollout_raises_the_servers_policy_error_without_retrying():
     assert proc.returncode == 2, text
     assert "the model exploded on purpose" in text and "policy_error" in text
     assert server.stats.errors["policy_error"] == 1  # raised at the first rejection
+
+
+def test_rollout_to_nothing_listening_times_out_naming_the_address():
+    proc = rollout("--server", "tcp://127.0.0.1:9", "--timeout", "0.3")
+    text = _output(proc)
+    assert proc.returncode == 2, text
+    assert "tcp://127.0.0.1:9" in text and "tether serve" in text and "Traceback" not in text
+
+
+def test_rollout_beyond_loopback_without_keys_warns_once_then_times_out():
+    proc = rollout("--server", "tcp://192.0.2.7:5555", "--timeout", "0.3")
+    text = _output(proc)
+    assert proc.returncode == 2, text
+    assert text.count("without CURVE keys") == 1, text
+    assert "tcp://192.0.2.7:5555" in text and "Traceback" not in text
