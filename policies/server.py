@@ -140,6 +140,7 @@ class PolicyServer:
         warn_if_exposed(self.config.address, self.config.keys_dir)
         self._stop.clear()
         self._scheduler = _RoundRobin(self.config.max_queued_per_client, self.config.max_clients)
+        self.client_policies = _ClientPolicies(self.policy, self.config.max_client_states)
         self._context = zmq.Context()
         try:
             self._router = self._make_router()
