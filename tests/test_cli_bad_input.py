@@ -235,6 +235,24 @@ def test_a_bug_shows_its_traceback_with_verbose(capfd):
     assert "Traceback" in err and "ZeroDivisionError" in err
 
 
+def test_a_library_error_raised_from_a_file_error_names_the_file(capfd):
+    class LibraryError(Exception):
+        pass
+
+    def raise_wrapped():
+        try:
+            raise FileNotFoundError(2, "No such file or directory", "/data/x.zarr/zarr.json")
+        except FileNotFoundError as exc:
+            raise LibraryError("metadata missing") from exc
+
+    app = typer.Typer()
+    app.command("fail")(raise_wrapped)
+    app.command("other")(lambda: None)
+    assert run(["fail"], app=app) == 2
+    err = capfd.readouterr().err
+    assert "/data/x.zarr/zarr.json" in err and "LibraryError" in err and "Traceback" not in err
+
+
 def test_an_os_error_without_a_path_still_reads_as_one_line():
     message = describe_os_error(OSError(28, "No space left on device"))
     assert message.startswith("No space left on device") and "\n" not in message

@@ -113,6 +113,10 @@ def run(args: list[str], verbose: bool = False, app: typer.Typer | None = None) 
         return 2
     except Exception as exc:  # a bug: say so in one line, keep the traceback for -v
         _maybe_traceback(exc, verbose)
+        cause = _file_error_cause(exc)
+        if cause is not None:  # a library's own error raised `from` a file system error
+            _print_error(f"{describe_os_error(cause)} ({type(exc).__name__}: {exc})")
+            return 2
         hint = "" if verbose else " Run with -v for the traceback (tether -v ...)."
         _print_error(f"unexpected {type(exc).__name__}: {exc}.{hint}")
         return 1
@@ -139,6 +143,21 @@ def describe_os_error(exc: OSError) -> str:
     where = f" {' -> '.join(paths)}" if paths else ""
     fix = _OS_ERROR_FIXES.get(exc.errno or -1)
     return f"{reason}:{where}" + (f" ({fix})." if fix else ".")
+
+
+def _file_error_cause(exc: BaseException) -> OSError | None:
+    """The OSError with a path that `exc` was explicitly raised from, if any.
+
+    Only `__cause__` (raise ... from ...) counts: `__context__` may be an unrelated error that
+    was handled before the real one happened."""
+    seen: set[int] = set()
+    current = exc.__cause__
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.filename is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
 
 
 def _print_error(message: str) -> None:
