@@ -738,6 +738,8 @@ class EpisodeStore:
         repaired = False
         if (partial or dropped_meta or invalid or missing_meta) and self.mode == "a":
             try:
+                if valid == 0:
+                    self._drop_uncommitted_schema()
                 self._truncate_tail()
                 self._shrink_ends(valid)
                 if dropped_meta or missing_meta:
@@ -788,6 +790,16 @@ class EpisodeStore:
             if arr.shape[0] != committed:
                 arr.resize((committed, *arr.shape[1:]))
 
+    def _drop_uncommitted_schema(self) -> None:
+        """With no committed episode, the arrays are only a killed first episode's tail.
+
+        Its writer may have died while creating them one by one, so the set of keys is not a
+        schema anyone committed to: remove them, and the next episode creates its own.
+        """
+        for key in list(self._arrays):
+            shutil.rmtree(self.path / "data" / key)
+            del self._arrays[key]
+
     def _shrink_ends(self, n: int) -> None:
         """Cut `episode_ends` to `n` entries, zeroing the cut slots first.
 
@@ -808,7 +820,7 @@ class EpisodeStore:
         """
         n = self.n_episodes
         steps = [
-            self._truncate_tail,
+            self._drop_uncommitted_schema if n == 0 else self._truncate_tail,
             lambda: self._shrink_ends(n),
             lambda: _manifest.remove_from(self.path, n),
         ]

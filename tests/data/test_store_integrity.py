@@ -287,3 +287,19 @@ def test_corrupt_manifest_is_named_and_repair_rewrites_it(path):
     assert [p.kind for p in verify_path(path).problems] == ["manifest"]
     result = repair_store(path)
     assert result.after.ok and any("episode(s) [1]" in a for a in result.actions)
+
+
+def test_a_first_episode_killed_while_creating_arrays_does_not_fix_the_schema(tmp_path):
+    path = tmp_path / "k.zarr"
+    store = EpisodeStore.create(path, 30.0)
+    partial = {k: v for k, v in episode(3).items() if k != "timestamp"}
+    store.begin_episode().extend(partial)  # as if killed before the last array was created
+    store._lock.release()
+    with EpisodeStore.open(path, "a") as again:
+        assert again.recovery.partial_steps == 3 and again.keys == []
+        assert again.add_episode(episode(4)) == 0
+        assert "timestamp" in again.keys
+    with EpisodeStore.create(tmp_path / "d.zarr", 30.0) as fresh:
+        fresh.begin_episode().extend(partial)
+        fresh._writer.discard()  # a discarded first attempt does not fix the schema either
+        assert fresh.add_episode(episode(2)) == 0
