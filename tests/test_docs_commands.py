@@ -204,6 +204,31 @@ def test_every_help_example_parses_and_every_group_has_one(root):
     assert not problems, "\n".join(problems)
 
 
+def test_every_option_the_prose_names_exists(root):
+    """`--options` quoted in prose ("Options: `--episodes`, `--seed` ...") belong to some tether
+    command, or to a benchmark script (argparse); a renamed option shows up here."""
+    known = {"--help"}
+
+    def collect(cmd):
+        for p in cmd.params:
+            known.update(p.opts + p.secondary_opts)
+        for sub in (getattr(cmd, "commands", None) or {}).values():
+            collect(sub)
+
+    collect(root)
+    for script in (ROOT / "benchmarks").glob("*.py"):
+        known.update(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", script.read_text()))
+    unknown = [
+        f"{path.relative_to(ROOT)}:{number}: {option}"
+        for path in DOCS
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for span in re.findall(r"`([^`]+)`", line)
+        for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", span)
+        if option not in known
+    ]
+    assert not unknown, "options in the docs that no command accepts:\n" + "\n".join(unknown)
+
+
 def test_every_config_file_the_docs_name_exists():
     missing = [
         f"{path.relative_to(ROOT)}:{number}: {name}"
