@@ -100,7 +100,7 @@ class SafetyConfig:
     max_step: float | None = None
     limit_margin: float = 0.0
     stale_after_s: float = 0.25
-    measured_max_age_s: float = 0.1
+    measured_max_age_s: float = 0.05
 
     def velocity_for(self, spec: ArmSpec) -> np.ndarray:
         """Per-joint velocity limit of `spec`'s arm: config, else the spec, else the defaults."""
