@@ -14,6 +14,10 @@ controller, so a peer thread in the same process would never get to answer.
 
 State changes arrive as JSON lines on stdin, e.g. {"actual_q": [0, -1.57, 1.57, 0, 0, 0]} or
 {"safety_status_bits": 4} (bit 2: protective stop); "quit" stops the peer.
+
+A malformed packet (a size below the 3-byte header, a payload too short for its type, a recipe
+that is not text) ends that client's connection, as a controller does; the peer keeps serving
+everyone else. A start request for a recipe with unknown variables is refused (accepted = 0).
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ class RTDEPeer:
         self.server = socket.create_server((host, port), reuse_port=False)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.stop = threading.Event()
+        self.malformed = 0  # connections ended for a malformed packet
+
+    @property
+    def port(self) -> int:
+        """The TCP port listened on (useful with port=0 in tests)."""
+        return self.server.getsockname()[1]
 
     def serve(self) -> None:
         self.server.settimeout(0.2)
@@ -94,6 +104,8 @@ class RTDEPeer:
                 buffer += data
                 while len(buffer) >= 3:
                     size, kind = struct.unpack(">HB", buffer[:3])
+                    if size < 3:
+                        raise MalformedPacket(f"size {size} is smaller than the header")
                     if len(buffer) < size:
                         break
                     payload, buffer = buffer[3:size], buffer[size:]
@@ -111,6 +123,9 @@ class RTDEPeer:
                         names = [n for n in payload.decode().split(",") if n]
                         conn.sendall(_packet("I", bytes([0]) + ",".join("NOT_FOUND" for _ in names).encode()))
                     elif kind == "S":
+                        if not recipe or any(n not in TYPES for n in recipe):
+                            conn.sendall(_packet("S", struct.pack(">B", 0)))
+                            continue
                         conn.sendall(_packet("S", struct.pack(">B", 1)))
                         streaming.set()
                         if sender is None:
@@ -123,6 +138,8 @@ class RTDEPeer:
                         conn.sendall(_packet("P", struct.pack(">B", 1)))
         except OSError:
             pass
+        except (MalformedPacket, struct.error, UnicodeDecodeError):
+            self.malformed += 1  # a controller drops a client that sends garbage
         finally:
             streaming.clear()
             conn.close()
@@ -160,6 +177,10 @@ class RTDEPeer:
             with self.lock:
                 self.state.update({k: v for k, v in update.items() if k in self.state})
         self.stop.set()
+
+
+class MalformedPacket(ValueError):
+    """A packet no RTDE client sends; the connection is closed."""
 
 
 def _packet(kind: str, body: bytes) -> bytes:

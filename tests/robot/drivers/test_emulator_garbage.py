@@ -151,3 +151,81 @@ def _answers(fd: int, ping: bytes, pong: bytes, deadline_s: float = 10.0) -> boo
         if pong in _drain(fd, wait_s=0.2):
             return True
     return False
+
+
+# --- the UR RTDE peer (TCP) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def rtde_peer():
+    """The RTDE peer in this process on a free port (raw sockets only: no ur_rtde, no GIL issue)."""
+    import threading
+
+    from tether.robot.emulators.rtde import RTDEPeer
+
+    peer = RTDEPeer(port=0)
+    thread = threading.Thread(target=peer.serve, daemon=True)
+    thread.start()
+    yield peer
+    peer.stop.set()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("garbage", "dropped"),
+    [
+        (b"\x00\x00V", True),  # size 0: used to spin forever without consuming the buffer
+        (b"\x00\x01V\x00", True),  # size below the header
+        (b"\x00\x05O\x00\x00", True),  # output setup without its 8-byte frequency
+        (b"\x00\x05I\xff\xfe", True),  # input recipe that is not text
+        (b"\x00\x0bO" + b"\x00" * 8, False),  # frequency 0, empty recipe: valid, answered
+        (b"\x00\x03S", False),  # start with no recipe: refused, the connection stays
+    ],
+)
+def test_the_rtde_peer_survives_malformed_packets(rtde_peer, garbage, dropped):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", rtde_peer.port), timeout=5) as conn:
+        conn.sendall(garbage)
+        conn.sendall(_rtde_packet("V", b"\x00\x02"))  # protocol version request (after garbage)
+        replies = _read_until_closed_or(conn, deadline_s=5, want=8)
+    if dropped:
+        assert replies == b"" and rtde_peer.malformed == 1
+    else:
+        assert replies.endswith(_rtde_packet("V", b"\x01")) and rtde_peer.malformed == 0
+    # Whatever happened to that connection, the peer still answers a new client.
+    with socket.create_connection(("127.0.0.1", rtde_peer.port), timeout=5) as conn:
+        conn.sendall(_rtde_packet("V", b"\x00\x02"))
+        assert _rtde_packet("V", b"\x01") in _read_until_closed_or(conn, deadline_s=5, want=4)
+
+
+def test_the_rtde_peer_refuses_to_start_an_unknown_recipe(rtde_peer):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", rtde_peer.port), timeout=5) as conn:
+        conn.sendall(_rtde_packet("O", b"\x40\x5f\x40\x00\x00\x00\x00\x00" + b"actual_q,no_such_var"))
+        conn.sendall(_rtde_packet("S", b""))
+        replies = _read_until_closed_or(conn, deadline_s=5, want=4 + 28 + 4)
+    assert _rtde_packet("S", b"\x00") in replies
+
+
+def _rtde_packet(kind: str, body: bytes) -> bytes:
+    return (3 + len(body)).to_bytes(2, "big") + kind.encode() + body
+
+
+def _read_until_closed_or(conn, deadline_s: float, want: int | None = None) -> bytes:
+    """Read until the peer closes, `want` bytes arrived, or the deadline passes."""
+    out = bytearray()
+    deadline = time.monotonic() + deadline_s
+    conn.settimeout(0.1)
+    while time.monotonic() < deadline and (want is None or len(out) < want):
+        try:
+            data = conn.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    return bytes(out)
