@@ -37,7 +37,12 @@ class TeleopConfig:
 
 @dataclass
 class RobotConfig:
-    """A robot as a config file describes it (see configs/*.yaml)."""
+    """A robot as a config file describes it (see configs/*.yaml).
+
+    `safety` limits every arm: `max_velocity` (rad/s) and `max_following_error` (rad) take one
+    number, one per joint, or a mapping per arm name (`{left: 2.0, right: [...]}`); see
+    SafetyConfig in robot/safety.py.
+    """
 
     name: str = "robot"
     fps: float = 30.0
