@@ -289,3 +289,61 @@ def test_extraction_joins_continuations_and_reads_inline_code():
         ("tether record --robot twin:lift  --episodes 3  # comment", True),
         ("tether demo", False),
     ]
+
+
+# Scaled down so the walkthrough runs in minutes on a CPU: the same commands, fewer episodes and
+# steps. Everything else is exactly what README.md shows.
+SCALE_DOWN = {"--episodes": "2", "--steps": "3", "--workers": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="H4 (policies/client.py): `tether rollout --server` gives up "
+                   "after --timeout (0.5 s) while `tether serve ... &` is still loading; the first "
+                   "contact should wait for the server (see /work/notes/H6_for_H4.md)")
+def test_the_readme_walkthrough_runs_as_written(tmp_path):
+    """The `Use it` block of README.md, line by line, in a fresh folder (scaled down)."""
+    import os
+    import subprocess
+    import sys
+
+    block = _readme_block("## Use it")
+    lines = [c.text for c in commands_in_markdown(block, "README.md") if c.complete]
+    assert any(line.startswith("tether serve") for line in lines)
+    tether = [sys.executable, "-m", "tether.cli"]
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    background = []
+    try:
+        for line in lines:
+            words = _scaled(shlex.split(line, comments=True))
+            if words[-1] == "&":
+                background.append(subprocess.Popen(
+                    tether + words[1:-1], cwd=tmp_path, env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                continue
+            proc = subprocess.run(tether + words[1:], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert proc.returncode == 0, f"$ {' '.join(words)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    finally:
+        for proc in background:
+            proc.terminate()
+            proc.communicate(timeout=30)
+
+
+def _readme_block(heading: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading):]
+    start = section.index("```")
+    end = section.index("```", start + 3)
+    return section[start : end + 3]
+
+
+def _scaled(words: list[str]) -> list[str]:
+    out = list(words)
+    for i, word in enumerate(out[:-1]):
+        if word in SCALE_DOWN:
+            out[i + 1] = SCALE_DOWN[word]
+    if out[:2] == ["tether", "train"] and "--steps" not in out:
+        out += ["--steps", SCALE_DOWN["--steps"]]
+    if out[:2] == ["tether", "twin"] and "--episodes" in out:
+        out[out.index("--episodes") + 1] = "1"
+    return out
