@@ -142,16 +142,19 @@ def test_record_holds_within_stale_after_s_when_the_leader_stops_answering(tmp_p
 
 
 class _GoesSilent(TeleopDevice):
-    """Moves every joint a little each tick, then gives no target at all after `silent_after`."""
+    """A new target every tick (a slow wave on every joint), none after `silent_after` calls.
+
+    The wave depends on the call count only, never on the observation, so two ticks never ask
+    for the same target (a sampler that returned a stale state twice would)."""
 
     def __init__(self, robot, silent_after: int) -> None:
-        self.robot, self.silent_after, self.calls = robot, silent_after, 0
+        self.home, self.silent_after, self.calls = robot.home, silent_after, 0
 
     def next_target(self, observation):
         self.calls += 1
         if self.calls > self.silent_after:
             return None
-        return observation.state + 0.01
+        return self.home + 0.2 * np.sin(0.1 * self.calls)
 
 
 def test_recorder_holds_and_records_the_hold_when_the_device_goes_silent(tmp_path):
@@ -256,8 +259,8 @@ def test_estop_key_latches_until_x_releases_it(tmp_path):
     moved = np.any(np.diff(actions, axis=0) != 0, axis=1)
     # one contiguous block of held ticks, with motion before it and after it
     still = np.flatnonzero(~moved)
-    assert still.size >= held - 1 and np.all(np.diff(still) == 1), still
-    assert moved[: still[0]].any() and moved[still[-1] + 1 :].any()
+    assert still.size >= held - 1 and np.all(np.diff(still) == 1), (still, held, moved)
+    assert moved[: still[0]].any() and moved[still[-1] + 1 :].any(), (still, held, moved)
 
 
 def test_teleop_e_key_latches_the_estop_through_the_cli():
