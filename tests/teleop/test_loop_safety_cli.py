@@ -337,3 +337,11 @@ def test_plain_progress_is_rate_limited():
     assert 2 <= len(lines) <= 3 and all(line.startswith("recording episode 1/3") for line in lines)
     progress.update({**status, "estop": True})  # an e-stop is shown at once
     assert "E-STOP" in lines[-1]
+
+
+@pytest.mark.parametrize("command", ["record", "teleop", "rollout"])
+def test_every_control_command_documents_the_estop_keys(command):
+    result = runner.invoke(build_app(), [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "e E-STOP" in text and "x release" in text
