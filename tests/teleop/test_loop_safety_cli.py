@@ -345,3 +345,24 @@ def test_every_control_command_documents_the_estop_keys(command):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "e E-STOP" in text and "x release" in text
+
+
+def test_keyboard_teleop_reads_the_estop_keys_on_its_own_terminal():
+    from tether.teleop.keyboard import KeyboardParams, KeyboardTeleop, TerminalKeys
+
+    robot = make_robot("twin:lift", ["twin_params.cameras=[]"])
+    master, slave = os.openpty()
+    try:
+        teleop = KeyboardTeleop(robot, KeyboardParams(), keys=TerminalKeys(fd=slave))
+        with robot, teleop:
+            robot.reset(seed=0)
+            os.write(master, b"e")
+            robot.act(teleop.next_target(robot.observe()))
+            assert all(arm.filter.estopped for arm in robot.arms.values())
+            assert robot.safety_counts().get("estop_hold", 0) == 1
+            os.write(master, b"x")
+            teleop.next_target(robot.observe())
+            assert not any(arm.filter.estopped for arm in robot.arms.values())
+    finally:
+        os.close(master)
+        os.close(slave)
