@@ -736,9 +736,11 @@ class EpisodeStore:
         while len(self._episodes_meta) < valid:
             self._episodes_meta.append({"recovered": True, "notes": "metadata was lost"})
         repaired = False
-        if (partial or dropped_meta or invalid or missing_meta) and self.mode == "a":
+        uncommitted_schema = valid == 0 and bool(self._arrays)
+        if (partial or dropped_meta or invalid or missing_meta or uncommitted_schema) \
+                and self.mode == "a":
             try:
-                if valid == 0:
+                if uncommitted_schema:
                     self._drop_uncommitted_schema()
                 self._truncate_tail()
                 self._shrink_ends(valid)

@@ -21,7 +21,12 @@ from crash_writer import episode_length, frame_value  # noqa: E402
 
 
 def _run_and_kill(path: Path, delay_s: float) -> list[int]:
-    """Start the writer, kill it with SIGKILL `delay_s` after it is ready; last reported uids."""
+    """Start the writer; once it reported its first commit, SIGKILL it `delay_s` later.
+
+    Waiting for a commit (not a fixed time after start) makes every round commit something
+    however slow the machine is; the kill still lands at a random point of a later episode,
+    commit or compaction. Returns the last reported uids.
+    """
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -29,14 +34,16 @@ def _run_and_kill(path: Path, delay_s: float) -> list[int]:
     try:
         line = proc.stdout.readline()
         assert line.strip() == "ready", f"writer did not start: {line!r}"
+        first = proc.stdout.readline()
+        assert first.startswith("uids"), f"writer failed before its first commit: {first!r}"
         time.sleep(delay_s)
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    reported = [ln for ln in out.splitlines() if ln.startswith("uids")]
+    reported = [ln for ln in (first + out).splitlines() if ln.startswith("uids")]
     return [int(u) for u in reported[-1].split()[1:]] if reported else []
 
 

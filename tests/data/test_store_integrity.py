@@ -299,6 +299,12 @@ def test_a_first_episode_killed_while_creating_arrays_does_not_fix_the_schema(tm
         assert again.recovery.partial_steps == 3 and again.keys == []
         assert again.add_episode(episode(4)) == 0
         assert "timestamp" in again.keys
+    shutil.rmtree(path)  # killed inside the array creation: arrays exist, still empty
+    store = EpisodeStore.create(path, 30.0)
+    store._ensure_arrays(partial)
+    store._lock.release()
+    with EpisodeStore.open(path, "a") as again:
+        assert again.keys == [] and again.add_episode(episode(4)) == 0
     with EpisodeStore.create(tmp_path / "d.zarr", 30.0) as fresh:
         fresh.begin_episode().extend(partial)
         fresh._writer.discard()  # a discarded first attempt does not fix the schema either
