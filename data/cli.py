@@ -182,6 +182,10 @@ def _print_summary(console, summary: dict) -> None:
         + (f", {summary['compression_ratio']:.1f}x smaller than raw" if summary["compression_ratio"] else "")
         + (f", success {summary['success_rate']:.0%}" if summary["success_rate"] is not None else "")
     )
+    if summary.get("lost_episodes"):
+        console.print(f"[yellow]warning:[/yellow] {summary['lost_episodes']} committed episode(s) "
+                      "lost their data and are hidden; run `tether data verify` and `tether data "
+                      "repair`.", soft_wrap=True)
     streams = Table(title="streams")
     for col in ("key", "dtype", "shape", "codec", "MB raw", "MB disk"):
         streams.add_column(col)

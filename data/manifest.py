@@ -11,7 +11,9 @@ store writes `manifest/<episode>.json` (before the commit point, durably) holdin
   and the CRC32 of the episode's decoded rows. Chunk bytes change when later episodes append
   rows into a shared chunk; the episode's own rows never do, so their checksum stays valid.
 
-Readers use the manifest to tell "never stored" from "lost"; `verify.verify_store` uses the
+zarr 3.1.6 has no setting to raise on a missing chunk instead (its array config holds only
+`order`, `write_empty_chunks` and `target_shard_size_bytes`; see zarr/core/config.py), hence
+this file. Readers use the manifest to tell "never stored" from "lost"; `verify.verify_store` uses the
 checksums. Stores written before manifests existed have none and are reported as unverified.
 """
 
