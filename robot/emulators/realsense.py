@@ -141,15 +141,21 @@ class SoftwareRealSense:
         rs = self.rs
         period = 1.0 / self.fps
         next_t = time.monotonic()
+        # A camera stamps each frame when its sensor exposed it, on a regular clock: stamp the
+        # frame's scheduled time (on the host's wall clock), not when this thread got to push
+        # it, so a loaded host that pushes late frames in a burst still gives evenly spaced
+        # stamps, and librealsense pairs color and depth of the same frame.
+        wall_offset = time.time() - next_t
         index = 0
         while not self._stop.is_set():
             delay = next_t - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            t_frame = next_t
             next_t += period
             if not self._plugged.is_set():
                 continue
-            stamp_ms = time.time() * 1000.0
+            stamp_ms = (t_frame + wall_offset) * 1000.0
             try:
                 self._push(self.color_sensor, self.color_profile, self.color_image(index), 3, stamp_ms, index)
                 if self.depth_sensor is not None:
