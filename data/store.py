@@ -1324,6 +1324,9 @@ def _os_error(exc: OSError, action: str) -> StoreError:
             f"Disk full while {action} ({exc.strerror}). The episode being written was dropped; "
             "committed episodes are intact. Free space or record to another disk."
         )
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return StoreError(f"Cannot finish {action}: {exc.filename} is a file where a folder is "
+                          "needed. Pick another path for the store.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(f"Permission denied while {action}: {exc}. Check the store's location.")
     return StoreError(f"I/O error while {action}: {exc}")
