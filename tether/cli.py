@@ -99,7 +99,10 @@ def run(args: list[str], verbose: bool = False, app: typer.Typer | None = None) 
     except SystemExit as exc:
         if exc.code == 130:
             _print_error("interrupted (Ctrl-C).")
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):  # sys.exit("message"): show it as an error
+            _print_error(exc.code)
+            return 1
+        return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         _print_error("interrupted (Ctrl-C).")
         return 130
