@@ -121,7 +121,7 @@ def run(args: list[str], verbose: bool = False, app: typer.Typer | None = None) 
             _print_error(f"{describe_os_error(cause)} ({type(exc).__name__}: {exc})")
             return 2
         hint = "" if verbose else " Run with -v for the traceback (tether -v ...)."
-        _print_error(f"unexpected {type(exc).__name__}: {exc}.{hint}")
+        _print_error(f"unexpected {type(exc).__name__}: {str(exc).rstrip('.')}.{hint}")
         return 1
     return 0
 
@@ -143,9 +143,9 @@ def describe_os_error(exc: OSError) -> str:
     """One line naming what failed, on which path, and what to do (exc.filename when known)."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
-    where = f" {' -> '.join(paths)}" if paths else ""
+    where = f": {' -> '.join(paths)}" if paths else ""
     fix = _OS_ERROR_FIXES.get(exc.errno or -1)
-    return f"{reason}:{where}" + (f" ({fix})." if fix else ".")
+    return f"{reason}{where}" + (f" ({fix})." if fix else ".")
 
 
 def _file_error_cause(exc: BaseException) -> OSError | None:
