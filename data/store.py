@@ -573,9 +573,17 @@ class EpisodeStore:
             "calibration": first.attrs.get("calibration"),
             **create_kwargs,
         }
-        store = cls.create(out, first.fps, **kwargs)
-        for source in sources:
-            store.append_from(source)
+        try:
+            store = cls.create(out, first.fps, **kwargs)
+            try:
+                for source in sources:
+                    store.append_from(source)
+            except BaseException:
+                store.close()  # releases the lock; what was merged so far stays committed
+                raise
+        finally:
+            for source in sources:
+                source.close()
         return store
 
     # ------------------------------------------------------------------ internals: loading
