@@ -204,6 +204,25 @@ def test_every_help_example_parses_and_every_group_has_one(root):
     assert not problems, "\n".join(problems)
 
 
+SOURCE_DIRS = ["tether", "robot", "teleop", "data", "policies", "calibration"]
+
+
+def test_every_command_an_error_message_suggests_parses(root):
+    """Messages tell users what to run ("run `tether data verify store.zarr`"); those commands
+    must exist too. f-string fields become one word; synopses (`a|b`, `...`) are skipped."""
+    problems = []
+    for folder in SOURCE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                for span in INLINE.findall(line):
+                    if any(mark in span for mark in ("|", "...", "*", "<")):
+                        continue
+                    text = re.sub(r"\{[^}]*\}", "X", span)
+                    where = f"{path.relative_to(ROOT)}:{number}"
+                    problems += [f"{where}: {span}\n    -> {p}" for p in check(DocCommand(where, text, False), root)]
+    assert not problems, "commands suggested by the code that the CLI rejects:\n" + "\n".join(problems)
+
+
 def test_every_option_the_prose_names_exists(root):
     """`--options` quoted in prose ("Options: `--episodes`, `--seed` ...") belong to some tether
     command, or to a benchmark script (argparse); a renamed option shows up here."""
