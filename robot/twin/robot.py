@@ -181,7 +181,8 @@ class TwinRobot(Robot):
         """
         self._reset_state(seed)
         if not self._connected:
-            self.connect()
+            self.connect()  # connecting seeds the filters at now: seed them as at a reset
+            self._seed_safety()
         return self.observe()
 
     def _reset_state(self, seed: int) -> None:
@@ -199,6 +200,9 @@ class TwinRobot(Robot):
             self._succeeded = False
             for cam in self.cameras.values():
                 cam.restart()
+        self._seed_safety()
+
+    def _seed_safety(self) -> None:
         # The arms rest at home: seeded one period back, the first act() of the episode (sent
         # at the reset's simulated time) may already move by one period's worth of velocity.
         t_rest = self.now() - 1.0 / self.fps

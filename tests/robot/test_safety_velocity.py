@@ -348,3 +348,18 @@ def test_twin_is_limited_per_simulated_second_and_allows_unpaced_modes():
         for _ in range(int(0.3 * robot.fps)):
             robot.tick()
         assert robot.safety_counts().get(safety.WATCHDOG_HOLD, 0) >= 1
+
+
+def test_first_act_of_a_twin_episode_moves_one_period_worth():
+    from tether.robot.config import RobotConfig
+    from tether.robot.twin import make_twin_robot
+    from tether.robot.twin.robot import TWIN_MAX_VELOCITY
+
+    robot = make_twin_robot(RobotConfig(twin_task="lift", fps=50, twin_params={"cameras": []}))
+    try:
+        robot.reset(0)  # connects: the arm rests at home from one period before the episode
+        target = robot.home + 0.5
+        sent = robot.act(np.clip(target, robot.lower, robot.upper))
+        np.testing.assert_allclose(np.abs(sent - robot.home)[:5], TWIN_MAX_VELOCITY / 50)
+    finally:
+        robot.close()
