@@ -63,6 +63,12 @@ CASES = [
     Case("train-corrupt-meta-zarr-json",
          ["train", "--dataset", "{tmp}/bad_meta.zarr", "--preset", "tiny", "--steps", "1",
           "--out", "{tmp}/run_bad_meta"], "{tmp}/bad_meta.zarr", owner="H3"),
+    Case("train-garbage-image-chunk",
+         ["train", "--dataset", "{tmp}/bad_chunk.zarr", "--preset", "tiny", "--steps", "2",
+          "--out", "{tmp}/run_bad_chunk", "--no-progress"], "image.top", owner="H3"),
+    Case("inspect-video-missing-image-chunk",
+         ["inspect", "{tmp}/lost_chunk.zarr", "--episode", "1", "--video", "{tmp}/ep1.png"],
+         "data/image.top/c/", owner="H3"),
     # --- locations that cannot be written ----------------------------------------------------
     Case("record-out-under-a-file",
          ["record", "--robot", "twin:lift", "--teleop", "scripted", "--episodes", "1",
@@ -125,6 +131,10 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     (tmp / "bad_meta.zarr" / "meta" / "zarr.json").write_text("garbage {{{")
     shutil.copytree(store, tmp / "bad_array.zarr")
     (tmp / "bad_array.zarr" / "data" / "state" / "zarr.json").write_bytes(b"\x00\xff garbage")
+    shutil.copytree(store, tmp / "bad_chunk.zarr")
+    (tmp / "bad_chunk.zarr" / "data" / "image.top" / "c" / "10" / "0" / "0" / "0").write_bytes(b"garbage")
+    shutil.copytree(store, tmp / "lost_chunk.zarr")
+    (tmp / "lost_chunk.zarr" / "data" / "image.top" / "c" / "10" / "0" / "0" / "0").unlink()
     (tmp / "a_file").write_text("a file, not a folder\n")
     (tmp / "garbage.yaml").write_text("name: [unclosed\n  arms: {{\n")
     return {"tmp": str(tmp), "ckpt": str(ckpt), "store": str(store), "file": str(tmp / "a_file")}
