@@ -349,6 +349,16 @@ class Robot:
         if simulated_time is not None:
             self.simulated_time = bool(simulated_time)
         config = safety if safety is not None else SafetyConfig()
+        for label in ("max_velocity", "max_following_error"):
+            per_arm = getattr(config, label, None)
+            unknown = sorted(set(per_arm) - set(self.raw_arms)) if isinstance(per_arm, Mapping) else []
+            if unknown:
+                from tether.errors import ConfigError
+
+                raise ConfigError(
+                    f"safety.{label} names arm(s) {unknown} that robot '{name}' does not have; "
+                    f"its arms are {', '.join(self.raw_arms)}."
+                )
         self.arms: dict[str, SafeArm] = {
             arm_name: SafeArm(arm, config, clock=self.clock)
             for arm_name, arm in self.raw_arms.items()

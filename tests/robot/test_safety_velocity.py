@@ -227,6 +227,9 @@ def test_safety_section_of_a_config_file_accepts_numbers_lists_and_per_arm_mappi
     np.testing.assert_allclose(robot.arms["right"].filter.max_velocity, [1, 1, 1, 1, 1, 2])
     np.testing.assert_allclose(robot.arms["right"].filter.max_following_error, 0.25)
     assert robot.arms["left"].filter.max_step == pytest.approx(0.1)
+    config.safety.max_velocity = {"lef": 1.0}  # a typo is an error, not a silent default
+    with pytest.raises(ConfigError, match="lef.*left, right"):
+        make_robot(config)
 
 
 # --- SafeArm and Robot on injected clocks ----------------------------------------------------
