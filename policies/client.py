@@ -212,6 +212,31 @@ class PolicyClient:
                 raise ProtocolError(f"the server's info reply is malformed: {exc!r}") from None
         return self._info
 
+    def wait_for_server(self, deadline_s: float = 30.0) -> ServerInfo:
+        """Wait for the first contact: `info` re-sent every `timeout_s` until `deadline_s`.
+
+        A server started a moment ago (`tether serve ... &`) spends seconds importing torch and
+        loading its checkpoint; the per-request `timeout_s` is meant for resends during a rollout,
+        so the first contact gets its own, longer deadline. Errors that are not timeouts (a wrong
+        CURVE key is a timeout; a malformed reply is not) are raised at once.
+        """
+        deadline = time.monotonic() + deadline_s
+        told = False
+        while True:
+            try:
+                return self.info(refresh=True)
+            except ServerTimeout:
+                if time.monotonic() + self.timeout_s > deadline:
+                    raise ServerTimeout(
+                        f"no policy server answered at {self.address} within {deadline_s:.0f} s. "
+                        "Is `tether serve` running there and reachable (and, with --keys, do "
+                        "the keys match)?"
+                    ) from None
+                if not told:
+                    log.warning("waiting for the policy server at %s (up to %.0f s)",
+                                self.address, deadline_s)
+                    told = True
+
     def ping(self) -> tuple[float, float]:
         """One ping: (round trip minus server time in s, clock offset estimate in s)."""
         t0 = time.monotonic()

@@ -60,6 +60,10 @@ def rollout(
         help="Read the e-stop keys from stdin (default: when stdin is a terminal).",
     ),
     timeout: float = typer.Option(0.5, "--timeout", help="Seconds before a request is resent."),
+    connect_timeout: float = typer.Option(
+        30.0, "--connect-timeout",
+        help="Seconds to wait for the server's first answer (it may still be loading).",
+    ),
     keys: Path | None = typer.Option(None, "--keys", help="CURVE key directory (see tether keys)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write per-episode summaries here."),
     overrides: list[str] = typer.Option([], "--set", help="Robot config override key=value."),
@@ -83,7 +87,7 @@ def rollout(
         if keyboard is None:
             keyboard = sys.stdin.isatty()
         summaries = _run(
-            robot, server, policy, episodes, seed, overrides, keys, timeout,
+            robot, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout,
             dict(max_steps=max_steps, blend=blend, ensemble_m=ensemble_m,
                  request_threshold=threshold, steps=steps, realtime=realtime,
                  request_timeout_s=timeout, resample=resample),
@@ -102,7 +106,8 @@ def rollout(
 
 
 def _run(
-    robot_spec, server, policy, episodes, seed, overrides, keys, timeout, options, keyboard=False
+    robot_spec, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout, options,
+    keyboard=False,
 ) -> list[dict]:
     from tether.robot.factory import make_robot
     from tether.robot.rollout import RolloutConfig, run_episode
@@ -116,6 +121,7 @@ def _run(
         from tether.policies.client import PolicyClient
 
         source = PolicyClient(server, timeout_s=timeout, keys_dir=keys)
+        source.wait_for_server(connect_timeout)
     else:
         from tether.policies.serve_cli import SIMPLE_PREFIX, load_served_policy
 

@@ -316,9 +316,6 @@ SCALE_DOWN = {"--episodes": "2", "--steps": "3", "--workers": "1"}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="H4 (policies/client.py): `tether rollout --server` gives up "
-                   "after --timeout (0.5 s) while `tether serve ... &` is still loading; the first "
-                   "contact should wait for the server (see /work/notes/H6_for_H4.md)")
 def test_the_readme_walkthrough_runs_as_written(tmp_path):
     """The `Use it` block of README.md, line by line, in a fresh folder (scaled down)."""
     import os

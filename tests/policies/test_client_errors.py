@@ -92,7 +92,7 @@ def test_close_returns_for_every_state_of_the_client():
     closes(after_timeout)
 
     def with_unsent():
-        client = PolicyClient("tcp://192.0.2.7:5555", timeout_s=0.1)
+        client = PolicyClient("tcp://127.0.0.1:9", timeout_s=0.1)  # nothing listens on port 9
         client.connect()
         return client
 
@@ -177,15 +177,35 @@ def test_rollout_raises_the_servers_policy_error_without_retrying():
 
 
 def test_rollout_to_nothing_listening_times_out_naming_the_address():
-    proc = rollout("--server", "tcp://127.0.0.1:9", "--timeout", "0.3")
+    proc = rollout("--server", "tcp://127.0.0.1:9", "--timeout", "0.3", "--connect-timeout", "1")
     text = _output(proc)
     assert proc.returncode == 2, text
     assert "tcp://127.0.0.1:9" in text and "tether serve" in text and "Traceback" not in text
 
 
-def test_rollout_beyond_loopback_without_keys_warns_once_then_times_out():
-    proc = rollout("--server", "tcp://192.0.2.7:5555", "--timeout", "0.3")
-    text = _output(proc)
-    assert proc.returncode == 2, text
-    assert text.count("without CURVE keys") == 1, text
-    assert "tcp://192.0.2.7:5555" in text and "Traceback" not in text
+# The warning for endpoints beyond loopback is checked through the API above, on a client that
+# never connects: tests send traffic only to this machine's loopback addresses.
+
+
+def test_the_first_contact_waits_for_a_server_that_is_still_starting(tmp_path):
+    """`tether serve ... &` then `tether rollout`: the server binds seconds later (torch import,
+    checkpoint load); the client's first contact must wait for it, not give up after --timeout."""
+    address = f"ipc://{tmp_path / 'late.sock'}"
+    result: dict = {}
+    with PolicyClient(address, timeout_s=0.2) as client:
+        waiter = threading.Thread(
+            target=lambda: result.update(info=client.wait_for_server(deadline_s=60.0)), daemon=True
+        )
+        waiter.start()
+        waiter.join(1.0)  # the client is now waiting (past several --timeout periods)
+        assert waiter.is_alive() and "info" not in result
+        with PolicyServer(StepsPolicy(), ServerConfig(address)):
+            waiter.join(60.0)
+            assert not waiter.is_alive(), "wait_for_server did not return once the server was up"
+    assert result["info"].spec.extra["num_train_steps"] == 100
+
+
+def test_the_first_contact_gives_up_at_its_deadline_naming_the_address():
+    with PolicyClient("tcp://127.0.0.1:9", timeout_s=0.1) as client:
+        with pytest.raises(ServerTimeout, match=r"tcp://127.0.0.1:9 within 1 s.*tether serve"):
+            client.wait_for_server(deadline_s=1.0)

@@ -62,7 +62,8 @@ def test_rollout_in_process_lockstep(app, tmp_path):
     [
         (["--policy", "simple:hold", "--server", "tcp://127.0.0.1:9"], "exactly one of"),
         ([], "exactly one of"),
-        (["--server", "tcp://127.0.0.1:9", "--timeout", "0.2"], "no 'info'"),
+        (["--server", "tcp://127.0.0.1:9", "--timeout", "0.2", "--connect-timeout", "1"],
+         "no policy server answered"),
         (["--policy", "simple:nonsense"], "unknown simple policy"),
         (["--policy", "simple:hold", "--blend", "average"], "ensemble' or 'switch"),
         (["--robot", "twin:nope", "--policy", "simple:hold"], "nope"),

@@ -176,7 +176,9 @@ def _policy_source(config):
     if config.server:
         from tether.policies.client import PolicyClient
 
-        return PolicyClient(config.server)
+        client = PolicyClient(config.server)
+        client.wait_for_server()  # a server started just before `tether eval` may still be loading
+        return client
     raise ConfigError(f"Unknown --policy '{config.policy}'; the built-in one is 'scripted'.")
 
 
