@@ -279,7 +279,8 @@ def bench_lift(episodes: int, steps: int, threads: int, eval_episodes: int = 50,
     t_record = time.perf_counter() - t0
     t1 = time.perf_counter()
     run = train(TrainConfig(dataset=str(store), policy="act", preset="cpu", steps=steps,
-                            out=str(work / "run"), threads=threads, progress=False))
+                            out=str(work / "run"), threads=threads, progress=False),
+                overwrite=True)  # a reused --workdir replaces its previous run
     t_train = time.perf_counter() - t1
     policy = load_policy(run)
     config = EvalConfig(task="lift", episodes=eval_episodes, seed=100_000, policy="in-process", videos=0)

@@ -6,7 +6,8 @@ encodes in ~1.5 ms, decodes in ~1.5 ms and is 10-20x smaller than raw. The codec
 standard `imagecodecs_jpeg` numcodecs codec, so other readers need only
 `imagecodecs.numcodecs.register_codecs()` (zarr format 2), plus, for zarr format 3, the
 three-line wrapper class `ImagecodecsJpeg` below registered as `numcodecs.imagecodecs_jpeg`.
-`register_codecs()` does both and is idempotent; importing `tether.data.store` calls it.
+`register_codecs()` does both and is idempotent; the store calls it when it opens or creates
+one (importing this module registers nothing, so `tether --help` stays fast).
 """
 
 from __future__ import annotations
