@@ -97,7 +97,8 @@ def run(args: list[str], verbose: bool = False, app: typer.Typer | None = None) 
         # standalone: typer formats usage errors and turns Ctrl-C into exit 130 itself.
         app(args=args, prog_name="tether", standalone_mode=True)
     except SystemExit as exc:
-        # Exit 130 comes from a command that caught Ctrl-C and already said what it kept.
+        if exc.code == 130:
+            _print_error("interrupted (Ctrl-C).")
         if isinstance(exc.code, str):  # sys.exit("message"): show it as an error
             _print_error(exc.code)
             return 1
