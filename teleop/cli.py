@@ -294,9 +294,9 @@ def _seeds(store) -> set[int]:
 
 
 def _next_seed(store) -> int:
-    """The first seed after every episode in the store, so appended episodes never repeat one."""
-    seeds = _seeds(store)
-    return max(max(seeds) + 1 if seeds else 0, store.n_episodes)
+    """The first seed after every episode in the store, so appended episodes never repeat one
+    (episodes recorded without a seed still count, so the seed never falls behind them)."""
+    return max(store.next_seed, store.n_episodes)
 
 
 def _is_empty(out: Path) -> bool:
