@@ -290,25 +290,20 @@ class TwinRobot(Robot):
     def act(self, action: np.ndarray, t_target: float | None = None) -> np.ndarray:
         """Send one action; in fast mode, then advance simulated time by one control period."""
         self._check_physics()
-        sent = super().act(action, t_target=t_target)
-        if not self.realtime:
-            self.sim.advance()
-        self._steps += 1
-        return sent
+        return self._one_period(super().act(action, t_target=t_target))
 
     def tick(self) -> np.ndarray:
         """A tick without a new target (the watchdog runs); like act(), one period passes."""
         self._check_physics()
-        sent = super().tick()
-        if not self.realtime:
-            self.sim.advance()
-        self._steps += 1
-        return sent
+        return self._one_period(super().tick())
 
     def hold(self) -> np.ndarray:
         """Re-send every arm's last safe command; like act(), one control tick of time passes."""
         self._check_physics()
-        sent = super().hold()
+        return self._one_period(super().hold())
+
+    def _one_period(self, sent: np.ndarray) -> np.ndarray:
+        """Every command is one control tick: in fast mode the simulation advances by it."""
         if not self.realtime:
             self.sim.advance()
         self._steps += 1
