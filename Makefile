@@ -53,6 +53,8 @@ test-random: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	# Layers point down only (import-linter contracts in pyproject.toml).
+	$(BIN)/python tools/check_layers.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

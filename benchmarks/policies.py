@@ -261,8 +261,8 @@ def bench_lift(episodes: int, steps: int, threads: int, eval_episodes: int = 50,
     held-out episodes with temporal ensembling. Returns times and the success rate."""
     import subprocess
 
-    from tether.eval.runner import EvalConfig
-    from tether.eval.worker import run_episodes
+    from tether.app.eval.runner import EvalConfig
+    from tether.app.eval.worker import run_episodes
     from tether.policies.checkpoint import load_policy
     from tether.policies.trainer import TrainConfig, train
     from tether.robot.factory import make_robot

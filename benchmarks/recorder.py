@@ -26,7 +26,7 @@ from tether.data.store import EpisodeStore
 from tether.data.synthetic import camera_frames
 from tether.robot.interfaces import CameraSpec, Frame, Robot
 from tether.robot.memory import MemoryArm, MemoryCamera, default_arm_spec
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 from tether.teleop.recorder import Recorder
 
 LEROBOT_FRAMES_PER_S = 33.0  # LeRobot 0.4.4, one 480x640 camera, measured by the lead here

@@ -250,9 +250,9 @@ def bench_act(repeats: int) -> dict:
 def bench_rollout() -> dict:
     """200 real-time ticks of the twin at 50 Hz through the server (waypoint policy)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from tether.app.rollout import RolloutConfig, run_episode
     from tether.policies.simple import WaypointPolicy, observation_specs_for
     from tether.robot.factory import make_robot
-    from tether.robot.rollout import RolloutConfig, run_episode
 
     robot = make_robot("twin:lift", ["fps=50"])
     policy = WaypointPolicy(observation_specs_for(robot), robot.home + 0.2, chunk_size=50, fps=50)

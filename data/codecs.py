@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tether.errors import StoreError
+from tether.core.errors import StoreError
 
 JPEG_ID = "imagecodecs_jpeg"
 DEFAULT_JPEG_QUALITY = 90

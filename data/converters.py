@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tether.core.errors import StoreError
 from tether.data.store import EpisodeStore, is_image_key
-from tether.errors import StoreError
 
 
 def import_replay_buffer(

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
+from tether.core.errors import StoreError
 from tether.data.codecs import is_jpeg_array, jpeg_decode
 from tether.data.store import EpisodeStore, chunk_file, is_image_key
-from tether.errors import StoreError
 
 
 class EpisodeDataset(Dataset):

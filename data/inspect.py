@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from tether.core.errors import StoreError
 from tether.data.codecs import is_jpeg_array
 from tether.data.store import EpisodeStore, is_image_key
-from tether.errors import StoreError
 
 
 def summarize(store: EpisodeStore) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from tether.errors import StoreError
+from tether.core.errors import StoreError
 
 
 def lock_path(store: Path) -> Path:

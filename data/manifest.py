@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tether.errors import StoreError
+from tether.core.errors import StoreError
 
 MANIFEST_DIR = "manifest"
 MANIFEST_VERSION = 1

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from tether.core.errors import StoreError
 from tether.data.store import EpisodeStore, is_image_key
-from tether.errors import StoreError
 
 STATS_ATTR = "stats"
 LOWDIM_KEYS = ("state", "action")

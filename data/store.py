@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from tether.core.errors import StoreError
 from tether.data import manifest as _manifest
 from tether.data.codecs import (
     DEFAULT_JPEG_QUALITY,
@@ -52,7 +53,6 @@ from tether.data.codecs import (
 )
 from tether.data.durable import fsync_dir, fsync_file, sync_filesystem, write_durable
 from tether.data.lock import StoreLock, holder_pid
-from tether.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -1342,6 +1342,6 @@ def _os_error(exc: OSError, action: str) -> StoreError:
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON types only (numpy scalars/arrays, tuples, Paths, dataclasses converted)."""
-    from tether.config import to_dict
+    from tether.core.config import to_dict
 
     return json.loads(json.dumps(to_dict(value), default=str))

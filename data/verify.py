@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from tether.core.errors import StoreError
 from tether.data import manifest as _manifest
 from tether.data.durable import write_durable
 from tether.data.store import EpisodeStore, _describe_damage
-from tether.errors import StoreError
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.vision import ResNet18, load_pretrained, prepare_images, sine_embedding_2d
 
 __all__ = ["ACTConfig", "ACTModel", "chunk_size_for_fps"]

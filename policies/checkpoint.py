@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tether.config import from_dict, to_dict
-from tether.errors import ConfigError, PolicyError
+from tether.core.config import from_dict, to_dict
+from tether.core.errors import ConfigError, PolicyError
 from tether.policies.base import Policy, PolicySpec
 from tether.policies.normalizer import Normalizer
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from tether.errors import ConfigError, PolicyError, ProtocolError, TetherError
+from tether.core.errors import ConfigError, PolicyError, ProtocolError, TetherError
 from tether.policies import protocol
 from tether.policies.base import ArraySpec, PolicySpec
 from tether.policies.protocol import MessageError, RemoteError

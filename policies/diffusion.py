@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.schedulers import NoiseScheduler
 from tether.policies.vision import ResNet18, SpatialSoftmax, load_pretrained, prepare_images
 

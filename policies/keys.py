@@ -20,7 +20,7 @@ from typing import NamedTuple
 import zmq
 import zmq.auth
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 SERVER = "server"
 AUTHORIZED = "authorized_clients"

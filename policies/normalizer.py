@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 
 __all__ = ["MODES", "Normalizer"]
 

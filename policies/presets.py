@@ -17,7 +17,7 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 __all__ = ["PRESETS", "get_preset"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from tether.errors import ConfigError, ProtocolError
+from tether.core.errors import ConfigError, ProtocolError
 
 PROTOCOL_VERSION = 1
 

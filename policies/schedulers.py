@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 
 __all__ = ["NoiseScheduler", "squared_cosine_betas"]
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from tether.errors import ConfigError, TetherError
+from tether.core.errors import ConfigError, TetherError
 from tether.policies import protocol
 from tether.policies.base import Policy
 from tether.policies.protocol import MessageError, is_local_address

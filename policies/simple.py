@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.base import ArraySpec, Policy, PolicySpec
 
 __all__ = [

@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.base import ArraySpec, Policy, PolicySpec
 from tether.policies.normalizer import Normalizer
 

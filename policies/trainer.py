@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tether.config import from_dict, save_config
-from tether.errors import ConfigError, PolicyError
+from tether.core.config import from_dict, save_config
+from tether.core.errors import ConfigError, PolicyError
 from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
 from tether.policies.presets import get_preset

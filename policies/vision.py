@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 
 __all__ = [
     "ResNet18",

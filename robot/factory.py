@@ -11,8 +11,8 @@ import importlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from tether.config import load_config
-from tether.errors import ConfigError
+from tether.core.config import load_config
+from tether.core.errors import ConfigError
 from tether.robot.config import ArmConfig, CameraConfig, RobotConfig
 from tether.robot.interfaces import Robot
 
@@ -37,7 +37,7 @@ def load_robot_config(spec: str | Path, overrides: Iterable[str] = ()) -> RobotC
         task = text.split(":", 1)[1]
         if not task:
             raise ConfigError("Robot spec 'twin:' needs a task, for example twin:lift")
-        from tether.config import apply_overrides, from_dict
+        from tether.core.config import apply_overrides, from_dict
 
         data = apply_overrides({"name": f"twin-{task}", "twin_task": task}, overrides)
         return from_dict(RobotConfig, data)

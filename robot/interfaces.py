@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tether.errors import DeviceClosedError, DeviceError
+from tether.core.errors import DeviceClosedError, DeviceError
 
 STATE_KEY = "state"
 ACTION_KEY = "action"
@@ -353,7 +353,7 @@ class Robot:
             per_arm = getattr(config, label, None)
             unknown = sorted(set(per_arm) - set(self.raw_arms)) if isinstance(per_arm, Mapping) else []
             if unknown:
-                from tether.errors import ConfigError
+                from tether.core.errors import ConfigError
 
                 raise ConfigError(
                     f"safety.{label} names arm(s) {unknown} that robot '{name}' does not have; "
@@ -377,7 +377,7 @@ class Robot:
         """
         if self.simulated_time:
             return
-        from tether.errors import SafetyError
+        from tether.core.errors import SafetyError
 
         flag = mode if mode.startswith("--") else f"--{mode}"
         raise SafetyError(

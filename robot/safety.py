@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.interfaces import Arm, ArmSpec, JointState
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.interfaces import Observation, Robot
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 from tether.teleop.ik import DLSIK, rotation_from_vector, twin_arm_ik
 
 REACH_TOLERANCE_M = 0.01

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.interfaces import Robot
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 
 DEVICES: dict[str, str] = {
     "scripted": "tether.robot.twin.expert:ScriptedExpert",

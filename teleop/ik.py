@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 

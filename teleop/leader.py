@@ -33,16 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from tether.calibration.leader_follower import (
+from tether.core.config import from_dict
+from tether.core.errors import ConfigError
+from tether.robot.config import ArmConfig
+from tether.robot.interfaces import Arm, Observation, Robot
+from tether.robot.joint_map import (
     JointMap,
     LeaderFollowerCalibration,
     default_pair,
 )
-from tether.config import from_dict
-from tether.errors import ConfigError
-from tether.robot.config import ArmConfig
-from tether.robot.interfaces import Arm, Observation, Robot
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 
 log = logging.getLogger(__name__)
 

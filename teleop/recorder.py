@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from tether.core.errors import DeviceClosedError, DeviceError, StoreError, TetherError
 from tether.data.store import EpisodeStore, EpisodeWriter
-from tether.errors import DeviceClosedError, DeviceError, StoreError, TetherError
 from tether.robot.interfaces import ACTION_KEY, STATE_KEY, Robot, image_key
 from tether.robot.runtime import RateLoop, Tick
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 from tether.teleop.recorder_stats import SyncMonitor
 from tether.teleop.recorder_streams import DirectStreams, Sample, ThreadedStreams
 

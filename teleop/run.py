@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tether.errors import DeviceError
+from tether.core.errors import DeviceError
 from tether.robot.interfaces import Robot
 from tether.robot.runtime import LoopStats, RateLoop, Tick
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import pytest
 import typer
 
 from tether.cli import describe_os_error, run
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

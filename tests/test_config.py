@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import load_config, load_mapping, save_config
-from tether.errors import ConfigError
+from tether.core.config import load_config, load_mapping, save_config
+from tether.core.errors import ConfigError
 from tether.robot.config import RobotConfig
 from tether.robot.factory import load_robot_config, make_robot
 

@@ -20,14 +20,14 @@ from tether import __version__
 
 # Each module defines register(app: typer.Typer) -> None.
 COMMAND_MODULES = [
-    "tether.robot.twin.cli",  # tether twin view|check
-    "tether.teleop.cli",  # tether record
-    "tether.data.cli",  # tether inspect
-    "tether.policies.cli",  # tether train, serve, keys
-    "tether.robot.cli",  # tether rollout
-    "tether.robot.drivers.cli",  # tether find-ports, find-cameras
-    "tether.calibration.cli",  # tether calibrate ...
-    "tether.eval.cli",  # tether eval, demo
+    "tether.app.commands.twin",  # tether twin view|check
+    "tether.app.commands.record",  # tether record
+    "tether.app.commands.data",  # tether inspect
+    "tether.app.commands.train",  # tether train, serve, keys
+    "tether.app.commands.rollout",  # tether rollout
+    "tether.app.commands.hardware",  # tether find-ports, find-cameras
+    "tether.app.commands.calibrate",  # tether calibrate ...
+    "tether.app.commands.eval",  # tether eval, demo
 ]
 
 console = Console()
@@ -90,7 +90,7 @@ def run(args: list[str], verbose: bool = False, app: typer.Typer | None = None) 
 
     `app` defaults to the real one; tests pass a small app to reach every branch.
     """
-    from tether.errors import TetherError
+    from tether.core.errors import TetherError
 
     try:
         app = app or build_app()

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tether.config import from_dict
-from tether.errors import ConfigError, DeviceError
+from tether.core.config import from_dict
+from tether.core.errors import ConfigError, DeviceError
 from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from tether.config import from_dict
-from tether.errors import ConfigError, DeviceError
-from tether.optional import require
+from tether.core.config import from_dict
+from tether.core.errors import ConfigError, DeviceError
+from tether.core.optional import require
 from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tether.config import from_dict
-from tether.errors import ConfigError, DeviceError
-from tether.optional import require
+from tether.core.config import from_dict
+from tether.core.errors import ConfigError, DeviceError
+from tether.core.optional import require
 from tether.robot.interfaces import Arm, ArmSpec, JointState
 
 log = logging.getLogger(__name__)

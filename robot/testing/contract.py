@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from tether.errors import DeviceClosedError
+from tether.core.errors import DeviceClosedError
 from tether.robot.interfaces import Arm, Camera, Frame, JointState
 
 # read() must return promptly: it hands over the newest frame, it does not wait for one. The

@@ -15,7 +15,7 @@ from collections import deque
 import mujoco
 import numpy as np
 
-from tether.errors import DeviceError
+from tether.core.errors import DeviceError
 from tether.robot.interfaces import Arm, ArmSpec, Camera, CameraSpec, Frame, JointState
 from tether.robot.twin.sim import Delay, TwinSim, release_gl_context
 

@@ -20,11 +20,11 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.interfaces import Observation
+from tether.robot.targets import TeleopDevice
 from tether.robot.twin.ik import ArmIK, rot_down, rot_horizontal
 from tether.robot.twin.robot import TwinRobot
-from tether.teleop.base import TeleopDevice
 
 ARRIVED_RAD = 0.03  # a phase ends once every arm joint is this close to its goal...
 MAX_WAIT_S = 2.0  # ...or this long after its planned end

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tether.errors import ConfigError, DeviceError
+from tether.core.errors import ConfigError, DeviceError
 from tether.robot.config import RobotConfig
 from tether.robot.interfaces import CameraSpec, Observation, Robot
 from tether.robot.safety import SafetyConfig

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.twin.models import SO101, VX300, ArmModel, free_box, scene_xml, socket
 from tether.robot.twin.sim import TwinSim
 

@@ -10,10 +10,10 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from tether.calibration.cli import register
-from tether.calibration.leader_follower import LeaderFollowerCalibration
+from tether.app.commands.calibrate import register
 from tether.robot.emulators import FeetechBusEmulator
 from tether.robot.factory import make_robot
+from tether.robot.joint_map import LeaderFollowerCalibration
 from tether.teleop.factory import make_teleop
 
 TICKS = 4096 / (2 * math.pi)

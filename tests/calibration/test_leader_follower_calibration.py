@@ -7,17 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from tether.calibration.leader_follower import (
+from tether.calibration.leader_follower import offsets_from_poses
+from tether.core.errors import ConfigError
+from tether.robot.interfaces import ArmSpec
+from tether.robot.joint_map import (
     ArmPairCalibration,
     GripperMapping,
     JointMap,
     JointMapping,
     LeaderFollowerCalibration,
     default_pair,
-    offsets_from_poses,
 )
-from tether.errors import ConfigError
-from tether.robot.interfaces import ArmSpec
 
 
 def spec(name, joints, gripper=True, lower=-math.pi, upper=math.pi, grip=(0.0, 1.0)):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
+from tether.core.errors import StoreError
 from tether.data.converters import import_replay_buffer
-from tether.errors import StoreError
 
 
 def test_import_replay_buffer(tmp_path):

@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tether.core.errors import StoreError
 from tether.data.dataset import EpisodeDataset, LocalitySampler, collate_windows, split_episodes
 from tether.data.stats import compute_stats, get_stats, load_stats
 from tether.data.store import EpisodeStore
-from tether.errors import StoreError
 
 LENGTHS = [1, 4, 9, 2, 6]
 

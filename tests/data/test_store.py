@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import zarr
 
+from tether.core.errors import StoreError
 from tether.data.store import EpisodeStore
-from tether.errors import StoreError
 
 
 def episode(n: int, k: int = 0, h: int = 24, w: int = 32) -> dict[str, np.ndarray]:

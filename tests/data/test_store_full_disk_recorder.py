@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import zarr.storage._local as zarr_local
 
+from tether.core.errors import StoreError
 from tether.data.store import EpisodeStore
 from tether.data.verify import verify_path
-from tether.errors import StoreError
 from tether.robot.interfaces import CameraSpec, Robot
 from tether.robot.memory import MemoryArm, MemoryCamera, default_arm_spec
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 from tether.teleop.recorder import SAVED, Recorder
 
 FPS = 30.0

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import zarr.storage._local as zarr_local
 
+from tether.core.errors import StoreError
 from tether.data.dataset import EpisodeDataset
 from tether.data.store import EpisodeStore, chunk_file
 from tether.data.verify import repair_store, verify_path
-from tether.errors import StoreError
 
 
 def episode(n: int, k: int = 0) -> dict[str, np.ndarray]:

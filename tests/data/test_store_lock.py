@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tether.core.errors import StoreError
 from tether.data.store import EpisodeStore
-from tether.errors import StoreError
 
 HOLDER = Path(__file__).with_name("lock_holder.py")
 

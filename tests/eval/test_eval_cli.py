@@ -73,7 +73,7 @@ def test_eval_reports_a_missing_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_scripted_expert_success_over_100_episodes(tmp_path):
-    from tether.eval.runner import EvalConfig, evaluate
+    from tether.app.eval.runner import EvalConfig, evaluate
 
     summary = evaluate(EvalConfig(task="lift", episodes=100, workers=2, policy="scripted",
                                   out=str(tmp_path), videos=0), show_progress=False)

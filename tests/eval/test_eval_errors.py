@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tether.errors import PolicyError
-from tether.eval.progress import PlainProgress
+from tether.app.eval.progress import PlainProgress
+from tether.core.errors import PolicyError
 from tether.policies.base import ArraySpec
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy

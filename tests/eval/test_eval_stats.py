@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from tether.eval.records import EpisodeRecord, load_records
-from tether.eval.report import summarize
-from tether.eval.stats import _normal_quantile, percentiles, wilson_interval
+from tether.app.eval.records import EpisodeRecord, load_records
+from tether.app.eval.report import summarize
+from tether.app.eval.stats import _normal_quantile, percentiles, wilson_interval
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.base import Policy
 from tether.policies.checkpoint import find_checkpoint, load_policy
 from tether.policies.trainer import TrainConfig, train

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tether.errors import PolicyError, ProtocolError
+from tether.core.errors import PolicyError, ProtocolError
 from tether.policies import protocol
 from tether.policies.base import ArraySpec
 from tether.policies.client import PolicyClient, ServerTimeout

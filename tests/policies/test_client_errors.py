@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError, PolicyError
+from tether.core.errors import ConfigError, PolicyError
 from tether.policies import protocol
 from tether.policies.base import ArraySpec
 from tether.policies.client import PolicyClient, ServerTimeout

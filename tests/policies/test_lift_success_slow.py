@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_act_cpu_recipe_reaches_80_percent_on_lift(tmp_path):
-    from tether.eval.demo import DemoConfig, run_demo
+    from tether.app.eval.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=str(tmp_path / "demo"), eval_episodes=50))
     print(json.dumps({k: result[k] for k in ("success_rate", "success_ci95", "train_time_s",

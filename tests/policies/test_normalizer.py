@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.normalizer import Normalizer
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.act import ACTConfig, ACTModel, chunk_size_for_fps
 from tether.policies.diffusion import (
     DiffusionConfig,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.schedulers import NoiseScheduler, squared_cosine_betas
 
 

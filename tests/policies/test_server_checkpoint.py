@@ -7,14 +7,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tether.app.commands.serve import load_served_policy  # noqa: E402
+from tether.app.rollout import RolloutConfig, run_episode  # noqa: E402
 from tether.policies.checkpoint import save_checkpoint  # noqa: E402
 from tether.policies.client import PolicyClient  # noqa: E402
 from tether.policies.normalizer import Normalizer  # noqa: E402
-from tether.policies.serve_cli import load_served_policy  # noqa: E402
 from tether.policies.server import PolicyServer, ServerConfig  # noqa: E402
 from tether.policies.torch_policy import make_spec  # noqa: E402
 from tether.robot.factory import make_robot  # noqa: E402
-from tether.robot.rollout import RolloutConfig, run_episode  # noqa: E402
 
 IMAGE = [240, 320, 3]
 

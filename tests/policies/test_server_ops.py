@@ -520,7 +520,7 @@ def test_binding_beyond_loopback_without_keys_warns(caplog, tmp_path):
 
 
 def test_a_busy_port_gives_a_clear_error(server):
-    from tether.errors import TetherError
+    from tether.core.errors import TetherError
 
     with pytest.raises(TetherError, match="cannot bind"):
         PolicyServer(RecordingPolicy(), ServerConfig(server.endpoint)).start()

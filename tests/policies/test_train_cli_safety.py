@@ -24,11 +24,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tether.app.commands.train import TRAIN_EXAMPLES
 from tether.cli import build_app
-from tether.errors import PolicyError, TetherError
+from tether.core.errors import PolicyError, TetherError
 from tether.policies import checkpoint as checkpoint_module
 from tether.policies.checkpoint import find_checkpoint, load_policy
-from tether.policies.cli import TRAIN_EXAMPLES
 from tether.policies.trainer import TrainConfig, _PlainProgress, _ProgressUI, choose_preset, train
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "policies.md"
@@ -113,7 +113,7 @@ def test_a_crashed_overwrite_leaves_no_checkpoint_to_serve(synthetic_store, tmp_
 
 
 def test_the_api_refuses_too(synthetic_store, act_run):
-    from tether.errors import ConfigError
+    from tether.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not empty"):
         train(TrainConfig(dataset=str(synthetic_store), preset="tiny", out=str(act_run)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tether.errors import ConfigError, PolicyError
+from tether.core.errors import ConfigError, PolicyError
 from tether.policies.base import Policy
 from tether.policies.trainer import TrainConfig, load_run_config, train
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tether.errors import PolicyError
+from tether.core.errors import PolicyError
 from tether.policies.vision import (
     ResNet18,
     SpatialSoftmax,

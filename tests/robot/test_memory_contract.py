@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tether.errors import DeviceClosedError
+from tether.core.errors import DeviceClosedError
 from tether.robot.interfaces import CameraSpec, Robot, image_key
 from tether.robot.memory import ManualClock, MemoryArm, MemoryCamera
 from tether.robot.safety import SafetyConfig

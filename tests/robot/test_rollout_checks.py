@@ -17,13 +17,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tether.app.commands.rollout import _PlainProgress
+from tether.app.rollout import RolloutConfig, resample_chunk, run_episode
 from tether.cli import build_app
 from tether.policies.base import Policy
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import WaypointPolicy, observation_specs_for
-from tether.robot.cli import _PlainProgress
 from tether.robot.factory import make_robot
-from tether.robot.rollout import RolloutConfig, resample_chunk, run_episode
 
 NO_CAMERAS = ["--set", "twin_params.cameras=[]"]
 STALE_AFTER_S = 0.25  # SafetyConfig's default

@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from tether.errors import PolicyError, TetherError
+from tether.app.rollout import RolloutConfig, run_episode
+from tether.core.errors import PolicyError, TetherError
 from tether.policies.base import ArraySpec, Policy
 from tether.policies.client import PolicyClient
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy, SlowPolicy, WaypointPolicy, observation_specs_for
 from tether.robot.factory import make_robot
-from tether.robot.rollout import RolloutConfig, run_episode
 
 FPS = 50.0
 DELTA = np.array([0.3, 0.2, -0.2, -0.2, 0.2, -0.5])

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.errors import ConfigError, SafetyError
+from tether.core.errors import ConfigError, SafetyError
 from tether.robot import safety
 from tether.robot.interfaces import ArmSpec, JointState, Robot
 from tether.robot.memory import ManualClock, MemoryArm

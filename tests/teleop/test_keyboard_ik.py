@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.factory import make_robot
 from tether.teleop.factory import make_teleop
 from tether.teleop.ik import rotation_error, rotation_from_vector, twin_arm_ik

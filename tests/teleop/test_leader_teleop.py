@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.emulators import DynamixelBusEmulator, FeetechBusEmulator
 from tether.robot.interfaces import ArmSpec, Robot
 from tether.robot.memory import ManualClock, MemoryArm
@@ -190,7 +190,7 @@ def test_tether_teleop_command_runs_a_leader_config(tmp_path, leader_bus, check_
     import yaml
     from typer.testing import CliRunner
 
-    from tether.robot.drivers.cli import register
+    from tether.app.commands.hardware import register
 
     with DynamixelBusEmulator(list(range(1, 7))) as follower_bus:
         motors = [{"name": n, "id": i + 1} for i, n in enumerate(JOINTS)]

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from tether.cli import build_app
 from tether.data.store import EpisodeStore
 from tether.robot.factory import make_robot
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 from tether.teleop.recorder import Recorder
 from tether.teleop.recorder_keys import HELP, KeyboardControls, legend
 from tether.teleop.recorder_view import PlainProgress

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tether.cli import build_app
-from tether.config import load_mapping
+from tether.core.config import load_mapping
 from tether.data.store import EpisodeStore
 from tether.robot.emulators import FeetechBusEmulator
 

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from tether.core.errors import StoreError
 from tether.data.store import EpisodeStore
-from tether.errors import StoreError
 from tether.robot.interfaces import CameraSpec, Frame, Robot
 from tether.robot.memory import ManualClock, MemoryArm, MemoryCamera, default_arm_spec
-from tether.teleop.base import TeleopDevice
+from tether.robot.targets import TeleopDevice
 from tether.teleop.recorder import DISCARDED, SAVED, Recorder
 from tether.teleop.recorder_keys import KeyboardControls
 

@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError, DeviceError
+from tether.core.errors import ConfigError, DeviceError
 from tether.robot.factory import make_robot
 from tether.teleop.factory import make_teleop
 from tether.teleop.ik import twin_arm_ik

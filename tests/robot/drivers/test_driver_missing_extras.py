@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tether.errors import MissingExtraError
+from tether.core.errors import MissingExtraError
 from tether.robot.config import ArmConfig, CameraConfig
 from tether.robot.drivers.dynamixel import DynamixelArm
 from tether.robot.drivers.feetech import FeetechArm

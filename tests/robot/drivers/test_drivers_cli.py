@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tether.robot.drivers.cli import register
+from tether.app.commands.hardware import register
 from tether.robot.emulators import DynamixelBusEmulator
 
 TETHER = str(Path(sys.executable).parent / "tether")

@@ -103,7 +103,7 @@ def test_scan_bus_with_the_wrong_protocol_then_the_right_one():
     """The reported case, through the CLI: the wrong protocol finds nothing, the right one works."""
     import typer
 
-    from tether.robot.drivers.cli import register
+    from tether.app.commands.hardware import register
 
     app = typer.Typer()
     register(app)

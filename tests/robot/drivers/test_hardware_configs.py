@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tether.config import from_dict, load_mapping
+from tether.core.config import from_dict, load_mapping
 from tether.robot.config import RobotConfig
 from tether.robot.emulators import DynamixelBusEmulator, FeetechBusEmulator
 from tether.robot.factory import load_robot_config, make_robot

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError, DeviceError
+from tether.core.errors import ConfigError, DeviceError
 from tether.robot.config import CameraConfig
 from tether.robot.drivers.opencv_camera import OpenCVCamera
 from tether.robot.testing.contract import CameraContract

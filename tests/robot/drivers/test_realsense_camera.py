@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError, DeviceError
+from tether.core.errors import ConfigError, DeviceError
 from tether.robot.config import CameraConfig
 from tether.robot.drivers.realsense import RealSenseCamera, RealSenseParams
 from tether.robot.interfaces import CameraSpec

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError, DeviceError
+from tether.core.errors import ConfigError, DeviceError
 from tether.robot.config import ArmConfig
 from tether.robot.drivers.dynamixel import DynamixelArm
 from tether.robot.drivers.feetech import FeetechArm

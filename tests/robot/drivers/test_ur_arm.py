@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError, DeviceClosedError, DeviceError
+from tether.core.errors import ConfigError, DeviceClosedError, DeviceError
 from tether.robot.config import ArmConfig
 from tether.robot.drivers.ur_rtde import URArm
 

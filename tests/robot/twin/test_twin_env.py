@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.twin import make_env
 from tether.robot.twin.env import ENV_IDS
 from tether.robot.twin.expert import ScriptedExpert

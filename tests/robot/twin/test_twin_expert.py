@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.config import RobotConfig
 from tether.robot.factory import make_robot
 from tether.robot.safety import SafetyConfig

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 from tether.robot.config import RobotConfig
 from tether.robot.factory import make_robot
 from tether.robot.interfaces import Robot

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tether.eval.records import EpisodeRecord
-from tether.eval.stats import percentiles, wilson_interval
+from tether.app.eval.records import EpisodeRecord
+from tether.app.eval.stats import percentiles, wilson_interval
 
 SUMMARY_FIELDS = ("success_rate", "success_ci95", "episodes", "successes")
 

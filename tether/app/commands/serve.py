@@ -51,7 +51,7 @@ def serve(
     Example: tether serve runs/act_lift --bind tcp://127.0.0.1:5555
     Example: tether serve simple:hold --robot twin:lift --delay-ms 20
     """
-    from tether.errors import TetherError
+    from tether.core.errors import TetherError
     from tether.policies.server import PolicyServer, ServerConfig, is_local_address
 
     try:
@@ -88,7 +88,7 @@ def load_served_policy(
     policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str
 ):
     """A checkpoint, or a simple policy built for `robot`, optionally slowed by `delay_s`."""
-    from tether.errors import ConfigError
+    from tether.core.errors import ConfigError
     from tether.policies.simple import SlowPolicy, make_simple_policy
 
     if policy.startswith(SIMPLE_PREFIX):
@@ -121,7 +121,7 @@ def keys_generate(
 
     Example: tether keys generate ~/.tether/keys   (then: tether serve CKPT --keys ~/.tether/keys)
     """
-    from tether.errors import TetherError
+    from tether.core.errors import TetherError
     from tether.policies.keys import generate_keys
 
     try:

@@ -1,7 +1,7 @@
 """One evaluation worker: run a list of seeded twin episodes and write each one to disk.
 
-Started by tether.eval.runner as `python -m tether.eval.worker spec.json`. Every policy source
-goes through the same `tether.robot.rollout.run_episode` used on hardware: a checkpoint loaded
+Started by tether.app.eval.runner as `python -m tether.app.eval.worker spec.json`. Every policy source
+goes through the same `tether.app.rollout.run_episode` used on hardware: a checkpoint loaded
 in this process, a policy server reached over ZMQ, or the twin's scripted expert wrapped as a
 one-action-per-chunk policy (the sanity baseline a trained policy should approach).
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tether.errors import ConfigError, TetherError
-from tether.eval.records import EpisodeRecord
+from tether.app.eval.records import EpisodeRecord
+from tether.core.errors import ConfigError, TetherError
 from tether.policies.base import ArraySpec, Policy, PolicySpec
 from tether.robot.interfaces import IMAGE_PREFIX
 
@@ -68,7 +68,7 @@ class ExpertPolicy(Policy):
 
 
 def run_worker(spec: dict[str, Any]) -> None:
-    from tether.eval.runner import EvalConfig
+    from tether.app.eval.runner import EvalConfig
     from tether.robot.factory import make_robot
 
     config = EvalConfig(**spec["config"])
@@ -120,7 +120,7 @@ def _spec_of(source) -> PolicySpec:
 def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
     """Yield an EpisodeRecord per seed: the one episode loop behind `tether eval`, the trainer's
     periodic evaluation and the demo (a Policy in-process, or a PolicyClient)."""
-    from tether.robot.rollout import RolloutConfig, run_episode
+    from tether.app.rollout import RolloutConfig, run_episode
 
     record_video = video_dir is not None and config.videos > 0
     rollout = RolloutConfig(**{"realtime": False, "record_frames": record_video,
@@ -152,7 +152,7 @@ def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
 def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
     """`evaluate(policy) -> success rate` on seeded twin episodes, for the trainer's periodic
     evaluation (`tether.policies.trainer.train(config, evaluate=...)`)."""
-    from tether.eval.runner import EvalConfig
+    from tether.app.eval.runner import EvalConfig
     from tether.robot.factory import make_robot
 
     # Only the rollout settings and seeds are used here; the policy is handed in directly.
@@ -184,7 +184,7 @@ def _policy_source(config):
 
 def _write_video(out: Path, seed: int, success: bool, frames: dict[str, list[np.ndarray]],
                  fps: float) -> str | None:
-    from tether.eval.video import write_webm
+    from tether.app.eval.video import write_webm
 
     name = next(iter(frames), None)
     if name is None or not frames[name]:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if len(argv) != 1:
-        print("usage: python -m tether.eval.worker SPEC.json", file=sys.stderr)
+        print("usage: python -m tether.app.eval.worker SPEC.json", file=sys.stderr)
         return 2
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     try:

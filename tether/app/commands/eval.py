@@ -35,8 +35,8 @@ def eval_command(
 
     from rich.console import Console
 
-    from tether.errors import TetherError
-    from tether.eval.runner import EvalConfig, evaluate
+    from tether.app.eval.runner import EvalConfig, evaluate
+    from tether.core.errors import TetherError
 
     console = Console(stderr=True)
     try:
@@ -44,7 +44,7 @@ def eval_command(
                             checkpoint=checkpoint, server=server, policy=policy, out=str(out),
                             videos=videos, steps=steps, rollout={"blend": blend})
         if sweep_run is not None:
-            from tether.eval.sweep import sweep
+            from tether.app.eval.sweep import sweep
 
             if checkpoint or server or policy:
                 raise TetherError("--sweep evaluates the run's own checkpoints; drop --checkpoint/--server/--policy.")
@@ -81,8 +81,8 @@ def demo_command(
     """
     from rich.console import Console
 
-    from tether.errors import TetherError
-    from tether.eval.demo import DemoConfig, run_demo
+    from tether.app.eval.demo import DemoConfig, run_demo
+    from tether.core.errors import TetherError
 
     console = Console()
     try:

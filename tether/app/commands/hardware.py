@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 console = Console()
 
@@ -37,9 +37,9 @@ def register(app: typer.Typer) -> None:
     app.command("find-cameras")(find_cameras)
     app.command("scan-bus")(scan_bus)
     app.command("emulate-bus")(emulate_bus)
-    # `tether teleop` lives with the teleop devices (tether.teleop.cli, next to `record`, with
+    # `tether teleop` lives with the teleop devices (tether.app.commands.record, next to `record`, with
     # which it shares the e-stop keys); it is registered here, as before, for existing callers.
-    from tether.teleop.cli import teleop_command
+    from tether.app.commands.record import teleop_command
 
     app.command("teleop")(teleop_command)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 SCRIPTED = "scripted"  # the only device that is not a person, so the only one that may run fast
 
@@ -70,7 +70,7 @@ def record_command(
     """
     from rich.console import Console
 
-    from tether.errors import TetherError
+    from tether.core.errors import TetherError
 
     console = Console(stderr=True)
     try:
@@ -114,7 +114,7 @@ def teleop_command(
 
     from rich.console import Console
 
-    from tether.config import apply_overrides
+    from tether.core.config import apply_overrides
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop
     from tether.teleop.recorder_keys import ESTOP_HELP, KeyReader, estop_bindings, legend
@@ -182,7 +182,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
 
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-    from tether.config import apply_overrides, to_dict
+    from tether.core.config import apply_overrides, to_dict
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop
 
@@ -263,9 +263,9 @@ def _check_out(out: Path, append: bool, overwrite: bool) -> None:
 
 
 def _open_store(out, append, overwrite, rate, zarr_format, image_quality, robot_config, config):
-    from tether.config import save_config
+    from tether.core.config import save_config
+    from tether.core.errors import StoreError
     from tether.data.store import EpisodeStore
-    from tether.errors import StoreError
 
     if append:
         store = EpisodeStore.open(out, "a")
@@ -300,8 +300,8 @@ def _next_seed(store) -> int:
 
 
 def _is_empty(out: Path) -> bool:
+    from tether.core.errors import StoreError
     from tether.data.store import EpisodeStore
-    from tether.errors import StoreError
 
     if not out.exists():
         return False

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tether.errors import TetherError
+from tether.core.errors import TetherError
 
 
 def write_webm(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:

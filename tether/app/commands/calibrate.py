@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 console = Console()
 
@@ -45,12 +45,9 @@ def calibrate_leader(
     """
     import numpy as np
 
-    from tether.calibration.leader_follower import (
-        LeaderFollowerCalibration,
-        default_pair,
-        offsets_from_poses,
-    )
+    from tether.calibration.leader_follower import offsets_from_poses
     from tether.robot.factory import load_robot_config, make_robot
+    from tether.robot.joint_map import LeaderFollowerCalibration, default_pair
     from tether.teleop.factory import make_teleop
 
     config = load_robot_config(robot)

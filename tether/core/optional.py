@@ -3,7 +3,7 @@
 import importlib
 from types import ModuleType
 
-from tether.errors import MissingExtraError
+from tether.core.errors import MissingExtraError
 
 
 def require(module: str, extra: str, purpose: str = "", package: str | None = None) -> ModuleType:

@@ -77,7 +77,7 @@ def rollout(
     Example: tether rollout --robot twin:lift --server tcp://127.0.0.1:5555 --episodes 3
     Example: tether rollout --robot twin:lift --policy simple:hold --lockstep --max-steps 100
     """
-    from tether.errors import ConfigError, TetherError
+    from tether.core.errors import ConfigError, TetherError
 
     try:
         if (server is None) == (policy is None):
@@ -109,8 +109,8 @@ def _run(
     robot_spec, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout, options,
     keyboard=False,
 ) -> list[dict]:
+    from tether.app.rollout import RolloutConfig, run_episode
     from tether.robot.factory import make_robot
-    from tether.robot.rollout import RolloutConfig, run_episode
 
     config = RolloutConfig(**options)
     robot = make_robot(robot_spec, overrides)
@@ -123,7 +123,7 @@ def _run(
         source = PolicyClient(server, timeout_s=timeout, keys_dir=keys)
         source.wait_for_server(connect_timeout)
     else:
-        from tether.policies.serve_cli import SIMPLE_PREFIX, load_served_policy
+        from tether.app.commands.serve import SIMPLE_PREFIX, load_served_policy
 
         if policy.startswith(SIMPLE_PREFIX):  # built for this robot, --set overrides included
             from tether.policies.simple import make_simple_policy

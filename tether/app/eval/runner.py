@@ -1,6 +1,6 @@
 """Batch evaluation on the twin: N seeded episodes over W worker processes, then a report.
 
-Workers are plain subprocesses (`python -m tether.eval.worker spec.json`) that write each
+Workers are plain subprocesses (`python -m tether.app.eval.worker spec.json`) that write each
 episode as JSON + npz into the report folder; nothing is pickled between processes, a crashed
 worker loses only its own unfinished episode, and the same worker command could be launched by
 a cluster scheduler. The parent only watches the folder for progress and writes the report.
@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether.config import save_config
-from tether.errors import ConfigError, TetherError
-from tether.eval.records import load_records
-from tether.eval.report import write_report
+from tether.app.eval.records import load_records
+from tether.app.eval.report import write_report
+from tether.core.config import save_config
+from tether.core.errors import ConfigError, TetherError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     seeds = config.seeds()
     t0 = time.monotonic()
     if config.workers <= 0:
-        from tether.eval.worker import EpisodeFailed, run_worker
+        from tether.app.eval.worker import EpisodeFailed, run_worker
 
         try:
             run_worker(_worker_spec(config, seeds, out))
@@ -150,13 +150,13 @@ def _run_subprocesses(config: EvalConfig, seeds: list[int], out: Path, show_prog
         spec_path.write_text(json.dumps(_worker_spec(config, seeds[w::workers], out, error_file)))
         log_file = (logs / f"worker_{w}.log").open("w")
         procs.append((subprocess.Popen(
-            [sys.executable, "-m", "tether.eval.worker", str(spec_path)],
+            [sys.executable, "-m", "tether.app.eval.worker", str(spec_path)],
             stdout=log_file, stderr=subprocess.STDOUT, env=env,
         ), log_file))
     deadline = time.monotonic() + config.timeout_s
     plain = None
     if show_progress and not sys.stdout.isatty():
-        from tether.eval.progress import PlainProgress
+        from tether.app.eval.progress import PlainProgress
 
         plain = PlainProgress(f"eval {config.task}", len(seeds))
     with Progress(TextColumn("[bold]eval {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tether.errors import TetherError
+from tether.core.errors import TetherError
 
 
 @dataclass
@@ -81,7 +81,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         console.print(f"serving {policy.spec.policy_type} (chunk {policy.spec.chunk_size}) at {server.endpoint}")
         console.rule(f"[bold]4/4 evaluate on {config.eval_episodes} held-out seeds through the rollout client")
         t0 = time.monotonic()
-        from tether.eval.runner import EvalConfig, evaluate
+        from tether.app.eval.runner import EvalConfig, evaluate
 
         summary = evaluate(EvalConfig(task=config.task, episodes=config.eval_episodes,
                                       workers=config.workers, seed=100_000, server=server.endpoint,
@@ -162,7 +162,7 @@ def _measure_transport(endpoint: str, spec, task: str, requests: int = 100) -> d
     """Round trip minus the server's own time, for this policy's real observation payload."""
     import numpy as np
 
-    from tether.eval.worker import twin_overrides_for
+    from tether.app.eval.worker import twin_overrides_for
     from tether.policies.client import PolicyClient
     from tether.robot.factory import make_robot
 

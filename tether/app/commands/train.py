@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     """Add this part's commands to the `tether` app."""
     _register_train(app)
     # server commands registered below
-    from tether.policies.serve_cli import _register_serve
+    from tether.app.commands.serve import _register_serve
 
     _register_serve(app)
 
@@ -68,7 +68,7 @@ def _register_train(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from tether.errors import TetherError
+        from tether.core.errors import TetherError
         from tether.policies.trainer import TrainingInterrupted
 
         console = Console(stderr=True)
@@ -79,7 +79,7 @@ def _register_train(app: typer.Typer) -> None:
                 return
             evaluate = None
             if eval_task:
-                from tether.eval.worker import make_twin_evaluator
+                from tether.app.eval.worker import make_twin_evaluator
 
                 evaluate = make_twin_evaluator(eval_task, eval_episodes)
             run_dir = _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
@@ -104,7 +104,7 @@ def _register_train(app: typer.Typer) -> None:
 def _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,
                   eval_every=None, keep_every=None):
     """The TrainConfig a command line asks for (before the preset fills it in)."""
-    from tether.config import apply_overrides, from_dict, load_mapping
+    from tether.core.config import apply_overrides, from_dict, load_mapping
     from tether.policies.trainer import TrainConfig
 
     data = load_mapping(config) if config else {}
@@ -124,7 +124,7 @@ def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
 
     if resume:
         if overwrite:
-            from tether.errors import ConfigError
+            from tether.core.errors import ConfigError
 
             raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
         cfg = TrainConfig(out=resume, steps=steps, progress=progress)
@@ -132,7 +132,7 @@ def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
     cfg = _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,
                         eval_every, keep_every)
     if evaluate is not None and not cfg.eval_every:
-        from tether.errors import ConfigError
+        from tether.core.errors import ConfigError
 
         raise ConfigError("--eval-task needs --eval-every N (steps between evaluations).")
     return train(cfg, evaluate=evaluate, overwrite=overwrite)
@@ -144,7 +144,7 @@ def _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, see
     import importlib
     import json
 
-    from tether.config import from_dict, to_dict
+    from tether.core.config import from_dict, to_dict
     from tether.policies.checkpoint import POLICY_TYPES
     from tether.policies.trainer import (
         choose_preset,

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tether.errors import ConfigError, PolicyError, TetherError
+from tether.core.errors import ConfigError, PolicyError, TetherError
 from tether.policies.base import Policy, PolicySpec
 from tether.robot.runtime import RateLoop, Tick
 

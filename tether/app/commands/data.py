@@ -41,10 +41,10 @@ def inspect_command(
 
     from rich.console import Console
 
+    from tether.core.errors import TetherError
     from tether.data.inspect import summarize, write_episode_media
     from tether.data.store import EpisodeStore
     from tether.data.verify import verify_store
-    from tether.errors import TetherError
 
     console = Console()
     report = None
@@ -143,7 +143,7 @@ class _store_errors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         from rich.markup import escape
 
-        from tether.errors import TetherError
+        from tether.core.errors import TetherError
 
         if exc is None or not isinstance(exc, TetherError | OSError):
             return False

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tether.errors import TetherError
-from tether.eval.runner import EvalConfig, evaluate
+from tether.app.eval.runner import EvalConfig, evaluate
+from tether.core.errors import TetherError
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tether.errors import ConfigError
+from tether.core.errors import ConfigError
 
 T = TypeVar("T")
 

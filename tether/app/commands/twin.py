@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tether.errors import TetherError
+from tether.core.errors import TetherError
 
 TASK_HELP = "Twin task: lift, insertion or transfer_cube."
 
