@@ -27,8 +27,8 @@ import time
 import numpy as np
 import zmq
 
+from tether.core.schema import ArraySpec
 from tether.policies import protocol
-from tether.policies.base import ArraySpec
 from tether.policies.client import PolicyClient
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy

@@ -15,59 +15,10 @@ from __future__ import annotations
 import copy
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ArraySpec:
-    name: str
-    dtype: str  # numpy dtype name, e.g. "uint8", "float32"
-    shape: tuple[int, ...]
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ArraySpec:
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(int(s) for s in data["shape"]))
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """What a policy needs and gives; the server's `info` reply carries exactly this."""
-
-    policy_type: str  # "act", "diffusion", "scripted", ...
-    observation: tuple[ArraySpec, ...]
-    action_dim: int
-    chunk_size: int  # actions per predict_chunk call
-    fps: float
-    normalizer_hash: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {
-            "policy_type": self.policy_type,
-            "observation": [a.as_dict() for a in self.observation],
-            "action_dim": self.action_dim,
-            "chunk_size": self.chunk_size,
-            "fps": self.fps,
-            "normalizer_hash": self.normalizer_hash,
-            "extra": dict(self.extra),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PolicySpec:
-        return cls(
-            policy_type=str(data["policy_type"]),
-            observation=tuple(ArraySpec.from_dict(a) for a in data["observation"]),
-            action_dim=int(data["action_dim"]),
-            chunk_size=int(data["chunk_size"]),
-            fps=float(data["fps"]),
-            normalizer_hash=str(data.get("normalizer_hash", "")),
-            extra=dict(data.get("extra", {})),
-        )
+from tether.core.schema import PolicySpec
 
 
 class Policy(ABC):

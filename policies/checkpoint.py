@@ -30,7 +30,8 @@ from torch import nn
 
 from tether.core.config import from_dict, to_dict
 from tether.core.errors import ConfigError, PolicyError
-from tether.policies.base import Policy, PolicySpec
+from tether.core.schema import PolicySpec
+from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
 
 __all__ = ["FORMAT", "POLICY_TYPES", "build_model", "find_checkpoint", "load_policy", "optimize_for_inference",

@@ -36,8 +36,8 @@ import numpy as np
 import zmq
 
 from tether.core.errors import ConfigError, PolicyError, ProtocolError, TetherError
+from tether.core.schema import ArraySpec, PolicySpec
 from tether.policies import protocol
-from tether.policies.base import ArraySpec, PolicySpec
 from tether.policies.protocol import MessageError, RemoteError
 
 log = logging.getLogger(__name__)

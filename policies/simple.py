@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from tether.core.errors import PolicyError
-from tether.policies.base import ArraySpec, Policy, PolicySpec
+from tether.core.schema import ArraySpec, PolicySpec
+from tether.policies.base import Policy
 
 __all__ = [
     "ConstantPolicy",

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from tether.core.errors import PolicyError
-from tether.policies.base import ArraySpec, Policy, PolicySpec
+from tether.core.schema import ArraySpec, PolicySpec
+from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
 
 __all__ = ["ACTPolicy", "DiffusionPolicy", "TorchPolicy", "make_spec"]

@@ -21,15 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tether.core.errors import DeviceClosedError, DeviceError
+from tether.core.schema import ACTION, STATE, image_key
 
-STATE_KEY = "state"
-ACTION_KEY = "action"
-IMAGE_PREFIX = "image."
-
-
-def image_key(camera_name: str) -> str:
-    """Key of a camera's images in observation dicts and stores: `image.<camera>`."""
-    return f"{IMAGE_PREFIX}{camera_name}"
+# Array names are built by tether.core.schema only; these aliases keep the robot API's names.
+STATE_KEY = STATE
+ACTION_KEY = ACTION
 
 
 # --------------------------------------------------------------------------------------------

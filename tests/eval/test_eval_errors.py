@@ -13,7 +13,7 @@ import pytest
 
 from tether.app.eval.progress import PlainProgress
 from tether.core.errors import PolicyError
-from tether.policies.base import ArraySpec
+from tether.core.schema import ArraySpec
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy
 

@@ -10,8 +10,8 @@ import pytest
 import zmq
 
 from tether.core.errors import PolicyError, ProtocolError
+from tether.core.schema import ArraySpec
 from tether.policies import protocol
-from tether.policies.base import ArraySpec
 from tether.policies.client import PolicyClient, ServerTimeout
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy, SlowPolicy

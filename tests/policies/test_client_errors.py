@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tether.core.errors import ConfigError, PolicyError
+from tether.core.schema import ArraySpec
 from tether.policies import protocol
-from tether.policies.base import ArraySpec
 from tether.policies.client import PolicyClient, ServerTimeout
 from tether.policies.keys import generate_keys
 from tether.policies.server import PolicyServer, ServerConfig

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tether.core.schema import ArraySpec
 from tether.policies import protocol
-from tether.policies.base import ArraySpec
 from tether.policies.protocol import MessageError
 
 SPEC = (ArraySpec("state", "float32", (14,)), ArraySpec("image.top", "uint8", (4, 6, 3)))

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import zmq
 
+from tether.core.schema import ArraySpec
 from tether.policies import protocol
-from tether.policies.base import ArraySpec, Policy
+from tether.policies.base import Policy
 from tether.policies.client import PolicyClient, ServerTimeout
 from tether.policies.keys import generate_keys
 from tether.policies.server import PolicyServer, ServerConfig, is_local_address, warn_if_exposed

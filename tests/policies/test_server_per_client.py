@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from tether.policies.base import ArraySpec
+from tether.core.schema import ArraySpec
 from tether.policies.client import PolicyClient
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy, SlowPolicy

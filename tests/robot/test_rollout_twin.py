@@ -12,7 +12,8 @@ import pytest
 
 from tether.app.rollout import RolloutConfig, run_episode
 from tether.core.errors import PolicyError, TetherError
-from tether.policies.base import ArraySpec, Policy
+from tether.core.schema import ArraySpec
+from tether.policies.base import Policy
 from tether.policies.client import PolicyClient
 from tether.policies.server import PolicyServer, ServerConfig
 from tether.policies.simple import IdentityPolicy, SlowPolicy, WaypointPolicy, observation_specs_for

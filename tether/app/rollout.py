@@ -44,7 +44,8 @@ from typing import Any, Literal
 import numpy as np
 
 from tether.core.errors import ConfigError, PolicyError, TetherError
-from tether.policies.base import Policy, PolicySpec
+from tether.core.schema import PolicySpec
+from tether.policies.base import Policy
 from tether.robot.runtime import RateLoop, Tick
 
 log = logging.getLogger(__name__)

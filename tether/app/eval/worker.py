@@ -23,8 +23,8 @@ import numpy as np
 
 from tether.app.eval.records import EpisodeRecord
 from tether.core.errors import ConfigError, TetherError
-from tether.policies.base import ArraySpec, Policy, PolicySpec
-from tether.robot.interfaces import IMAGE_PREFIX
+from tether.core.schema import ArraySpec, PolicySpec, camera_of, is_image_key
+from tether.policies.base import Policy
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def twin_overrides_for(spec: PolicySpec) -> list[str]:
     and a different image makes the spec check refuse the policy before anything moves.
     """
     rate = [f"fps={spec.fps:g}"]
-    images = [a for a in spec.observation if a.name.startswith(IMAGE_PREFIX)]
+    images = [a for a in spec.observation if is_image_key(a.name)]
     if not images:
         return rate + ["twin_params.cameras=[]"]
     sizes = {tuple(a.shape[:2]) for a in images}
@@ -107,7 +107,7 @@ def twin_overrides_for(spec: PolicySpec) -> list[str]:
         raise ConfigError(f"the policy's cameras differ in size ({sorted(sizes)}); the twin renders "
                           "every camera at one size.")
     (height, width), = sizes
-    names = ", ".join(a.name[len(IMAGE_PREFIX):] for a in images)
+    names = ", ".join(camera_of(a.name) for a in images)
     return rate + [f"twin_params.cameras=[{names}]", f"twin_params.width={width}",
             f"twin_params.height={height}"]
 
