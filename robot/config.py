@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.core.schema import validate_name
 from tether.robot.safety import SafetyConfig
 
 
@@ -17,6 +18,10 @@ class ArmConfig:
     name: str
     driver: str  # key of tether.robot.factory.ARM_DRIVERS, e.g. "dynamixel", "feetech", "ur_rtde"
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The name becomes part of array keys (`state.<arm>`): refuse one that would not parse.
+        validate_name(self.name, "arm")
 
 
 @dataclass
@@ -27,6 +32,9 @@ class CameraConfig:
     height: int = 480
     fps: float = 30.0
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "camera")  # becomes `image.<camera>` in stores and on the wire
 
 
 @dataclass
