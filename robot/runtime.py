@@ -1,13 +1,24 @@
 """The fixed-rate control loop shared by teleop, recording and rollout.
 
-It sleeps to absolute deadlines (so small delays do not accumulate into drift), never tries to
-"catch up" after an overrun (a burst of late commands is worse for an arm than a skipped tick),
-and measures itself: achieved rate, start-time jitter against the schedule, and overruns.
-With `realtime=False` it runs as fast as possible, for simulated data generation and evaluation.
+The schedule is a fixed grid of periods ("slots") from the loop's start: slot k begins at
+t0 + k * period, and the grid never moves. A tick runs in the slot it was scheduled for:
+on time when the previous step finished early (the loop sleeps to the slot's start, an
+absolute deadline, so small delays never accumulate into drift), or late within its slot when
+the previous step overran into it. Every slot that began entirely while a step was still
+running is skipped and counted. The loop never tries to "catch up" (a burst of late commands
+is worse for an arm than a skipped tick): at most one tick starts in any slot. So executed +
+skipped ticks account exactly for the time the loop ran (`ticks + skipped_ticks` is the
+number of slots begun), and a tick's slot is its position in time (`Tick.slot`), whatever
+overruns came before.
+
+It measures itself: achieved rate, start-time jitter against the schedule, and overruns.
+With `realtime=False` it runs as fast as possible (one slot per tick), for simulated data
+generation and evaluation.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,27 +29,45 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tick:
-    index: int
-    t_scheduled: float  # when this tick should have started (monotonic seconds)
-    t_start: float  # when it did start
+    index: int  # ticks executed before this one
+    t_scheduled: float  # when this tick's slot began (monotonic seconds; on the grid)
+    t_start: float  # when the tick did start (>= t_scheduled, less than a period later)
+    slot: int = -1  # periods since the loop started (== index unless ticks were skipped)
+
+    def __post_init__(self) -> None:
+        if self.slot < 0:  # a Tick built by hand (tests, callers) without a slot: no skips
+            object.__setattr__(self, "slot", self.index)
 
 
 @dataclass(frozen=True)
 class LoopStats:
     ticks: int
-    duration_s: float
+    duration_s: float  # from the first slot's start to the end of the last step
     target_hz: float
     achieved_hz: float
     jitter_p50_ms: float
     jitter_p99_ms: float
     jitter_max_ms: float
-    overruns: int  # ticks whose work ran past the next deadline
-    skipped_ticks: int  # deadlines dropped because of overruns
+    overruns: int  # steps whose work ran past the start of the next slot
+    skipped_ticks: int  # slots that began and ended while a step overran (no tick ran in them)
     step_p50_ms: float
     step_p99_ms: float
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+SLOT_EPS = 1e-6  # periods: float rounding of t0 + k * period must not move a time across a slot
+
+
+def slots_begun(elapsed_s: float, period_s: float) -> int:
+    """How many slots of the schedule have begun `elapsed_s` after its start (slot 0 at 0 s).
+
+    The one formula for "where in the schedule is this time", used by the loop and by checks of
+    its statistics (ticks + skipped_ticks == slots_begun(duration_s, 1 / target_hz)). A time a
+    rounding error short of a slot's start counts as in that slot (SLOT_EPS periods).
+    """
+    return int(math.floor(elapsed_s / period_s + SLOT_EPS)) + 1
 
 
 class RateLoop:
@@ -70,44 +99,48 @@ class RateLoop:
         max_ticks: int | None = None,
         duration_s: float | None = None,
     ) -> LoopStats:
+        """Run ticks; `duration_s` bounds the slots started (slot k starts at k * period)."""
         self._stop.clear()
         jitter: list[float] = []
         step_times: list[float] = []
         overruns = 0
-        skipped = 0
         t0 = self._clock()
-        next_deadline = t0
+        t_end = t0
+        slot = 0  # the slot the next tick runs in
         index = 0
         while not self._stop.is_set():
             if max_ticks is not None and index >= max_ticks:
                 break
-            if duration_s is not None and next_deadline - t0 >= duration_s:
+            if duration_s is not None and slot * self.period >= duration_s:
                 break
+            t_scheduled = t0 + slot * self.period
             if self.realtime:
-                delay = next_deadline - self._clock()
+                delay = t_scheduled - self._clock()
                 if delay > 0:
                     self._sleep(delay)
             t_start = self._clock()
             if self.realtime:
-                jitter.append(max(0.0, t_start - next_deadline))
-            keep_going = step(Tick(index, next_deadline, t_start))
+                jitter.append(max(0.0, t_start - t_scheduled))
+            keep_going = step(Tick(index, t_scheduled, t_start, slot))
             t_end = self._clock()
             step_times.append(t_end - t_start)
             index += 1
+            if not self.realtime:
+                slot += 1
+            else:
+                # The next tick runs in the slot in progress when this step ended, or in the
+                # next one if this step ended within its own slot; slots in between are skipped.
+                in_progress = slots_begun(t_end - t0, self.period) - 1
+                if (t_end - t0) / self.period > slot + 1 + SLOT_EPS:
+                    overruns += 1
+                slot = max(slot + 1, in_progress)
             if keep_going is False:
                 break
-            next_deadline += self.period
-            if self.realtime and t_end > next_deadline:
-                overruns += 1
-                missed = int((t_end - next_deadline) // self.period)
-                skipped += missed
-                next_deadline += missed * self.period
-                if next_deadline < t_end:
-                    next_deadline = t_end  # start right away; do not burst to catch up
-            if not self.realtime:
-                next_deadline = t_end
-        duration = self._clock() - t0
-        return _stats(index, duration, self.hz, jitter, step_times, overruns, skipped)
+        if self.realtime and index:
+            # The last step may have overrun into slots no tick will run in: count them too.
+            slot = max(slot, slots_begun(t_end - t0, self.period))
+        skipped = slot - index if self.realtime else 0
+        return _stats(index, t_end - t0, self.hz, jitter, step_times, overruns, skipped)
 
 
 def _stats(ticks, duration, hz, jitter, step_times, overruns, skipped) -> LoopStats:

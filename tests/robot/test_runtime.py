@@ -55,46 +55,97 @@ def test_a_free_step_runs_exactly_on_schedule():
 def test_an_overrun_skips_whole_periods_and_the_loop_never_bursts_to_catch_up():
     loop, clock = fake_loop()
     t0 = clock.now
-    starts = []
+    ticks = []
 
     def step(tick):
-        starts.append(tick.t_start - t0)
+        ticks.append(tick)
         if tick.index == 2:
-            clock.work(5.5 * P)  # runs from 2 P to 7.5 P: the deadlines 3 P .. 7 P are missed
+            clock.work(5.5 * P)  # runs from 2 P to 7.5 P: the slots 3 P .. 6 P pass by
 
     stats = loop.run(step, max_ticks=8)
+    starts = [t.t_start - t0 for t in ticks]
     assert stats.ticks == 8 and stats.overruns == 1
-    assert stats.skipped_ticks == 4  # 3 P .. 6 P dropped; 7 P is late and restarts at once
-    assert starts[:3] == [0.0, P, 2 * P]
-    assert starts[3] == 7.5 * P  # started right away after the overrun
-    gaps = [b - a for a, b in zip(starts[3:], starts[4:])]
-    assert gaps == [P] * 4, "the loop burst to catch up after an overrun"
+    assert stats.skipped_ticks == 4  # 3 P .. 6 P dropped; 7 P runs late, at once
+    assert [t.slot for t in ticks] == [0, 1, 2, 7, 8, 9, 10, 11]
+    assert starts == [0.0, P, 2 * P, 7.5 * P, 8 * P, 9 * P, 10 * P, 11 * P]
+    assert [t.t_scheduled - t0 for t in ticks] == [s * P for s in [0, 1, 2, 7, 8, 9, 10, 11]]
+    assert stats.jitter_max_ms == pytest.approx(0.5 * P * 1e3)  # the late tick, within its slot
     assert stats.step_p99_ms > 0
+
+
+def test_short_overruns_do_not_shift_the_schedule_or_lose_ticks(check_tick_accounting):
+    """A step a little longer than a period, again and again: each next tick starts late
+    within its own slot (never re-anchored), and the time each overrun ate is counted."""
+    loop, clock = fake_loop()
+    t0 = clock.now
+    ticks = []
+
+    def step(tick):
+        ticks.append(tick)
+        clock.work(1.25 * P)  # every step ends a quarter period into the next slot
+
+    stats = loop.run(step, max_ticks=8)
+    # Ends at 1.25, 2.5, 3.75, 5.0 (exactly on slot 4: skipped), 6.25, ... periods.
+    assert [t.slot for t in ticks] == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert all(0 <= t.t_start - t.t_scheduled < P for t in ticks)
+    assert [t.t_scheduled for t in ticks] == [t0 + t.slot * P for t in ticks]
+    assert stats.duration_s == 10 * P and stats.overruns == 8
+    assert stats.ticks + stats.skipped_ticks == 11  # slots 0 .. 10 began
+    check_tick_accounting(stats.as_dict(), slack_ticks=0)
+
+
+def test_duration_bounds_the_slots_started_not_the_ticks_run():
+    loop, clock = fake_loop()
+    ticks = []
+
+    def step(tick):
+        ticks.append(tick)
+        if tick.index == 1:
+            clock.work(3.5 * P)
+
+    stats = loop.run(step, duration_s=8 * P)
+    assert [t.slot for t in ticks] == [0, 1, 4, 5, 6, 7]
+    assert stats.ticks + stats.skipped_ticks == 8
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     hz=st.sampled_from([10.0, 30.0, 50.0, 64.0, 100.0, 500.0]),
     work=st.lists(st.floats(0.0, 6.0), min_size=1, max_size=60),  # step times, in periods
+    stop_by=st.sampled_from(["max_ticks", "step", "duration"]),
 )
-def test_executed_plus_skipped_ticks_account_for_elapsed_time(hz, work, check_tick_accounting):
+def test_executed_plus_skipped_ticks_account_for_elapsed_time(hz, work, stop_by, check_tick_accounting):
     loop, clock = fake_loop(hz)
     period = 1.0 / hz
+    t0 = clock.now
     ticks = []
 
     def step(tick):
         ticks.append(tick)
-        clock.work(work[tick.index] * period)
+        clock.work(work[tick.index % len(work)] * period)
+        return not (stop_by == "step" and tick.index == len(work) - 1)
 
-    stats = loop.run(step, max_ticks=len(work))
-    assert stats.ticks == len(work)
-    check_tick_accounting(stats.as_dict(), slack_ticks=1e-6)
+    if stop_by == "duration":
+        stats = loop.run(step, duration_s=len(work) * period)
+    else:
+        stats = loop.run(step, max_ticks=len(work) if stop_by == "max_ticks" else None)
+    if stop_by != "duration":
+        assert stats.ticks == len(work)
+    check_tick_accounting(stats.as_dict(), slack_ticks=0)
     for before, after in zip(ticks, ticks[1:]):
-        assert after.t_start >= before.t_start + period * (1 - 1e-9), "burst after an overrun"
-        assert after.t_scheduled > before.t_scheduled
-    assert all(t.t_start >= t.t_scheduled for t in ticks), "a tick started before its deadline"
-    overran = sum(1 for w in work[:-1] if w > 1.0 + 1e-9)
-    assert stats.overruns <= overran + (work[-1] > 1.0) and stats.skipped_ticks >= 0
+        assert after.slot > before.slot, "two ticks in one slot: a burst to catch up"
+        assert after.t_start >= before.t_start + period * work[before.index % len(work)] - 1e-9
+    for t in ticks:
+        assert t.t_scheduled == t0 + t.slot * period, "the schedule moved off its grid"
+        assert -1e-9 <= t.t_start - t.t_scheduled < period, "a tick ran outside its own slot"
+    skipped_between = sum(b.slot - a.slot - 1 for a, b in zip(ticks, ticks[1:]))
+    assert ticks[0].slot == 0 and stats.skipped_ticks >= skipped_between
+
+    def overran_by(t):  # in periods: how far past its slot's end the tick's step ran
+        return (t.t_start + work[t.index % len(work)] * period - t0) / period - (t.slot + 1)
+
+    assert sum(overran_by(t) > 1e-3 for t in ticks) <= stats.overruns
+    assert stats.overruns <= sum(overran_by(t) > -1e-3 for t in ticks)
 
 
 def test_step_returning_false_or_stop_from_another_thread_ends_the_loop(wait_until):
