@@ -7,6 +7,7 @@ commands, so `tether --help` stays fast.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import logging
 import sys
@@ -69,7 +70,44 @@ def build_app() -> typer.Typer:
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
+    _report_project_errors(app)
     return app
+
+
+def _report_project_errors(app: typer.Typer) -> None:
+    """Wrap every command (groups included) so a TetherError is one line and exit 2.
+
+    The one place commands' project errors are turned into a message: `run` does the same for
+    errors outside a command, and this also holds where the app is invoked without `run` (a
+    test's CliRunner, typer's own entry point), so no command repeats an except block.
+    """
+    for command in app.registered_commands:
+        if command.callback is not None and not hasattr(command.callback, "_tether_clean_errors"):
+            command.callback = _clean_errors(command.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _report_project_errors(group.typer_instance)
+
+
+def _clean_errors(command):
+    from tether.core.errors import TetherError
+
+    @functools.wraps(command)  # typer reads the signature through __wrapped__
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TetherError as exc:
+            _maybe_traceback(exc, _verbose_requested())
+            _print_error(str(exc))
+            raise typer.Exit(2) from None
+
+    wrapper._tether_clean_errors = True
+    return wrapper
+
+
+def _verbose_requested() -> bool:
+    # -v sets the root logger to DEBUG in `_root`, before any command runs.
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> None:

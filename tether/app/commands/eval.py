@@ -39,27 +39,23 @@ def eval_command(
     from tether.core.errors import TetherError
 
     console = Console(stderr=True)
-    try:
-        config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
-                            checkpoint=checkpoint, server=server, policy=policy, out=str(out),
-                            videos=videos, steps=steps, rollout={"blend": blend})
-        if sweep_run is not None:
-            from tether.app.eval.sweep import sweep
+    config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
+                        checkpoint=checkpoint, server=server, policy=policy, out=str(out),
+                        videos=videos, steps=steps, rollout={"blend": blend})
+    if sweep_run is not None:
+        from tether.app.eval.sweep import sweep
 
-            if checkpoint or server or policy:
-                raise TetherError("--sweep evaluates the run's own checkpoints; drop --checkpoint/--server/--policy.")
-            result = sweep(sweep_run, config, show_progress=not json_out)
-            if json_out:
-                print(json.dumps(result, indent=2))
-            else:
-                for r in result["checkpoints"]:
-                    mark = "[bold green]best[/]" if r["best"] else ""
-                    console.print(f"{r['checkpoint']}: {r['success_rate']:.0%} {mark}")
-            return
-        summary = evaluate(config, show_progress=not json_out)
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        if checkpoint or server or policy:
+            raise TetherError("--sweep evaluates the run's own checkpoints; drop --checkpoint/--server/--policy.")
+        result = sweep(sweep_run, config, show_progress=not json_out)
+        if json_out:
+            print(json.dumps(result, indent=2))
+        else:
+            for r in result["checkpoints"]:
+                mark = "[bold green]best[/]" if r["best"] else ""
+                console.print(f"{r['checkpoint']}: {r['success_rate']:.0%} {mark}")
+        return
+    summary = evaluate(config, show_progress=not json_out)
     if json_out:
         print(json.dumps(summary, indent=2, default=str))
     else:
@@ -82,12 +78,7 @@ def demo_command(
     from rich.console import Console
 
     from tether.app.eval.demo import DemoConfig, run_demo
-    from tether.core.errors import TetherError
 
     console = Console()
-    try:
-        run_demo(DemoConfig.quick(out, workers) if quick else DemoConfig(out=str(out), workers=workers),
-                 console)
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    run_demo(DemoConfig.quick(out, workers) if quick else DemoConfig(out=str(out), workers=workers),
+             console)

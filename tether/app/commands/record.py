@@ -70,18 +70,13 @@ def record_command(
     """
     from rich.console import Console
 
-    from tether.core.errors import TetherError
 
     console = Console(stderr=True)
-    try:
-        _record(
-            console, out, robot, teleop, episodes, fps, episode_time, reset_time, realtime, task,
-            operator, append, overwrite, zarr_format, image_quality, seed, keyboard, teleop_param,
-            overrides, sys.stdin.isatty(),
-        )
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)
-        raise typer.Exit(2) from exc
+    _record(
+        console, out, robot, teleop, episodes, fps, episode_time, reset_time, realtime, task,
+        operator, append, overwrite, zarr_format, image_quality, seed, keyboard, teleop_param,
+        overrides, sys.stdin.isatty(),
+    )
 
 
 def teleop_command(

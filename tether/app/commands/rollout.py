@@ -77,7 +77,7 @@ def rollout(
     Example: tether rollout --robot twin:lift --server tcp://127.0.0.1:5555 --episodes 3
     Example: tether rollout --robot twin:lift --policy simple:hold --lockstep --max-steps 100
     """
-    from tether.core.errors import ConfigError, TetherError
+    from tether.core.errors import ConfigError
 
     try:
         if (server is None) == (policy is None):
@@ -93,9 +93,6 @@ def rollout(
                  request_timeout_s=timeout, resample=resample),
             keyboard,
         )  # fmt: skip
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("interrupted")
         raise typer.Exit(130) from None

@@ -51,23 +51,18 @@ def serve(
     Example: tether serve runs/act_lift --bind tcp://127.0.0.1:5555
     Example: tether serve simple:hold --robot twin:lift --delay-ms 20
     """
-    from tether.core.errors import TetherError
     from tether.policies.server import PolicyServer, ServerConfig, is_local_address
 
-    try:
-        loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device)
-        config = ServerConfig(
-            address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
+    loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device)
+    config = ServerConfig(
+        address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
+    )
+    if keys is None and not is_local_address(bind):  # (the server also logs it)
+        console.print(
+            f"[yellow]warning:[/yellow] {bind} is reachable beyond this machine and no --keys "
+            "were given; anyone on the network can query this policy."
         )
-        if keys is None and not is_local_address(bind):  # (the server also logs it)
-            console.print(
-                f"[yellow]warning:[/yellow] {bind} is reachable beyond this machine and no --keys "
-                "were given; anyone on the network can query this policy."
-            )
-        server = PolicyServer(loaded, config).start()
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    server = PolicyServer(loaded, config).start()
     try:
         _announce(loaded.spec, server.endpoint, keys)
         server.serve_forever()
@@ -121,14 +116,9 @@ def keys_generate(
 
     Example: tether keys generate ~/.tether/keys   (then: tether serve CKPT --keys ~/.tether/keys)
     """
-    from tether.core.errors import TetherError
     from tether.policies.keys import generate_keys
 
-    try:
-        paths = generate_keys(directory, client, overwrite)
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    paths = generate_keys(directory, client, overwrite)
     console.print(f"server keys: {paths['server_public']} (+ secret, stays on the server)")
     console.print(f"client keys: {paths['client_secret']} (copy to the robot with server.key)")
     console.print(f"authorized clients: {paths['authorized']}/")

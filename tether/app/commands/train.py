@@ -26,10 +26,12 @@ TRAIN_EXAMPLES = (
 
 
 def _register_train(app: typer.Typer) -> None:
+    from tether.policies.registry import names as policy_names
+
     @app.command(
         "train",
         help=(
-            "Train ACT or Diffusion Policy on an episode store, or resume a run.\n\n"
+            f"Train a policy ({', '.join(policy_names())}) on an episode store, or resume a run.\n\n"
             f"Example: {TRAIN_EXAMPLES[0]}   (no --preset: 'cpu' on a CPU, minutes; 'default' on "
             "a GPU)\n\n"
             f"Example: {TRAIN_EXAMPLES[1]}\n\n"
@@ -44,7 +46,7 @@ def _register_train(app: typer.Typer) -> None:
     )
     def train_command(
         dataset: str | None = typer.Option(None, "--dataset", "-d", help="Episode store (.zarr) to train on."),
-        policy: str | None = typer.Option(None, "--policy", "-p", help="act (default) or diffusion."),
+        policy: str | None = typer.Option(None, "--policy", "-p", help=f"{' | '.join(policy_names())} (default act)."),
         preset: str | None = typer.Option(
             None, "--preset", help="tiny, cpu, default or full (default: cpu on CPU, default on GPU)."),
         steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: preset)."),
@@ -68,7 +70,6 @@ def _register_train(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from tether.core.errors import TetherError
         from tether.policies.trainer import TrainingInterrupted
 
         console = Console(stderr=True)
@@ -84,10 +85,6 @@ def _register_train(app: typer.Typer) -> None:
                 evaluate = make_twin_evaluator(eval_task, eval_episodes)
             run_dir = _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
                              threads, not no_progress, evaluate, eval_every, keep_every, overwrite)
-        except TetherError as exc:
-            # soft_wrap: a path in the message stays on one line (copyable, greppable)
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from exc
         except TrainingInterrupted as exc:
             console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}) at step {exc.step}: "
                           f"checkpoint saved to {exc.checkpoint}\n"
@@ -141,11 +138,10 @@ def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
 def _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads,
              eval_every, keep_every) -> None:
     """Resolve (preset by device, overrides, model keys) and print the config; train nothing."""
-    import importlib
     import json
 
-    from tether.core.config import from_dict, to_dict
-    from tether.policies.checkpoint import POLICY_TYPES
+    from tether.core.config import to_dict
+    from tether.policies.registry import get_family
     from tether.policies.trainer import (
         choose_preset,
         load_run_config,
@@ -163,7 +159,5 @@ def _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, see
             name, why = choose_preset(resolve_device(cfg.device))
             typer.echo(f"preset '{name}' for {cfg.policy} (no preset given; {why})", err=True)
         cfg = resolve_config(cfg)
-        module, config_cls = POLICY_TYPES[cfg.policy][:2]
-        model_keys = {k: v for k, v in cfg.model.items() if k != "chunk_seconds"}  # trainer-only key
-        from_dict(getattr(importlib.import_module(module), config_cls), model_keys, "model")
+        get_family(cfg.policy).make_config(cfg.model)  # unknown model keys fail here
     typer.echo(json.dumps(to_dict(cfg), indent=2))

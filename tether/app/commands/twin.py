@@ -49,36 +49,32 @@ def view(
     Example: tether twin view --task transfer_cube --out /tmp/view --cameras top,left_wrist
     """
     console = Console(stderr=True)
-    try:
-        from tether.robot.config import RobotConfig
-        from tether.robot.twin.expert import ScriptedExpert
-        from tether.robot.twin.robot import make_twin_robot
-        from tether.robot.twin.tasks import make_task
+    from tether.robot.config import RobotConfig
+    from tether.robot.twin.expert import ScriptedExpert
+    from tether.robot.twin.robot import make_twin_robot
+    from tether.robot.twin.tasks import make_task
 
-        names = [c for c in cameras.split(",") if c] or list(make_task(task).cameras)
-        if interactive:
-            _interactive(task, seed)
-            return
-        config = RobotConfig(
-            twin_task=task,
-            fps=50.0,
-            twin_params={"cameras": names, "width": width, "height": height, "depth": depth,
-                         "seed": seed},
-        )
-        robot = make_twin_robot(config)
-        with robot:
-            if steps > 0:
-                expert = ScriptedExpert(robot)
-                expert.reset(seed)
-                for _ in range(steps):
-                    robot.act(expert.next_target(None))
-            written = _write_pngs(robot.observe(), out)
-            if xml:
-                (out / "scene.xml").write_text(robot.sim.xml)
-                written.append(out / "scene.xml")
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    names = [c for c in cameras.split(",") if c] or list(make_task(task).cameras)
+    if interactive:
+        _interactive(task, seed)
+        return
+    config = RobotConfig(
+        twin_task=task,
+        fps=50.0,
+        twin_params={"cameras": names, "width": width, "height": height, "depth": depth,
+                     "seed": seed},
+    )
+    robot = make_twin_robot(config)
+    with robot:
+        if steps > 0:
+            expert = ScriptedExpert(robot)
+            expert.reset(seed)
+            for _ in range(steps):
+                robot.act(expert.next_target(None))
+        written = _write_pngs(robot.observe(), out)
+        if xml:
+            (out / "scene.xml").write_text(robot.sim.xml)
+            written.append(out / "scene.xml")
     for path in written:
         console.print(f"wrote {path}")
 
@@ -98,17 +94,12 @@ def check(
 
     Example: tether twin check --task transfer_cube --episodes 20 --json
     """
-    console = Console(stderr=True)
-    try:
-        from tether.robot.twin.check import run_check
+    from tether.robot.twin.check import run_check
 
-        result = run_check(
-            task, episodes, seed=seed, noise=noise, fps=fps,
-            cameras=[c for c in cameras.split(",") if c],
-        )
-    except TetherError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    result = run_check(
+        task, episodes, seed=seed, noise=noise, fps=fps,
+        cameras=[c for c in cameras.split(",") if c],
+    )
     if as_json:
         print(json.dumps(result))
         return
