@@ -124,7 +124,8 @@ def bench_bare_zmq(address: str, n: int) -> dict:
     router = context.socket(zmq.ROUTER)
     router.bind(address)
     endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
-    reply = protocol.encode({"id": 0, "op": "infer"}, {"action": np.zeros((100, 14), np.float32)})
+    action = np.zeros((100, 14), np.float32)
+    reply = protocol.InferReply(0, action, t_recv=0.0, t_reply=0.0).encode()
     stop = threading.Event()
 
     def serve() -> None:
@@ -137,7 +138,7 @@ def bench_bare_zmq(address: str, n: int) -> dict:
     thread.start()
     dealer = context.socket(zmq.DEALER)
     dealer.connect(endpoint)
-    frames = protocol.request("infer", 1, make_observation())
+    frames = protocol.InferRequest(1, make_observation()).encode()
     times = []
     for i in range(n + 50):
         t0 = time.monotonic()

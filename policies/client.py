@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zmq
@@ -38,11 +38,27 @@ import zmq
 from tether.core.errors import ConfigError, PolicyError, ProtocolError, TetherError
 from tether.core.schema import ArraySpec, PolicySpec
 from tether.policies import protocol
-from tether.policies.protocol import MessageError, RemoteError
+from tether.policies.protocol import (
+    ErrorReply,
+    InferReply,
+    InferRequest,
+    InfoReply,
+    InfoRequest,
+    MessageError,
+    PingReply,
+    PingRequest,
+    RemoteError,
+    Reply,
+    Request,
+    ResetReply,
+    ResetRequest,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ChunkReply", "PolicyClient", "ServerInfo", "ServerTimeout", "RemoteError"]
+
+R = TypeVar("R", bound=Reply)
 
 TERM_TIMEOUT_S = 2.0  # close(): the longest we wait for ZMQ to release the context
 _warned_exposed: set[str] = set()  # endpoints already warned about (once per process)
@@ -202,14 +218,8 @@ class PolicyClient:
     def info(self, refresh: bool = False) -> ServerInfo:
         """What the server serves (cached after the first call)."""
         if self._info is None or refresh:
-            header, _ = self._call("info")
-            try:
-                spec = PolicySpec.from_dict(header["spec"])
-                self._info = ServerInfo(
-                    spec, int(header["protocol"]), int(header["max_message_bytes"])
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ProtocolError(f"the server's info reply is malformed: {exc!r}") from None
+            reply = self._call(InfoRequest(next(self._ids)), InfoReply)
+            self._info = ServerInfo(reply.spec, reply.protocol, reply.max_message_bytes)
         return self._info
 
     def wait_for_server(self, deadline_s: float = 30.0) -> ServerInfo:
@@ -233,16 +243,19 @@ class PolicyClient:
                         "the keys match)?"
                     ) from None
                 if not told:
-                    log.warning("waiting for the policy server at %s (up to %.0f s)",
-                                self.address, deadline_s)
+                    log.warning(
+                        "waiting for the policy server at %s (up to %.0f s)",
+                        self.address,
+                        deadline_s,
+                    )
                     told = True
 
     def ping(self) -> tuple[float, float]:
         """One ping: (round trip minus server time in s, clock offset estimate in s)."""
         t0 = time.monotonic()
-        header, _ = self._call("ping", t_sent=t0)
+        reply = self._call(PingRequest(next(self._ids), t_sent=t0), PingReply)
         t3 = time.monotonic()
-        t1, t2 = float(header["t_recv"]), float(header["t_reply"])
+        t1, t2 = reply.t_recv, reply.t_reply
         return (t3 - t0) - (t2 - t1), ((t1 - t0) + (t2 - t3)) / 2.0
 
     def estimate_clock_offset(self, n: int = 8) -> float:
@@ -253,7 +266,7 @@ class PolicyClient:
 
     def reset(self) -> None:
         """Clear the policy's history (start of an episode)."""
-        self._call("reset")
+        self._call(ResetRequest(next(self._ids)), ResetReply)
 
     def infer(self, observation: Mapping[str, np.ndarray], steps: int | None = None) -> ChunkReply:
         """Send one observation and wait for its chunk (at most timeout_s)."""
@@ -281,15 +294,17 @@ class PolicyClient:
         max_steps = protocol.max_steps_of(self._info.spec.extra) if self._info else None
         protocol.check_steps(steps, max_steps or protocol.MAX_STEPS)  # before anything is sent
         self.connect()
-        arrays = self._select(observation)
-        request_id = next(self._ids)
-        fields: dict[str, Any] = {"t_sent": time.monotonic()}
-        if steps is not None:
-            fields["steps"] = int(steps)
-        if not self._send(protocol.request("infer", request_id, arrays, **fields), wait_s):
-            raise self._timeout("infer", sent=False)
-        self._pending[request_id] = (fields["t_sent"], tag)
-        return request_id
+        request = InferRequest(
+            next(self._ids),
+            observation=self._select(observation),
+            steps=None if steps is None else int(steps),
+            t_sent=time.monotonic(),
+        )
+        if not self._send(request.encode(), wait_s):
+            raise self._timeout(request.OP, sent=False)
+        assert isinstance(request.id, int) and request.t_sent is not None
+        self._pending[request.id] = (request.t_sent, tag)
+        return request.id
 
     def discard_pending(self) -> None:
         """Forget every unanswered infer request: their replies will be ignored when they come."""
@@ -314,16 +329,20 @@ class PolicyClient:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            message = self._receive(remaining)
-            if message is None:
+            reply = self._receive(deadline)
+            if reply is None:
                 return None
-            request_id = message.id
-            if request_id not in self._pending:
+            if reply.id not in self._pending:
                 continue  # an answer to a request we gave up on
-            t_sent, tag = self._pending.pop(request_id)
-            protocol.raise_if_error(message)
-            return self._chunk_reply(message, request_id, t_sent, tag)
+            t_sent, tag = self._pending.pop(reply.id)
+            if isinstance(reply, ErrorReply):
+                raise reply.to_exception()
+            if not isinstance(reply, InferReply):
+                raise ProtocolError(
+                    f"asked '{InferRequest.OP}', the server answered '{reply.OP}' "
+                    f"(request {reply.id})"
+                )
+            return self._chunk_reply(reply, t_sent, tag)
 
     # --- spec checks ---------------------------------------------------------------------------
     def check_spec(self, observation: Sequence[ArraySpec], action_dim: int) -> PolicySpec:
@@ -348,24 +367,25 @@ class PolicyClient:
             raise PolicyError(f"the observation lacks {', '.join(missing)} that the policy needs")
         return {n: observation[n] for n in names}
 
-    def _call(self, op: str, **fields) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _call(self, request: Request, reply_type: type[R]) -> R:
+        """Send `request` and wait (at most timeout_s) for its reply, which must be a `reply_type`."""
         self.connect()
-        request_id = next(self._ids)
-        if not self._send(protocol.request(op, request_id, **fields), self.timeout_s):
-            raise self._timeout(op, sent=False)
+        if not self._send(request.encode(), self.timeout_s):
+            raise self._timeout(request.OP, sent=False)
         deadline = time.monotonic() + self.timeout_s
         while True:
-            message = self._receive(max(0.0, deadline - time.monotonic()))
-            if message is None:
+            reply = self._receive(deadline, awaited=request.id)
+            if reply is None:
                 self.reconnect()
-                raise self._timeout(op)
-            if message.id != request_id:
-                self._pending.pop(message.id, None)  # a late infer reply: nobody waits for it now
+                raise self._timeout(request.OP)
+            if reply.id != request.id:
+                self._pending.pop(reply.id, None)  # a late infer reply: nobody waits for it now
                 continue
-            protocol.raise_if_error(message)
-            if message.op != op:
-                raise ProtocolError(f"asked '{op}', the server answered '{message.op}'")
-            return message.header, message.arrays
+            if isinstance(reply, ErrorReply):
+                raise reply.to_exception()
+            if not isinstance(reply, reply_type):
+                raise ProtocolError(f"asked '{request.OP}', the server answered '{reply.OP}'")
+            return reply
 
     def _send(self, frames: list, wait_s: float) -> bool:
         """Send when a server connection is ready within wait_s; False if none was.
@@ -382,51 +402,48 @@ class PolicyClient:
             return False
         return True
 
-    def _receive(self, timeout_s: float) -> protocol.Message | None:
-        if self._socket is None:  # closed: nothing is in flight, nothing can arrive
-            return None
-        if not self._poller.poll(int(max(0.0, timeout_s) * 1000)):
-            return None
-        frames = self._socket.recv_multipart(copy=False)
-        try:
-            return protocol.decode(
-                frames, self.max_message_bytes, allowed_ops=(*protocol.OPS, protocol.ERROR_OP)
-            )
-        except MessageError as exc:
-            rid = exc.request_id
-            if rid in self._pending:
-                self._pending.pop(rid)
-            raise ProtocolError(f"malformed reply from {self.address}: {exc}") from None
+    def _receive(self, deadline: float, awaited: Any = None) -> Reply | None:
+        """The next reply before `deadline` (monotonic s), or None.
 
-    def _chunk_reply(
-        self, message: protocol.Message, request_id: int, t_sent: float, tag: Any
-    ) -> ChunkReply:
+        A malformed reply raises ProtocolError when someone waits for it (`awaited`, a pending
+        infer, or an id it does not state); one to a request given up on is dropped.
+        """
+        while self._socket is not None:  # closed: nothing is in flight, nothing can arrive
+            timeout_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            if not self._poller.poll(timeout_ms):
+                return None
+            frames = self._socket.recv_multipart(copy=False)
+            try:
+                return protocol.decode_reply(frames, self.max_message_bytes)
+            except MessageError as exc:
+                rid = exc.request_id
+                if rid is not None and rid != awaited and rid not in self._pending:
+                    log.debug("dropped a malformed reply to request %s: %s", rid, exc)
+                    continue
+                self._pending.pop(rid, None)
+                raise ProtocolError(f"malformed reply from {self.address}: {exc}") from None
+        return None
+
+    def _chunk_reply(self, reply: InferReply, t_sent: float, tag: Any) -> ChunkReply:
         t_received = time.monotonic()
-        action = message.arrays.get("action")
-        if action is None or action.dtype != np.float32 or action.ndim != 2 or action.shape[0] < 1:
-            raise ProtocolError(f"reply {request_id} has no float32 (n, action_dim) 'action' array")
-        if self._info is not None and action.shape[1] != self._info.spec.action_dim:
+        action_dim = reply.action.shape[1]
+        if self._info is not None and action_dim != self._info.spec.action_dim:
             raise ProtocolError(
-                f"reply {request_id} has action_dim {action.shape[1]}, the server's info says "
+                f"reply {reply.id} has action_dim {action_dim}, the server's info says "
                 f"{self._info.spec.action_dim}"
             )
-        if not np.isfinite(action).all():
-            raise ProtocolError(f"reply {request_id} contains NaN or inf actions")
-        header = message.header
-        try:
-            return ChunkReply(
-                actions=np.array(action, dtype=np.float32),
-                request_id=request_id,
-                tag=tag,
-                t_sent=t_sent,
-                t_received=t_received,
-                t_server_recv=float(header["t_recv"]),
-                t_server_reply=float(header["t_reply"]),
-                queue_ms=float(header.get("queue_ms", 0.0)),
-                infer_ms=float(header.get("infer_ms", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"reply {request_id} has a malformed header: {exc!r}") from None
+        assert isinstance(reply.id, int)
+        return ChunkReply(
+            actions=np.array(reply.action, dtype=np.float32),  # a writable copy of the frame
+            request_id=reply.id,
+            tag=tag,
+            t_sent=t_sent,
+            t_received=t_received,
+            t_server_recv=reply.t_recv,
+            t_server_reply=reply.t_reply,
+            queue_ms=reply.queue_ms,
+            infer_ms=reply.infer_ms,
+        )
 
     def _timeout(self, op: str, sent: bool = True) -> ServerTimeout:
         hint = (

@@ -38,7 +38,19 @@ import zmq
 from tether.core.errors import ConfigError, TetherError
 from tether.policies import protocol
 from tether.policies.base import Policy
-from tether.policies.protocol import MessageError, is_local_address
+from tether.policies.protocol import (
+    ErrorReply,
+    InferReply,
+    InferRequest,
+    InfoReply,
+    InfoRequest,
+    MessageError,
+    PingReply,
+    PingRequest,
+    ResetReply,
+    ResetRequest,
+    is_local_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +95,8 @@ class ServerStats:
 @dataclass
 class _Job:
     identity: bytes
-    message: protocol.Message
-    frames: list  # keeps the zero-copy array buffers alive until the job is done
+    request: InferRequest | ResetRequest
+    frames: list  # keeps the zero-copy observation arrays alive until the job is done
     t_recv: float
 
 
@@ -113,7 +125,6 @@ class PolicyServer:
         self._threads: list[threading.Thread] = []
         self._scheduler = _RoundRobin(self.config.max_queued_per_client, self.config.max_clients)
         self._wake_address = f"inproc://tether-server-{id(self)}"
-        self._info = self._info_header()
         self._max_steps = protocol.max_steps_of(policy.spec.extra)
         self.client_policies = _ClientPolicies(policy, self.config.max_client_states)
         self._started = threading.Event()
@@ -308,7 +319,7 @@ class PolicyServer:
         self.stats.received += 1
         self.stats.errors[refusal.code] += 1
         rid = protocol.peek_id(frames[1]) if len(frames) > 1 else None
-        self._send(frames[0].bytes, protocol.error_reply(rid, refusal.code, refusal.detail))
+        self._send(frames[0].bytes, ErrorReply.from_error(rid, refusal).encode())
 
     def _handle(self, frames: list, t_recv: float) -> None:
         self.stats.received += 1
@@ -317,31 +328,26 @@ class PolicyServer:
             self.stats.errors["empty"] += 1  # nothing to answer to
             return
         try:
-            message = protocol.decode(body, self.config.max_message_bytes)
-            if message.op == "infer":
-                protocol.check_steps(message.header.get("steps"), self._max_steps)
-                protocol.check_arrays(message.arrays, self.policy.spec.observation)
-            elif message.arrays:
-                raise MessageError(
-                    "extra_array", f"op '{message.op}' takes no arrays, got {len(message.arrays)}"
-                )
+            request = protocol.decode_request(body, self.config.max_message_bytes)
+            if isinstance(request, InferRequest):
+                protocol.check_steps(request.steps, self._max_steps)
+                protocol.check_arrays(request.observation, self.policy.spec.observation)
         except MessageError as exc:
             self.stats.errors[exc.code] += 1
             rid = exc.request_id if exc.request_id is not None else protocol.peek_id(body[0])
-            self._send(identity, protocol.error_reply(rid, exc.code, exc.detail))
+            self._send(identity, ErrorReply.from_error(rid, exc).encode())
             return
-        if message.op == "ping":
-            header = {"id": message.id, "op": "ping", "t_recv": t_recv, "t_reply": time.monotonic()}
-            self._send(identity, protocol.encode(header))
-        elif message.op == "info":
-            header = {"id": message.id, "op": "info", "t_recv": t_recv, **self._info}
-            self._send(identity, protocol.encode(header))
+        if isinstance(request, PingRequest):
+            self._send(identity, PingReply(request.id, t_recv, time.monotonic()).encode())
+        elif isinstance(request, InfoRequest):
+            self._send(identity, self._info(request, t_recv).encode())
         else:
-            refusal = self._scheduler.put(_Job(identity, message, body, t_recv))
+            assert isinstance(request, (InferRequest, ResetRequest))
+            refusal = self._scheduler.put(_Job(identity, request, body, t_recv))
             if refusal is not None:
                 code, text = refusal
                 self.stats.errors[code] += 1
-                self._send(identity, protocol.error_reply(message.id, code, text))
+                self._send(identity, ErrorReply(request.id, code, text).encode())
 
     def _send(self, identity: bytes, frames: list) -> None:
         assert self._router is not None
@@ -368,58 +374,53 @@ class PolicyServer:
                     reply = self._run(job)
                 except Exception:  # encoding a reply failed: answer, keep the worker alive
                     log.exception("internal error while running a request; serving on")
-                    reply = protocol.error_reply(job.message.id, "policy_error", "internal error")
+                    reply = ErrorReply(job.request.id, "policy_error", "internal error").encode()
                 out.send_multipart([job.identity, *reply], copy=False)
         finally:
             out.close()
 
     def _run(self, job: _Job) -> list:
-        message = job.message
+        request = job.request
         t_start = time.monotonic()
         queue_ms = (t_start - job.t_recv) * 1e3
         try:
-            if message.op == "reset":
+            if isinstance(request, ResetRequest):
                 self.client_policies.reset(job.identity)
-                return protocol.encode(
-                    {
-                        "id": message.id,
-                        "op": "reset",
-                        "t_recv": job.t_recv,
-                        "t_reply": time.monotonic(),
-                    }
-                )
+                return ResetReply(request.id, job.t_recv, time.monotonic()).encode()
             options: dict[str, Any] = {}
-            if message.header.get("steps") is not None:
-                options["steps"] = int(message.header["steps"])
-            chunk = self.client_policies.get(job.identity).predict_chunk(message.arrays, **options)
+            if request.steps is not None:
+                options["steps"] = request.steps
+            policy = self.client_policies.get(job.identity)
+            chunk = policy.predict_chunk(request.observation, **options)
             infer_ms = (time.monotonic() - t_start) * 1e3
             if not np.isfinite(chunk).all():
                 raise TetherError("the policy produced NaN or inf actions")
         except Exception as exc:  # a policy bug must not take the server down
             self.stats.errors["policy_error"] += 1
-            log.warning("policy failed on '%s': %s: %s", message.op, type(exc).__name__, exc)
-            return protocol.error_reply(message.id, "policy_error", f"{type(exc).__name__}: {exc}")
+            log.warning("policy failed on '%s': %s: %s", request.OP, type(exc).__name__, exc)
+            return ErrorReply(request.id, "policy_error", f"{type(exc).__name__}: {exc}").encode()
         finally:
             job.frames = []
         self.stats.inferences += 1
-        header = {
-            "id": message.id,
-            "op": "infer",
-            "t_recv": job.t_recv,
-            "queue_ms": queue_ms,
-            "infer_ms": infer_ms,
-            "t_reply": time.monotonic(),
-        }
-        return protocol.encode(header, {"action": chunk})
+        reply = InferReply(
+            request.id,
+            action=chunk,
+            t_recv=job.t_recv,
+            t_reply=time.monotonic(),
+            queue_ms=queue_ms,
+            infer_ms=infer_ms,
+        )
+        return reply.encode()
 
-    def _info_header(self) -> dict[str, Any]:
-        spec = self.policy.spec
-        return {
-            "protocol": protocol.PROTOCOL_VERSION,
-            "spec": spec.as_dict(),
-            "max_message_bytes": self.config.max_message_bytes,
-            "max_queued_per_client": self.config.max_queued_per_client,
-        }
+    def _info(self, request: InfoRequest, t_recv: float) -> InfoReply:
+        return InfoReply(
+            request.id,
+            spec=self.policy.spec,
+            protocol=protocol.PROTOCOL_VERSION,
+            max_message_bytes=self.config.max_message_bytes,
+            max_queued_per_client=self.config.max_queued_per_client,
+            t_recv=t_recv,
+        )
 
 
 class _RoundRobin:

@@ -38,7 +38,7 @@ def _bytes(frames: list) -> list[bytes]:
 
 
 def test_round_trip_keeps_values_dtypes_shapes_and_header_fields():
-    frames = protocol.request("infer", 3, _valid_arrays(), steps=10, t_sent=1.5)
+    frames = protocol.InferRequest(3, _valid_arrays(), steps=10, t_sent=1.5).encode()
     message = protocol.decode(_bytes(frames))
     assert message.op == "infer" and message.id == 3
     assert message.header["steps"] == 10 and message.header["t_sent"] == 1.5
@@ -149,13 +149,13 @@ DECODE_ERRORS = {
 def test_decode_rejects_with_the_right_code(case):
     frames, code = DECODE_ERRORS[case]
     with pytest.raises(MessageError) as err:
-        protocol.decode(frames)
+        protocol.decode_request(frames)
     assert err.value.code == code
     assert err.value.detail  # a message naming the problem
 
 
 def test_decode_rejects_messages_over_the_size_limit():
-    frames = _bytes(protocol.request("infer", 1, {"state": np.zeros(1000, np.float32)}))
+    frames = _bytes(protocol.InferRequest(1, {"state": np.zeros(1000, np.float32)}).encode())
     with pytest.raises(MessageError) as err:
         protocol.decode(frames, max_message_bytes=2000)
     assert err.value.code == "too_large" and "2000" in err.value.detail
@@ -199,12 +199,10 @@ def test_check_arrays_rejects_non_finite_values(bad):
 
 
 def test_error_replies_round_trip_and_raise_remote_error():
-    message = protocol.decode(
-        _bytes(protocol.error_reply(5, "busy", "slow down")),
-        allowed_ops=(*protocol.OPS, protocol.ERROR_OP),
-    )
+    reply = protocol.decode_reply(_bytes(protocol.error_reply(5, "busy", "slow down")))
+    assert isinstance(reply, protocol.ErrorReply) and reply.retryable
     with pytest.raises(protocol.RemoteError) as err:
-        protocol.raise_if_error(message)
+        raise reply.to_exception()
     assert err.value.code == "busy" and "slow down" in str(err.value)
     with pytest.raises(ValueError):
         protocol.error_reply(5, "not_a_code", "x")
