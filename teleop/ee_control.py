@@ -125,9 +125,9 @@ class EndEffectorTeleop(TeleopDevice):
 
 
 def _mjcf_ik(robot: Robot, params: EndEffectorParams) -> DLSIK:
-    import os
+    from tether.robot.twin.render import configure_backend
 
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    configure_backend()  # before mujoco's first import
     import mujoco
 
     path = Path(params.mjcf)

@@ -10,7 +10,6 @@ same timing structure a real robot has: commands land late, frames arrive late, 
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -18,12 +17,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import mujoco
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-import mujoco  # noqa: E402
-
-from tether.robot.twin.models import ArmModel  # noqa: E402
+from tether.robot.twin.models import ArmModel
+from tether.robot.twin.render import current_backend
 
 
 def release_gl_context() -> None:
@@ -34,7 +32,7 @@ def release_gl_context() -> None:
     the robot be connected in one thread and stepped (and rendered) in another, e.g. a
     recorder's control-loop thread or the realtime physics thread.
     """
-    backend = os.environ.get("MUJOCO_GL", "").lower()
+    backend = current_backend()
     if backend == "egl":
         from mujoco import egl
 

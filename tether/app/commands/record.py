@@ -173,10 +173,9 @@ def _shares_terminal(device: str, params: dict) -> bool:
 def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, reset_time,
             realtime, task, operator, append, overwrite, zarr_format, image_quality, seed,
             keyboard, teleop_params, overrides, is_tty) -> None:
-    import os
+    from tether.robot.twin.render import configure_backend
 
-    os.environ.setdefault("MUJOCO_GL", "egl")
-
+    configure_backend()  # before anything imports mujoco
     from tether.core.config import apply_overrides, to_dict
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop

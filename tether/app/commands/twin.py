@@ -135,7 +135,9 @@ def _interactive(task: str, seed: int) -> None:
             "No display found (DISPLAY is unset), so the interactive viewer cannot open; "
             "use `tether twin view --out DIR` to write PNGs instead."
         )
-    os.environ["MUJOCO_GL"] = "glfw"
+    from tether.robot.twin.render import configure_backend
+
+    configure_backend(require="glfw")  # the viewer opens a window
     import mujoco.viewer
 
     from tether.robot.config import RobotConfig

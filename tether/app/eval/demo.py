@@ -13,7 +13,6 @@ Every stage uses the public APIs the individual commands use (`tether record`, `
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.core.errors import TetherError
+from tether.robot.twin.render import configure_backend
 
 
 @dataclass
@@ -55,7 +55,7 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    configure_backend()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -26,6 +26,7 @@ from tether.app.eval.records import load_records
 from tether.app.eval.report import write_report
 from tether.core.config import save_config
 from tether.core.errors import ConfigError, TetherError
+from tether.robot.twin.render import configure_backend
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _run_subprocesses(config: EvalConfig, seeds: list[int], out: Path, show_prog
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("MUJOCO_GL", "egl")
+    configure_backend(env)  # the workers render with the same backend as this process
     # Split the cores between workers so torch does not oversubscribe them.
     env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     procs = []
