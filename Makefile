@@ -11,7 +11,9 @@ STAMP := $(VENV)/.tether-installed
 # Debian packages: EGL/Mesa for offscreen MuJoCo rendering, libusb for pyrealsense2, hidapi for
 # pyspacemouse, chromium to check that the HTML evaluation report renders.
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libusb-1.0-0 libhidapi-hidraw0 chromium
-EXTRAS := dev,realsense,dynamixel,feetech,ur,spacemouse
+# Everything: every part (all = train, twin, data, viz, eval), the hardware SDKs and the dev tools.
+# A robot computer needs far less: pip install 'tether[dynamixel]' (see README, Install).
+EXTRAS := all,dev,realsense,dynamixel,feetech,ur,spacemouse
 
 .PHONY: setup demo test test-slow test-stress test-random lint clean
 

@@ -5,6 +5,8 @@ server, the recorder) can show `str(err)` as-is. Subclasses exist so code can ca
 without string matching.
 """
 
+from __future__ import annotations
+
 
 class TetherError(Exception):
     """Base of every error tether raises on purpose."""
@@ -23,16 +25,28 @@ class DeviceClosedError(DeviceError):
 
 
 class MissingExtraError(TetherError, ImportError):
-    """An optional hardware SDK is not installed; the message names the pip extra."""
+    """An optional package (a hardware SDK, torch, MuJoCo, Zarr) is not installed.
 
-    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+    The message is one line naming the pip extra that brings it, so the CLI can show it as-is:
+    a robot computer's slim install (`pip install tether[dynamixel]`) has no torch, and
+    `tether train` there says which extra to add instead of printing a traceback.
+    """
+
+    def __init__(self, package: str, extra: str, purpose: str = "", message: str = "") -> None:
         what = f" for {purpose}" if purpose else ""
         super().__init__(
-            f"The Python package '{package}' is needed{what} but is not installed. "
+            message
+            or f"The Python package '{package}' is needed{what} but is not installed. "
             f"Install it with: pip install 'tether[{extra}]'"
         )
         self.package = package
         self.extra = extra
+
+    @classmethod
+    def needed_by(cls, module: str, package: str, extra: str) -> MissingExtraError:
+        """`<module> needs <package>: pip install 'tether[<extra>]'` (a part of tether whose
+        extra is not installed, raised when that part is imported)."""
+        return cls(package, extra, message=f"{module} needs {package}: pip install 'tether[{extra}]'")
 
 
 class SafetyError(TetherError):

@@ -1,9 +1,110 @@
-"""Lazy imports of optional hardware SDKs with an error that names the pip extra to install."""
+"""Optional packages: which pip extra brings each one, and the one error that names it.
+
+The core install is what a robot computer needs (numpy, pyzmq, msgpack, pyyaml, typer, rich:
+drivers, safety, the policy client). Everything else comes with an extra (pyproject.toml):
+
+    train  torch, safetensors (+ data)     twin  mujoco, gymnasium
+    data   zarr, numcodecs, imagecodecs    viz   matplotlib, pillow, opencv
+    hardware: opencv, realsense, dynamixel, feetech, ur, spacemouse
+
+Three ways a part says what it needs, all raising MissingExtraError (a TetherError: the CLI
+prints its one line and exits 2):
+
+- a module that imports a heavy package at the top wraps that import::
+
+      try:
+          import torch
+      except ImportError as exc:
+          raise missing_extra(__name__, "torch") from exc
+
+- a package whose every module needs an extra calls `require_extra("tether.data", "data")`
+  in its `__init__` (or in the lazy accessors of a package that must stay importable);
+- a driver imports its SDK with `require(...)` inside `connect()`, never at import time.
+"""
+
+from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from tether.core.errors import MissingExtraError
+
+# Import name -> the extra that installs it. tests/test_slim_install.py checks that every
+# third-party import in the tree is core or listed here, and that pyproject.toml agrees.
+EXTRA_OF: dict[str, str] = {
+    "torch": "train",
+    "safetensors": "train",
+    "mujoco": "twin",
+    "gymnasium": "twin",
+    "OpenGL": "twin",  # PyOpenGL, a mujoco dependency (MUJOCO_GL=osmesa)
+    "zarr": "data",
+    "numcodecs": "data",
+    "imagecodecs": "data",
+    "matplotlib": "viz",
+    "PIL": "viz",
+    "cv2": "opencv",  # also in viz (episode videos)
+    "pyrealsense2": "realsense",
+    "dynamixel_sdk": "dynamixel",
+    "scservo_sdk": "feetech",
+    "serial": "dynamixel",  # pyserial, a dependency of both servo SDKs
+    "rtde_receive": "ur",
+    "rtde_control": "ur",
+    "pyspacemouse": "spacemouse",
+    "pytest": "dev",  # tether.robot.testing: the driver contract suite, for tests only
+}
+
+# Import names of the core install (pyproject.toml `dependencies`).
+CORE: frozenset[str] = frozenset({"numpy", "zmq", "msgpack", "yaml", "typer", "rich"})
+
+# The packages a part's extra must provide before any of its modules can import.
+PART_PACKAGES: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "safetensors"),
+    "twin": ("mujoco", "gymnasium"),
+    "data": ("zarr", "numcodecs", "imagecodecs"),
+    "viz": ("matplotlib", "PIL", "cv2"),
+}
+
+# Where the pip distribution name differs from the import name (for messages).
+DISTRIBUTION: dict[str, str] = {
+    "PIL": "pillow",
+    "cv2": "opencv-python-headless",
+    "OpenGL": "PyOpenGL",
+    "serial": "pyserial",
+    "dynamixel_sdk": "dynamixel-sdk",
+    "scservo_sdk": "feetech-servo-sdk",
+    "rtde_receive": "ur-rtde",
+    "rtde_control": "ur-rtde",
+}
+
+
+def missing_extra(module: str, package: str, extra: str | None = None) -> MissingExtraError:
+    """The error for `module` failing to import `package`: one line naming the pip extra.
+
+    `raise missing_extra(__name__, "torch") from exc` reads "tether.policies.act needs torch:
+    pip install 'tether[train]'". `extra` defaults to the one that installs `package`.
+    """
+    top = package.split(".")[0]
+    return MissingExtraError.needed_by(module, DISTRIBUTION.get(top, top), extra or EXTRA_OF[top])
+
+
+def is_installed(package: str) -> bool:
+    """Whether `package` can be imported, without importing it (cheap: no torch load)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a half-removed module
+        return False
+
+
+def require_extra(part: str, extra: str) -> None:
+    """Raise MissingExtraError naming `tether[extra]` unless every package it brings is present.
+
+    For packages (tether.data) and lazy accessors (tether.robot.twin.make_env) that need a whole
+    extra; `part` is the name shown in the message.
+    """
+    for package in PART_PACKAGES[extra]:
+        if not is_installed(package):
+            raise missing_extra(part, package, extra)
 
 
 def require(module: str, extra: str, purpose: str = "", package: str | None = None) -> ModuleType:
