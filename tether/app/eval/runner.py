@@ -18,50 +18,18 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tether.app.eval.config import EvalConfig
 from tether.app.eval.records import load_records
 from tether.app.eval.report import write_report
 from tether.core.config import save_config
-from tether.core.errors import ConfigError, TetherError
+from tether.core.errors import TetherError
 from tether.robot.twin.render import configure_backend
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    task: str = "lift"
-    episodes: int = 20
-    workers: int = 1  # 0 runs in this process (handy for debugging)
-    seed: int = 100_000  # first seed; held-out from data collection, which starts at 0
-    checkpoint: str | None = None  # evaluate a checkpoint in-process
-    server: str | None = None  # or through a running inference server (tcp://host:port)
-    policy: str | None = None  # or "scripted": the twin's scripted expert (a sanity baseline)
-    out: str = "reports/eval"
-    videos: int = 2  # successes and failures to keep as video, per worker
-    max_steps: int | None = None  # default: the task's episode length
-    steps: int | None = None  # diffusion: DDIM steps per chunk
-    rollout: dict[str, Any] = field(default_factory=dict)  # RolloutConfig overrides
-    robot: list[str] = field(default_factory=list)  # overrides for the twin robot config
-    timeout_s: float = 3600.0
-
-    def policy_source(self) -> dict[str, str]:
-        chosen = {k: v for k, v in (("checkpoint", self.checkpoint), ("server", self.server),
-                                    ("policy", self.policy)) if v}
-        if len(chosen) != 1:
-            raise ConfigError(
-                "Choose exactly one policy source: --checkpoint runs/x, --server tcp://127.0.0.1:5555 "
-                f"or --policy scripted (got {', '.join(chosen) or 'none'})."
-            )
-        return chosen
-
-    def seeds(self) -> list[int]:
-        if self.episodes < 1:
-            raise ConfigError(f"--episodes must be at least 1, got {self.episodes}")
-        return [self.seed + i for i in range(self.episodes)]
 
 
 def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tether.app.eval.config import EvalConfig
 from tether.app.eval.records import EpisodeRecord
 from tether.core.errors import ConfigError, TetherError
 from tether.core.schema import ArraySpec, PolicySpec, camera_of, is_image_key
@@ -68,7 +69,6 @@ class ExpertPolicy(Policy):
 
 
 def run_worker(spec: dict[str, Any]) -> None:
-    from tether.app.eval.runner import EvalConfig
     from tether.robot.factory import make_robot
 
     config = EvalConfig(**spec["config"])
@@ -152,7 +152,6 @@ def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
 def make_twin_evaluator(task: str, episodes: int = 10, seed: int = 100_000):
     """`evaluate(policy) -> success rate` on seeded twin episodes, for the trainer's periodic
     evaluation (`tether.policies.trainer.train(config, evaluate=...)`)."""
-    from tether.app.eval.runner import EvalConfig
     from tether.robot.factory import make_robot
 
     # Only the rollout settings and seeds are used here; the policy is handed in directly.

@@ -1,0 +1,46 @@
+"""What one evaluation is: task, episodes, seeds, policy source, workers, report folder.
+
+Its own module because both sides read it: the parent (runner.py) builds it from the command
+line, and each worker process (worker.py) rebuilds it from its spec file. Neither imports the
+other for it, so runner -> worker is the only import between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.core.errors import ConfigError
+
+
+@dataclass
+class EvalConfig:
+    task: str = "lift"
+    episodes: int = 20
+    workers: int = 1  # 0 runs in this process (handy for debugging)
+    seed: int = 100_000  # first seed; held-out from data collection, which starts at 0
+    checkpoint: str | None = None  # evaluate a checkpoint in-process
+    server: str | None = None  # or through a running inference server (tcp://host:port)
+    policy: str | None = None  # or "scripted": the twin's scripted expert (a sanity baseline)
+    out: str = "reports/eval"
+    videos: int = 2  # successes and failures to keep as video, per worker
+    max_steps: int | None = None  # default: the task's episode length
+    steps: int | None = None  # diffusion: DDIM steps per chunk
+    rollout: dict[str, Any] = field(default_factory=dict)  # RolloutConfig overrides
+    robot: list[str] = field(default_factory=list)  # overrides for the twin robot config
+    timeout_s: float = 3600.0
+
+    def policy_source(self) -> dict[str, str]:
+        chosen = {k: v for k, v in (("checkpoint", self.checkpoint), ("server", self.server),
+                                    ("policy", self.policy)) if v}
+        if len(chosen) != 1:
+            raise ConfigError(
+                "Choose exactly one policy source: --checkpoint runs/x, --server tcp://127.0.0.1:5555 "
+                f"or --policy scripted (got {', '.join(chosen) or 'none'})."
+            )
+        return chosen
+
+    def seeds(self) -> list[int]:
+        if self.episodes < 1:
+            raise ConfigError(f"--episodes must be at least 1, got {self.episodes}")
+        return [self.seed + i for i in range(self.episodes)]
