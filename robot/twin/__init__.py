@@ -6,12 +6,12 @@ of `make_twin_robot`, `TwinRobot`, `make_env` and friends.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
-# Headless offscreen rendering (EGL on Mesa works on CPU-only machines). Set before any submodule
-# imports mujoco; a user's own MUJOCO_GL (osmesa, glfw) wins.
-os.environ.setdefault("MUJOCO_GL", "egl")
+from tether.robot.twin.render import configure_backend
+
+# Before any submodule imports mujoco (see render.py); a user's own MUJOCO_GL wins.
+configure_backend()
 
 if TYPE_CHECKING:  # pragma: no cover
     from tether.robot.config import RobotConfig
