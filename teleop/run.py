@@ -1,10 +1,10 @@
 """Live teleoperation without recording: a device drives a robot at its control rate.
 
 `tether teleop` uses it to check a setup (leader calibration, SpaceMouse axes, safety limits)
-before recording. Every target goes through `Robot.act`, i.e. the safety layer, stamped with
-the time it was produced; a tick without a new target (`None`, or a device read that failed)
-calls `Robot.tick()`, so the stale-target watchdog holds the arm once targets stop for
-`stale_after_s`.
+before recording. Each tick is the shared control step (tether.robot.control): every target
+goes through `Robot.act`, i.e. the safety layer, stamped with the time it was produced; a tick
+without a new target (`None`, or a device read that failed) calls `Robot.tick()`, so the
+stale-target watchdog holds the arm once targets stop for `stale_after_s`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tether.core.errors import DeviceError
+from tether.robot.control import ControlStep
 from tether.robot.interfaces import Robot
 from tether.robot.runtime import LoopStats, RateLoop, Tick
 from tether.robot.targets import TeleopDevice
@@ -54,33 +55,34 @@ def run_teleop(
     `realtime=False` (unpaced) is only allowed on a robot whose time is simulated. A device
     whose read fails (DeviceError: a leader's bus times out, a cable is pulled) gives no target
     that tick: the arm holds through the watchdog instead of the loop dying with the arm in an
-    unknown state; the errors are counted and logged.
+    unknown state; the errors are counted and logged. A device that was closed
+    (DeviceClosedError) ends the loop with that error: it will not come back.
     """
     if not realtime:
         robot.require_simulated_time("--fast (realtime=False)")
-    holds = 0
-    errors = 0
     last_log = -1e9
     loop = RateLoop(robot.fps, realtime=realtime)
 
+    def device_failed(exc: DeviceError) -> None:
+        nonlocal last_log
+        if time.monotonic() - last_log >= 1.0:  # one line per second while it lasts
+            last_log = time.monotonic()
+            log.warning(
+                "teleop device failed (%d ticks so far), arm holding: %s", control.device_errors, exc
+            )
+
+    control = ControlStep(
+        robot,
+        read=lambda tick: robot.observe(),
+        target=lambda observation, tick: device.next_target(observation),
+        on_device_error=device_failed,
+    )
+
     def step(tick: Tick) -> bool:
-        nonlocal holds, errors, last_log
-        try:
-            target = device.next_target(robot.observe())
-        except DeviceError as exc:
-            target = None
-            errors += 1
-            if time.monotonic() - last_log >= 1.0:  # one line per second while it lasts
-                last_log = time.monotonic()
-                log.warning("teleop device failed (%d ticks so far), arm holding: %s", errors, exc)
-        if target is None:
-            holds += 1
-            robot.tick()
-        else:
-            robot.act(target, t_target=robot.now())
+        control(tick)
         if on_tick is not None:
             on_tick(tick)
         return not device.episode_done and not (stop is not None and stop.is_set())
 
     stats = loop.run(step, max_ticks=max_ticks, duration_s=duration_s)
-    return TeleopReport(stats, robot.safety_counts(), holds, errors)
+    return TeleopReport(stats, robot.safety_counts(), control.holds, control.device_errors)

@@ -103,7 +103,9 @@ class TwinParams:
 
 
 class TwinRobot(Robot):
-    """The twin as a Robot: same arms/cameras API as hardware, plus reset/is_success/task.
+    """The twin as a Robot: same arms/cameras API as hardware, plus the episode API
+    (tether.robot.episodic.EpisodicRobot: reset(seed), is_success(), succeeded, max_steps,
+    steps) and its task.
 
     Its time is simulated (`simulated_time`): `now()` is the simulation's device time, which
     the safety layer and `t_target` stamps use.

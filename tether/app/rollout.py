@@ -7,7 +7,7 @@ One code path serves evaluation in-process and deployment through the inference 
 `policy_or_client` is a `tether.policies.base.Policy` (in-process) or a
 `tether.policies.client.PolicyClient` (server). Every tick of the fixed-rate loop:
 
-1. observe the robot; the tick's step index s comes from its scheduled time, so ticks lost to
+1. observe the robot; the tick's step index s is its slot in the loop's fixed schedule, so ticks lost to
    overruns still advance s and the alignment below stays right;
 2. take in any chunk that has arrived. A chunk computed from the observation of step s0 holds
    the actions for steps s0, s0+1, ...; the rows for steps already past are dropped, never
@@ -46,6 +46,9 @@ import numpy as np
 from tether.core.errors import ConfigError, PolicyError, TetherError
 from tether.core.schema import PolicySpec
 from tether.policies.base import Policy
+from tether.robot.control import ControlStep
+from tether.robot.episodic import as_episodic
+from tether.robot.interfaces import Observation
 from tether.robot.runtime import RateLoop, Tick
 
 log = logging.getLogger(__name__)
@@ -389,7 +392,8 @@ class _Episode:
         self.on_progress = on_progress
         self.fps = float(config.fps or robot.fps)
         self.period = 1.0 / self.fps
-        max_steps = config.max_steps or getattr(robot, "max_steps", None)  # the twin's task length
+        self.episodic = as_episodic(robot)  # None for hardware: no reset, no success check
+        max_steps = config.max_steps or (self.episodic.max_steps if self.episodic else None)
         if not max_steps:
             raise ConfigError("rollout needs max_steps (the robot has no task that sets one)")
         self.max_steps = int(max_steps)
@@ -413,6 +417,9 @@ class _Episode:
         self.success_step: int | None = None
         self.last_error: str | None = None  # since the last valid chunk, for stall reports
         self.arrived: list[Chunk] = []  # chunks received while the loop slept
+        self.control = ControlStep(
+            robot, read=self._observe, target=self._action_for, t_target=self._meant_for
+        )
 
     def run(self) -> EpisodeResult:
         robot = self.robot
@@ -422,8 +429,8 @@ class _Episode:
             robot.connect()
         self.source.check(robot)
         self._check_rate()
-        if hasattr(robot, "reset"):
-            robot.reset(self.seed if self.seed is not None else 0)
+        if self.episodic is not None:
+            self.episodic.reset(self.seed if self.seed is not None else 0)
         self.source.reset()
         self.blender.reset()
         safety_before = dict(robot.safety_counts())
@@ -445,11 +452,7 @@ class _Episode:
             for k, v in safety_after.items()
             if v - safety_before.get(k, 0)
         }
-        success = None
-        if hasattr(robot, "succeeded"):
-            success = bool(robot.succeeded)
-        elif hasattr(robot, "is_success"):
-            success = self.success_step is not None
+        success = None if self.episodic is None else bool(self.episodic.succeeded)
         a = robot.action_dim
         return EpisodeResult(
             seed=self.seed,
@@ -520,38 +523,42 @@ class _Episode:
     def _tick(self, tick: Tick) -> bool:
         if tick.index == 0:
             self.t_origin = tick.t_scheduled
-        if self.config.realtime:
-            step = int(round((tick.t_scheduled - self.t_origin) / self.period))
-        else:
-            step = tick.index
+        step = tick.slot  # the loop's schedule never shifts: slots lost to overruns count too
         if step >= self.max_steps:
             return False
-        observation = self.robot.observe()
-        arrays = observation.to_arrays()
-        if self.config.record_frames:
-            for name, frame in observation.frames.items():
-                self.frames.setdefault(name, []).append(frame.image.copy())
-        self._collect(step, 0.0)
-        self._maybe_request(arrays, step)
-        action = self.blender.action_at(step)
-        if action is None:
-            sent = self._hold(step)
-            target = np.full(self.robot.action_dim, np.nan, dtype=np.float32)
-        else:
-            if self.stall is not None:
-                self._end_stall(step)
-            sent = self.robot.act(np.asarray(action, dtype=np.float64), t_target=self._meant_for(tick))
-            target = action
-        self.last_command = np.asarray(sent, dtype=np.float64)
-        self.records["actions"].append(np.asarray(sent, dtype=np.float32))
+        row = self.control(tick)
+        observation = row.reading
+        self.last_command = np.asarray(row.sent, dtype=np.float64)
+        target = row.target if row.target is not None else np.full(self.robot.action_dim, np.nan)
+        self.records["actions"].append(np.asarray(row.sent, dtype=np.float32))
         self.records["targets"].append(np.asarray(target, dtype=np.float32))
         self.records["joints"].append(observation.state)
-        self.records["held"].append(action is None)
+        self.records["held"].append(row.held)
         if self.on_progress is not None:
             self.on_progress(step, self.max_steps)
         if self._check_success(step) and self.config.stop_on_success:
             return False
         return step + 1 < self.max_steps
+
+    def _observe(self, tick: Tick) -> Observation:
+        observation = self.robot.observe()
+        if self.config.record_frames:
+            for name, frame in observation.frames.items():
+                self.frames.setdefault(name, []).append(frame.image.copy())
+        return observation
+
+    def _action_for(self, observation: Observation, tick: Tick) -> np.ndarray | None:
+        """Take in arrived chunks, ask for the next one if due, and blend the action for this
+        step; None when no chunk covers it (the control step then holds: a stall)."""
+        step = tick.slot
+        self._collect(step, 0.0)
+        self._maybe_request(observation.to_arrays(), step)
+        action = self.blender.action_at(step)
+        if action is None:
+            self._stalling(step)
+        elif self.stall is not None:
+            self._end_stall(step)
+        return action
 
     def _meant_for(self, tick: Tick) -> float:
         """When this tick's action is meant to run, on the robot's safety clock.
@@ -569,16 +576,14 @@ class _Episode:
     def _check_success(self, step: int) -> bool:
         """Record the first successful step; True once the episode counts as a success.
 
-        A twin reports `succeeded` once success has held for the task's hold time; other
-        robots with `is_success()` count the first successful step.
+        The episode counts as a success once success has held for the task's hold time
+        (`succeeded`); a robot without episodes (hardware) has no success check.
         """
-        if not hasattr(self.robot, "is_success"):
+        if self.episodic is None:
             return False
-        if self.success_step is None and self.robot.is_success():
+        if self.success_step is None and self.episodic.is_success():
             self.success_step = step
-        if hasattr(self.robot, "succeeded"):
-            return bool(self.robot.succeeded)
-        return self.success_step is not None
+        return bool(self.episodic.succeeded)
 
     def _maybe_request(self, arrays: dict[str, np.ndarray], step: int) -> None:
         age = self.source.in_flight_s()
@@ -670,9 +675,9 @@ class _Episode:
         self.blender.add_chunk(start, actions[late:])
         self.newest_end = max(self.newest_end, end)
 
-    def _hold(self, step: int) -> np.ndarray:
-        """No action for this step: a tick without a target (the safety layer's watchdog holds
-        the last safe command and counts a hold once targets are stale)."""
+    def _stalling(self, step: int) -> None:
+        """No action for this step: the control step sends no target (the safety layer's
+        watchdog holds the last safe command and counts a hold once targets are stale)."""
         if self.stall is None:
             t_out = self.t_origin + step * self.period if self.config.realtime else time.monotonic()
             delay_ms = max(0.0, (time.monotonic() - t_out) * 1e3)
@@ -681,7 +686,6 @@ class _Episode:
             self.stall = Stall(step, None, delay_ms, 0.0, reason)
             self.t_stall = time.monotonic()
             log.warning("rollout stalled at step %d (%s): holding position", step, reason)
-        return self.robot.tick()
 
     def _end_stall(self, step: int | None) -> None:
         assert self.stall is not None

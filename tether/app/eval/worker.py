@@ -121,7 +121,13 @@ def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
     """Yield an EpisodeRecord per seed: the one episode loop behind `tether eval`, the trainer's
     periodic evaluation and the demo (a Policy in-process, or a PolicyClient)."""
     from tether.app.rollout import RolloutConfig, run_episode
+    from tether.robot.episodic import as_episodic
 
+    if as_episodic(robot) is None:
+        raise ConfigError(
+            f"evaluation needs a robot with seeded episodes and a success check (the twin); "
+            f"'{getattr(robot, 'name', robot)}' has none. Evaluate on twin:<task>."
+        )
     record_video = video_dir is not None and config.videos > 0
     rollout = RolloutConfig(**{"realtime": False, "record_frames": record_video,
                                **config.rollout, "steps": config.steps,
