@@ -2,8 +2,13 @@
 
 Hardware and the twin are interchangeable behind these classes: switching a session from the
 twin to a real arm is a config change. Units: radians (gripper in its spec's own unit), meters,
-seconds. Host times come from `time.monotonic()`; device times from the device clock, converted
-to seconds. Images are RGB uint8 HWC.
+seconds. Images are RGB uint8 HWC.
+
+Time (see tether.core.clock): every Frame and JointState carries `t_host`, its capture time in
+seconds on the host's `time.monotonic()` clock (on the twin, the simulated clock its Robot runs
+on), and `t_device`, the device's own stamp, kept raw. A driver whose device stamps its own
+time maps it onto the host clock with a DeviceClockMapper; one without stamps its receive time.
+Only `t_host` is compared across streams.
 
 Observation dictionaries handed to recorders and policies use fixed keys: `state` (all arms'
 positions concatenated in robot order, float32), `image.<camera>` (uint8 HxWx3), and recorded
@@ -12,6 +17,7 @@ actions use `action`. Per-stream capture times are stored as `<key>_t`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +28,8 @@ import numpy as np
 
 from tether.core.errors import DeviceClosedError, DeviceError
 from tether.core.schema import ACTION, STATE, image_key
+
+log = logging.getLogger(__name__)
 
 # Array names are built by tether.core.schema only; these aliases keep the robot API's names.
 STATE_KEY = STATE
@@ -42,15 +50,25 @@ class Frame:
     """
 
     image: np.ndarray  # uint8 (H, W, 3) RGB
-    t_device: float  # seconds on the device clock (capture time)
-    t_host: float  # seconds, time.monotonic() when the host received it
+    # Capture time, seconds on the device's own clock, raw (a RealSense in global-time mode:
+    # Unix-epoch seconds; a webcam without stamps: the host receive time). Never compare it
+    # with another stream's.
+    t_device: float
+    # Capture time, seconds on the host's monotonic clock: the device stamp mapped by a measured
+    # offset (tether.core.clock), or the receive time when the device has no clock of its own.
+    t_host: float
     index: int
     depth: np.ndarray | None = None  # uint16 (H, W), millimetres unless the driver says otherwise
 
 
 @dataclass(frozen=True)
 class JointState:
-    """Measured joint positions (the gripper, if any, is one entry of `position`)."""
+    """Measured joint positions (the gripper, if any, is one entry of `position`).
+
+    `t_host`: when the state was measured, seconds on the host's monotonic clock (a controller
+    stamp mapped by a measured offset, or the host time of the bus round trip). `t_device`: the
+    controller's own stamp, raw, or None when the device has no clock (serial servo buses).
+    """
 
     position: np.ndarray  # float64 (n_joints,)
     t_host: float
@@ -115,7 +133,10 @@ class CameraSpec:
 
 @dataclass(frozen=True)
 class Observation:
-    """A synchronized snapshot of a robot: joint states and the newest frame per camera."""
+    """A synchronized snapshot of a robot: joint states and the newest frame per camera.
+
+    `t_host`: when the snapshot was taken, on the robot's clock (`Robot.now()`).
+    """
 
     t_host: float
     joints: Mapping[str, JointState]  # arm name -> state, in robot order
@@ -134,10 +155,23 @@ class Observation:
         return arrays
 
     def stream_times(self) -> dict[str, float]:
-        """Capture time (device clock where known) of every stream, keyed like `to_arrays`."""
+        """Capture time of every stream on the host clock (`t_host`), keyed like `to_arrays`.
+
+        Only host times: device clocks have different origins and rates, so they are never
+        compared across streams (see tether.core.clock).
+        """
         times = {}
         for name, js in self.joints.items():
-            times[f"{STATE_KEY}.{name}"] = js.t_device if js.t_device is not None else js.t_host
+            times[f"{STATE_KEY}.{name}"] = js.t_host
+        for name, frame in self.frames.items():
+            times[image_key(name)] = frame.t_host
+        return times
+
+    def device_times(self) -> dict[str, float | None]:
+        """Every stream's raw device stamp (None where the device has no clock), for the record."""
+        times: dict[str, float | None] = {}
+        for name, js in self.joints.items():
+            times[f"{STATE_KEY}.{name}"] = js.t_device
         for name, frame in self.frames.items():
             times[image_key(name)] = frame.t_device
         return times
@@ -216,22 +250,42 @@ class Arm(_Device):
 
 
 class ThreadedCamera(Camera):
-    """Base for cameras whose device delivers frames at its own pace.
+    """Base for cameras whose device delivers frames at its own pace; it owns stall recovery.
 
     Subclasses implement `_open`, `_grab` (block until the next frame, return it or None on a
-    timeout) and `_release`. A daemon thread keeps the newest frame; `read()` only takes a lock.
+    timeout or an unusable frame) and `_release`. A daemon thread keeps the newest frame;
+    `read()` only takes a lock.
+
+    Stalls: when no frame has arrived for `reconnect_after_s` (a pulled cable, a USB reset, a
+    driver that hung), the thread releases the device and opens it again, and keeps retrying
+    every `reconnect_after_s` until it is back, so a recording resumes by itself. `read()`
+    meanwhile returns the last frame (its unchanged index shows the stall to the recorder);
+    `reconnects`, `frame_age_s` and `last_error` say what happened. `reconnect_after_s=None`
+    turns recovery off. Subclasses that keep per-session state (frame counters) reset it in
+    `_on_reconnect`.
     """
 
     first_frame_timeout_s: float = 5.0
+    reconnect_after_s: float | None = 2.0
 
-    def __init__(self, spec: CameraSpec) -> None:
+    def __init__(self, spec: CameraSpec, reconnect_after_s: float | None = None) -> None:
         self.spec = spec
+        if reconnect_after_s is not None:
+            if not reconnect_after_s > 0:
+                from tether.core.errors import ConfigError
+
+                raise ConfigError(f"Camera '{spec.name}': reconnect_after_s must be positive.")
+            self.reconnect_after_s = float(reconnect_after_s)
         self._lock = threading.Lock()
         self._latest: Frame | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._first = threading.Event()
         self._error: BaseException | None = None
+        self._opened = False
+        self._last_frame = 0.0  # host time of the newest frame (or of connect())
+        self._last_attempt = 0.0  # host time of the last reopen attempt
+        self.reconnects = 0
 
     @property
     def is_connected(self) -> bool:
@@ -241,6 +295,8 @@ class ThreadedCamera(Camera):
         if self._thread is not None:
             return
         self._open()
+        self._opened = True
+        self._last_frame = self._last_attempt = time.monotonic()
         self._stop.clear()
         self._first.clear()
         self._error = None
@@ -272,26 +328,75 @@ class ThreadedCamera(Camera):
         self._thread = None
         with self._lock:
             self._latest = None
-        self._release()
+        if self._opened:
+            self._opened = False
+            self._release()
 
     @property
     def last_error(self) -> BaseException | None:
         """The last error the grab thread saw (it keeps trying; the recorder reports stalls)."""
         return self._error
 
+    @property
+    def frame_age_s(self) -> float:
+        """Seconds since the newest frame arrived (or since connect())."""
+        return time.monotonic() - self._last_frame
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._opened:  # a reopen failed: try again once the back-off has passed
+                self._reconnect_if_stalled()
+                continue
             try:
                 frame = self._grab()
             except Exception as exc:  # keep the thread alive; a stall is reported by consumers
                 self._error = exc
-                time.sleep(0.01)
+                self._reconnect_if_stalled()
+                self._stop.wait(0.01)
                 continue
             if frame is None:
+                self._reconnect_if_stalled()
                 continue
+            self._last_frame = time.monotonic()
             with self._lock:
                 self._latest = frame
             self._first.set()
+
+    def _reconnect_if_stalled(self) -> None:
+        """Release and reopen the device once it has been silent for `reconnect_after_s`."""
+        after = self.reconnect_after_s
+        if after is None:
+            if not self._opened:
+                self._stop.wait(0.1)
+            return
+        if time.monotonic() - max(self._last_frame, self._last_attempt) <= after:
+            if not self._opened:
+                self._stop.wait(min(0.05, after))
+            return
+        if self._opened:
+            self._opened = False
+            try:
+                self._release()
+            except Exception as exc:  # a device that vanished may fail to close; reopen anyway
+                self._error = exc
+        self.reconnects += 1
+        log.warning(
+            "Camera '%s': no frame for %.1f s; reopening it (attempt %d)",
+            self.name,
+            self.frame_age_s,
+            self.reconnects,
+        )
+        self._on_reconnect()
+        self._last_attempt = time.monotonic()  # the next attempt comes one full period later
+        try:
+            self._open()
+        except Exception as exc:  # not back yet: the thread retries after the back-off
+            self._error = exc
+            return
+        self._opened = True
+
+    def _on_reconnect(self) -> None:
+        """Called before a stalled device is reopened; reset per-session state here."""
 
     @abstractmethod
     def _open(self) -> None: ...
@@ -452,7 +557,7 @@ class Robot:
             raise DeviceClosedError(f"Robot '{self.name}' is not connected; call connect() first.")
         joints = {name: arm.read() for name, arm in self.arms.items()}
         frames = {name: cam.read() for name, cam in self.cameras.items()}
-        return Observation(t_host=time.monotonic(), joints=joints, frames=frames)
+        return Observation(t_host=self.now(), joints=joints, frames=frames)
 
     def act(self, action: np.ndarray, t_target: float | None = None) -> np.ndarray:
         """Send one action (all arms, robot order) through the safety layer.

@@ -8,7 +8,14 @@ about half a frame period even though the devices free-run (diffusion_policy's r
 aligns observations the same way).
 
 `DirectStreams` (simulation, non-real-time): calls `robot.observe()` in the loop, because a
-simulated robot only advances when the loop acts, and every stream already shares one clock.
+simulated robot only advances when the loop acts.
+
+Time: selection and skew use `t_host` only, each stream's capture time on the robot's clock
+(the host's monotonic clock on hardware, the simulated clock on the twin). Drivers map their
+devices' own stamps onto it (tether.core.clock); the raw stamps ride along in `device_t` for
+the record and are never compared, because device clocks differ in origin (a RealSense in
+global-time mode stamps Unix-epoch seconds, a UR controller counts from its boot, a servo bus
+has no clock at all).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,10 +42,12 @@ class Sample:
     """One tick's observation plus the timing of each stream it was built from."""
 
     observation: Observation
-    capture_t: dict[str, float]  # stream -> capture time (device clock where known)
-    host_t: dict[str, float]  # stream -> host receive time
+    capture_t: dict[str, float]  # stream -> capture time on the host clock (`t_host`)
+    host_t: dict[str, float]  # stream -> when the recorder received it, on the host clock
     camera_index: dict[str, int]  # camera name -> device frame index
     camera_age: dict[str, float]  # camera name -> seconds since its newest frame arrived
+    # stream -> the device's own stamp, raw (NaN where the device has no clock); never compared
+    device_t: dict[str, float] = field(default_factory=dict)
 
 
 def arm_stream(name: str) -> str:
@@ -60,24 +69,26 @@ class DirectStreams:
     def sample(self, t_sched: float | None = None) -> Sample:
         obs = self.robot.observe()
         capture = obs.stream_times()
-        host = {arm_stream(n): js.t_host for n, js in obs.joints.items()}
-        host.update({image_key(n): f.t_host for n, f in obs.frames.items()})
         return Sample(
             observation=obs,
             capture_t=capture,
-            host_t=host,
+            host_t=dict(capture),  # read synchronously: received when captured
             camera_index={n: int(f.index) for n, f in obs.frames.items()},
             camera_age={n: 0.0 for n in obs.frames},
+            device_t=_device_times(obs),
         )
 
 
 class _Poller:
-    """A thread reading one device into a ring buffer of (capture_time, value)."""
+    """A thread reading one device into a ring buffer of (t_host, value, t_received).
 
-    def __init__(self, name: str, read, capture_time, is_new, period_s: float, history: int) -> None:
+    `t_received` is when this reader got the value, on the same clock as `t_host` (`clock`).
+    """
+
+    def __init__(self, name: str, read, is_new, period_s: float, history: int, clock) -> None:
         self.name = name
         self._read = read
-        self._capture_time = capture_time
+        self._clock = clock
         self._is_new = is_new
         self._period = period_s
         self._buffer: deque = deque(maxlen=history)
@@ -104,7 +115,7 @@ class _Poller:
         with self._lock:
             last = self._buffer[-1][1] if self._buffer else None
             if last is None or self._is_new(last, value):
-                self._buffer.append((self._capture_time(value), value))
+                self._buffer.append((value.t_host, value, self._clock()))
                 self.t_last_new = time.monotonic()
 
     def _run(self) -> None:
@@ -117,23 +128,28 @@ class _Poller:
 
 
 class ThreadedStreams:
-    """One reader thread per camera and per arm; nearest-in-time selection at each tick."""
+    """One reader thread per camera and per arm; nearest-in-time selection at each tick.
+
+    Times are on the robot's clock (`robot.now()`, which `t_host` is on); the tick's scheduled
+    time comes from the loop's monotonic clock and is translated onto it.
+    """
 
     def __init__(self, robot: Robot, fps: float, history: int = 8) -> None:
         self.robot = robot
         self.fps = fps
+        self._clock = robot.now
         self._pollers: dict[str, _Poller] = {}
         self._phase = 0.0
         self._phase_vec: np.ndarray | None = None
         arm_period = 1.0 / (4.0 * fps)  # arms sampled 4x the loop rate: nearest sample < 1/8 frame
         for name, arm in robot.arms.items():
             self._pollers[arm_stream(name)] = _Poller(
-                arm_stream(name), arm.read, _joint_time, lambda a, b: True, arm_period, history * 4
+                arm_stream(name), arm.read, lambda a, b: True, arm_period, history * 4, self._clock
             )
         for name, cam in robot.cameras.items():
             period = min(0.002, 1.0 / (8.0 * cam.spec.fps))
             self._pollers[image_key(name)] = _Poller(
-                image_key(name), cam.read, _frame_time, _new_frame, period, history
+                image_key(name), cam.read, _new_frame, period, history, self._clock
             )
 
     def start(self) -> None:
@@ -168,17 +184,17 @@ class ThreadedStreams:
         jitter does not flip the choice between neighbours (which would show up as a duplicated
         plus a dropped frame).
         """
-        now = time.monotonic()
-        t_sched = now if t_sched is None else t_sched
+        wall = time.monotonic()
+        now = self._clock()
+        t_sched = now if t_sched is None else now - (wall - t_sched)  # onto the robot's clock
         snaps = {name: p.snapshot() for name, p in self._pollers.items()}
-        ages = {name: now - p.t_last_new for name, p in self._pollers.items()}
+        ages = {name: wall - p.t_last_new for name, p in self._pollers.items()}
         stall_after = max(0.1, 3.0 / self.fps)
         period = 1.0 / self.fps
         cams = [image_key(n) for n in self.robot.cameras if ages[image_key(n)] <= stall_after]
         if cams:
-            latency = max(
-                float(np.median([e[1].t_host - e[0] for e in snaps[c]])) for c in cams
-            )
+            # how long after its capture a frame reaches this reader (transport + polling)
+            latency = max(float(np.median([e[2] - e[0] for e in snaps[c]])) for c in cams)
             self._update_phase([snaps[c][-1][0] for c in cams], period)
             base = t_sched - latency - 0.5 * period
             t_ref = base - ((base - self._phase) % period)
@@ -191,11 +207,11 @@ class ThreadedStreams:
         for name in self.robot.arms:
             js = chosen[arm_stream(name)][1]
             joints[name] = js
-            host[arm_stream(name)] = js.t_host
+            host[arm_stream(name)] = chosen[arm_stream(name)][2]
         for name in self.robot.cameras:
             frame = chosen[image_key(name)][1]
             frames[name] = frame
-            host[image_key(name)] = frame.t_host
+            host[image_key(name)] = chosen[image_key(name)][2]
         obs = Observation(t_host=now, joints=joints, frames=frames)
         return Sample(
             observation=obs,
@@ -203,15 +219,12 @@ class ThreadedStreams:
             host_t=host,
             camera_index={n: int(f.index) for n, f in frames.items()},
             camera_age={n: ages[image_key(n)] for n in self.robot.cameras},
+            device_t=_device_times(obs),
         )
 
 
-def _joint_time(js: JointState) -> float:
-    return js.t_device if js.t_device is not None else js.t_host
-
-
-def _frame_time(frame: Frame) -> float:
-    return frame.t_device
+def _device_times(obs: Observation) -> dict[str, float]:
+    return {k: (np.nan if t is None else float(t)) for k, t in obs.device_times().items()}
 
 
 def _new_frame(last: Frame, new: Frame) -> bool:

@@ -17,6 +17,15 @@ Why strict by default: V4L2 silently falls back to the nearest mode it supports 
 at 5 fps over YUYV), and a dataset recorded at the wrong rate is only noticed at training time.
 A video file plays back paced at the configured fps (looping by default), which is how the
 driver is tested here and a handy way to replay a scene.
+
+Timestamps: a live device's `t_device` is `CAP_PROP_POS_MSEC` in seconds when the backend
+reports one (V4L2: the driver's buffer timestamp, taken when the frame was captured, on the
+kernel's clock), and `t_host` is that stamp mapped onto the host's monotonic clock by a
+DeviceClockMapper (tether.core.clock), so the capture time survives a late read. A backend that
+reports no stamp (0 or negative, common for GStreamer/MSMF or a stuck value) gives the host
+receive time for both. A file's frames are stamped with their playback schedule, which is on
+the host's monotonic clock already (`t_host == t_device`). A source that stops delivering is
+reopened after `reconnect_after_s` by ThreadedCamera.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tether.core.clock import DeviceClockMapper
 from tether.core.config import from_dict
 from tether.core.errors import ConfigError, DeviceError
 from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
@@ -49,8 +59,8 @@ class OpenCVParams:
 
 class OpenCVCamera(ThreadedCamera):
     def __init__(self, spec: CameraSpec, params: OpenCVParams | None = None) -> None:
-        super().__init__(spec)
         self.params = params or OpenCVParams()
+        super().__init__(spec, reconnect_after_s=self.params.reconnect_after_s)
         if self.params.fourcc is not None and len(self.params.fourcc) != 4:
             raise ConfigError(f"Camera '{spec.name}': fourcc must have 4 characters, got '{self.params.fourcc}'.")
         if self.params.backend not in _BACKENDS:
@@ -60,8 +70,8 @@ class OpenCVCamera(ThreadedCamera):
         self._cap = None
         self._index = 0
         self._next_t = 0.0
-        self._last_ok = 0.0
-        self.reconnects = 0
+        self._last_msec: float | None = None
+        self.clock = DeviceClockMapper(f"camera {spec.name}")
 
     @classmethod
     def from_config(cls, config) -> OpenCVCamera:
@@ -100,14 +110,13 @@ class OpenCVCamera(ThreadedCamera):
             raise
         self._cap = cap
         self._next_t = max(self._next_t, time.monotonic())
-        self._last_ok = time.monotonic()
+        self._last_msec = None
 
     def _grab(self) -> Frame | None:
         import cv2
 
         cap = self._cap
         if cap is None:
-            self._reopen()
             return None
         if self.is_file:
             delay = self._next_t - time.monotonic()
@@ -116,22 +125,17 @@ class OpenCVCamera(ThreadedCamera):
             t_device = self._next_t
             self._next_t = max(self._next_t + 1.0 / self.spec.fps, time.monotonic() - 0.5)
         ok, bgr = cap.read()
-        t_host = time.monotonic()
+        t_received = time.monotonic()
         if not ok and self.is_file and self.params.loop:
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, bgr = cap.read()
         if not ok or bgr is None:
-            if t_host - self._last_ok > self.params.reconnect_after_s:
-                self._reopen()
-            else:
-                time.sleep(0.005)
+            time.sleep(0.005)  # a dead source fails at once; ThreadedCamera reopens it in time
             return None
-        self._last_ok = t_host
-        if not self.is_file:
-            # V4L2 reports the driver's buffer timestamp (CLOCK_MONOTONIC, ms); fall back to
-            # the host time when a backend does not.
-            msec = cap.get(cv2.CAP_PROP_POS_MSEC)
-            t_device = msec / 1000.0 if msec > 0 else t_host
+        if self.is_file:
+            t_host = t_device  # the playback schedule is on the host clock already
+        else:
+            t_device, t_host = self._stamp(cap.get(cv2.CAP_PROP_POS_MSEC), t_received)
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if image.shape[:2] != (self.spec.height, self.spec.width):
             raise DeviceError(
@@ -191,16 +195,17 @@ class OpenCVCamera(ThreadedCamera):
             self._next_t = 0.0
         super().connect()
 
-    def _reopen(self) -> None:
-        """The device vanished or stalled (USB reset, unplug): release and try to open it again."""
-        self._release()
-        self.reconnects += 1
-        log.warning("Camera '%s': no frame for %.1f s, reopening", self.name, self.params.reconnect_after_s)
-        try:
-            self._open()
-        except DeviceError as exc:
-            self._error = exc
-            time.sleep(min(1.0, self.params.reconnect_after_s))
+    def _stamp(self, msec: float, t_received: float) -> tuple[float, float]:
+        """(t_device, t_host) of a live frame from the backend's position stamp in ms.
+
+        A stamp is meaningful when positive and advancing; otherwise (a backend that reports
+        nothing, or repeats one value) the host receive time stands in for both.
+        """
+        last, self._last_msec = self._last_msec, msec
+        if not msec > 0 or (last is not None and msec == last):
+            return t_received, t_received
+        t_device = msec / 1000.0
+        return t_device, self.clock.map(t_device, t_received)
 
 
 def _backend_table() -> dict[str, int]:

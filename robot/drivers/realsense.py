@@ -14,11 +14,18 @@ Config (`driver: realsense`), see configs/ur5e_realsense_spacemouse.yaml and con
           exposure_us: 8000          # manual exposure (turns auto exposure off); omit for auto
           sync_mode: master          # none | master | slave: hardware sync over the sync cable
 
-Timestamps: `t_device` is the frame's device timestamp in seconds. With `global_time: true`
-(default) librealsense maps the camera clock onto the host clock (the global-time domain), so
-several cameras and the arm share one time base; the domain actually delivered is logged.
+Timestamps: `t_device` is the color frame's own timestamp, raw, in seconds. With
+`global_time: true` (default) librealsense expresses it in its global-time domain: the camera's
+hardware clock translated onto the host's *system* clock, i.e. Unix-epoch seconds (~1.7e9),
+which is not the monotonic clock every other stream uses; with `global_time: false` it is the
+camera's hardware clock (seconds since it powered up). Either way `t_host` is that stamp mapped
+onto the host's monotonic clock by a DeviceClockMapper (offset measured from the lowest-latency
+frames, drift tracked; tether.core.clock), so it is the capture time on the one time base the
+recorder compares. The domain actually delivered is logged, and a domain switch restarts the
+mapping. Global time still helps: its stamps do not drift against the host.
+
 Frames are read by a background thread that keeps the newest set. If no frame arrives for
-`reconnect_after_s` (unplugged cable, USB reset), the driver closes the device and opens it
+`reconnect_after_s` (unplugged cable, USB reset), ThreadedCamera closes the device and opens it
 again by serial number, so a recording resumes by itself when the camera comes back.
 
 Two ways to reach a device: `rs.pipeline` (real devices by serial, or a recording via
@@ -35,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from tether.core.clock import DeviceClockMapper
 from tether.core.config import from_dict
 from tether.core.errors import ConfigError, DeviceError
 from tether.core.optional import require
@@ -61,8 +69,8 @@ class RealSenseParams:
 
 class RealSenseCamera(ThreadedCamera):
     def __init__(self, spec: CameraSpec, params: RealSenseParams | None = None, device: Any = None) -> None:
-        super().__init__(spec)
         self.params = params or RealSenseParams()
+        super().__init__(spec, reconnect_after_s=self.params.reconnect_after_s)
         if self.params.sync_mode not in SYNC_MODES:
             raise ConfigError(
                 f"Camera '{spec.name}': sync_mode '{self.params.sync_mode}' is not one of "
@@ -73,12 +81,11 @@ class RealSenseCamera(ThreadedCamera):
         self._device = device  # an rs.device given directly (software device, tests)
         self._source: _Source | None = None
         self._align = None
-        self._last_ok = 0.0
         # Device frame numbers restart when a camera is reopened; indices handed out never do.
         self._index_base = 0
         self._last_index = -1
         self.timestamp_domain: str | None = None
-        self.reconnects = 0
+        self.clock = DeviceClockMapper(f"camera {spec.name}")
 
     @classmethod
     def from_config(cls, config) -> RealSenseCamera:
@@ -101,28 +108,25 @@ class RealSenseCamera(ThreadedCamera):
             raise
         self._source = source
         self._align = rs.align(rs.stream.color) if self.params.depth and self.params.align_depth else None
-        self._last_ok = time.monotonic()
 
     def _grab(self) -> Frame | None:
         source = self._source
         if source is None:
-            self._reconnect()
             return None
         frames = source.wait(self.params.frame_timeout_ms)
-        t_host = time.monotonic()
+        t_received = time.monotonic()
         if frames is None:
-            if t_host - self._last_ok > self.params.reconnect_after_s:
-                self._reconnect()
-            return None
+            return None  # ThreadedCamera reopens the device once this lasts reconnect_after_s
         if self._align is not None:
             frames = self._align.process(frames)
         color = frames.get_color_frame()
         depth = frames.get_depth_frame() if self.params.depth else None
         if not color or (self.params.depth and not depth):
             return None  # an incomplete set (the syncer is still pairing streams)
-        self._last_ok = t_host
         domain = str(color.get_frame_timestamp_domain()).split(".")[-1]
         if domain != self.timestamp_domain:
+            if self.timestamp_domain is not None:
+                self.clock.reset(f"its timestamps moved from {self.timestamp_domain} to {domain}")
             self.timestamp_domain = domain
             log.info("Camera '%s': timestamps in the %s domain", self.name, domain)
         image = np.asanyarray(color.get_data())
@@ -138,10 +142,11 @@ class RealSenseCamera(ThreadedCamera):
         if index <= self._last_index:
             return None  # a repeated or stale frame
         self._last_index = index
+        t_device = color.get_timestamp() / 1000.0  # ms in the delivered domain -> s
         return Frame(
             image=image.copy(),
-            t_device=color.get_timestamp() / 1000.0,
-            t_host=t_host,
+            t_device=t_device,
+            t_host=self.clock.map(t_device, t_received),
             index=index,
             depth=depth_image,
         )
@@ -180,21 +185,9 @@ class RealSenseCamera(ThreadedCamera):
             self._index_base, self._last_index = 0, -1
         super().connect()
 
-    def _reconnect(self) -> None:
-        self._release()
+    def _on_reconnect(self) -> None:
+        # The reopened device counts frames from zero again; keep handing out larger indices.
         self._index_base = self._last_index + 1
-        self.reconnects += 1
-        log.warning(
-            "Camera '%s': no frames for %.1f s; reopening it (%d)",
-            self.name,
-            self.params.reconnect_after_s,
-            self.reconnects,
-        )
-        try:
-            self._open()
-        except Exception as exc:  # not back yet: the grab thread keeps trying
-            self._error = exc
-            time.sleep(0.2)
 
 
 class _Source:

@@ -4,11 +4,15 @@ Both read simulated state from a shared TwinSim. Neither moves time on its own; 
 test, through `advance()`) steps the simulation. The camera renders offscreen on the CPU when
 a frame is due in simulated time, keeps frames in a small queue until their injected latency
 has passed, and `read()` hands over the newest delivered frame without rendering.
+
+Time: the twin's host clock is its simulated clock (`TwinRobot.now()`, the one its safety layer
+runs on), so `t_host` and `t_device` are both simulated seconds of the capture (the device
+"stamps" on the host clock, the offset is exactly zero). An injected camera latency delays
+when a frame is delivered, never its capture time.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import deque
 
@@ -52,7 +56,7 @@ class TwinArm(Arm):
         with self.sim.lock:
             return JointState(
                 position=self.sim.arm_position(self.index),
-                t_host=time.monotonic(),
+                t_host=self.sim.device_time,
                 velocity=self.sim.arm_velocity(self.index),
                 effort=self.sim.arm_effort(self.index),
                 t_device=self.sim.device_time,
@@ -135,8 +139,7 @@ class TwinCamera(Camera):
             self._next_capture = self.sim.device_time
             self._capture()
             # The first frame after (re)start is available immediately, so read() never waits.
-            _, frame = self._queue.pop()
-            self._latest = dataclasses.replace(frame, t_host=time.monotonic())
+            _, self._latest = self._queue.pop()
 
     def read(self) -> Frame:
         self._require_connected()
@@ -155,8 +158,7 @@ class TwinCamera(Camera):
         if now + 1e-9 >= self._next_capture:
             self._capture()
         while self._queue and self._queue[0][0] <= now + 1e-9:
-            _, frame = self._queue.popleft()
-            self._latest = dataclasses.replace(frame, t_host=time.monotonic())
+            _, self._latest = self._queue.popleft()
 
     def _capture(self) -> None:
         renderer = self._renderer
@@ -180,8 +182,7 @@ class TwinCamera(Camera):
         # Next capture on the camera's own schedule, never in the past.
         while self._next_capture <= t_capture + 1e-9:
             self._next_capture += self._period
-        frame = Frame(image=image, t_device=t_capture, t_host=time.monotonic(),
-                      index=self._index, depth=depth)
+        frame = Frame(image=image, t_device=t_capture, t_host=t_capture, index=self._index, depth=depth)
         t_available = t_capture + (self.delay.sample(self.sim.rng) if self.delay.active else 0.0)
         if self._queue and t_available < self._queue[-1][0]:
             t_available = self._queue[-1][0]  # frames arrive in order

@@ -45,7 +45,7 @@ class TestRealSenseContract(CameraContract):
 
 def test_color_and_aligned_depth_carry_device_timestamps(camera_device, wait_until):
     with make(camera_device, depth=True) as cam:
-        t0 = time.time()
+        t0, m0 = time.time(), time.monotonic()
         frames = {}
 
         def five_frames() -> bool:
@@ -54,7 +54,7 @@ def test_color_and_aligned_depth_carry_device_timestamps(camera_device, wait_unt
             return len(frames) >= 5
 
         wait_until(five_frames, what="5 distinct frames")
-        t1 = time.time()
+        t1, m1 = time.time(), time.monotonic()
         assert cam.timestamp_domain == "global_time"
     for index, frame in frames.items():
         np.testing.assert_array_equal(frame.image, camera_device.color_image(index))
@@ -64,9 +64,13 @@ def test_color_and_aligned_depth_carry_device_timestamps(camera_device, wait_unt
         # global time: device stamps on the host's wall clock, while we were reading (a frame
         # read first may have been captured up to a period or so before)
         assert t0 - 1.0 < frame.t_device <= t1
+        # ... and t_host is the same instant on the host's monotonic clock, not the epoch
+        assert m0 - 1.0 < frame.t_host <= m1
     ordered = [frames[i] for i in sorted(frames)]
     # device time advances with the frame index (how evenly depends on the host's scheduler)
     assert np.all(np.diff([f.t_device for f in ordered]) > 0)
+    assert np.all(np.diff([f.t_host for f in ordered]) >= 0)
+    assert cam.clock.offset == pytest.approx(time.monotonic() - time.time(), abs=0.5)
 
 
 def test_exposure_gain_global_time_and_sync_mode_reach_the_sensors(camera_device):
@@ -119,7 +123,8 @@ def test_two_cameras_master_and_slave(camera_device):
             fa, fb = a.read(), b.read()
             assert camera_device.depth_sensor.get_option(rs.option.inter_cam_sync_mode) == 1
             assert second.depth_sensor.get_option(rs.option.inter_cam_sync_mode) == 2
-            assert abs(fa.t_device - fb.t_device) < 1.0  # one time base (global time)
+            assert abs(fa.t_device - fb.t_device) < 1.0  # one device time base (global time)
+            assert abs(fa.t_host - fb.t_host) < 1.0  # and both mapped onto the host's
     finally:
         second.stop()
 
