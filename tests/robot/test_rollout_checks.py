@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tether.app.commands.rollout import _PlainProgress
-from tether.app.rollout import RolloutConfig, resample_chunk, run_episode
+from tether.app.rollout import LocalSource, RolloutConfig, resample_chunk, run_episode
 from tether.cli import build_app
 from tether.policies.base import Policy
 from tether.policies.server import PolicyServer, ServerConfig
@@ -117,6 +117,33 @@ def test_lockstep_is_refused_on_a_real_time_robot(app, tmp_path):
                                  "--lockstep", "--max-steps", "5"])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "--lockstep" in result.output and "real time" in result.output
+
+
+class _DropsEveryOther(LocalSource):
+    """An in-process source that leaves every other request unanswered (a lost reply)."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy, None)
+        self.requests = 0
+
+    def request(self, observation, step, wait_s=0.0):
+        self.requests += 1
+        if self.requests % 2 == 1:
+            super().request(observation, step, wait_s)
+
+
+def test_lockstep_rollout_ticks_are_one_control_period_each_holds_included(twin):
+    """In lockstep the twin's simulated time advances by exactly 1/fps per executed tick,
+    whether the tick ran an action or held (no chunk covered it)."""
+    source = _DropsEveryOther(waypoint(twin, fps=twin.fps, chunk_size=4))
+    sim_times: list[float] = []
+    config = RolloutConfig(max_steps=40, realtime=False, blend="switch", request_threshold=0,
+                           stop_on_success=False)
+    result = run_episode(twin, source, config, seed=0,
+                         on_progress=lambda step, total: sim_times.append(twin.sim_time))
+    assert result.length == 40 and twin.steps == 40
+    assert 0 < result.held.sum() < 40, result.held  # some ticks held, most acted
+    np.testing.assert_allclose(sim_times, (np.arange(40) + 1) / twin.fps, rtol=0, atol=1e-9)
 
 
 # --- the watchdog -----------------------------------------------------------------------------
