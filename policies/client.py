@@ -275,7 +275,7 @@ class PolicyClient:
         if reply is None:
             self._pending.pop(request_id, None)
             self.reconnect()
-            raise self._timeout("infer")
+            raise self._timeout(InferRequest.OP)
         return reply
 
     # --- asynchronous inference ----------------------------------------------------------------

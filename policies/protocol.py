@@ -325,6 +325,10 @@ class InferRequest(Request):
     def _arrays(self) -> dict[str, np.ndarray]:
         return dict(self.observation)
 
+    def policy_options(self) -> dict[str, Any]:
+        """The keyword options for `Policy.predict_chunk` this request sets (none by default)."""
+        return _optional(steps=self.steps)
+
     @classmethod
     def _from(cls, message: Message) -> InferRequest:
         head = message.header

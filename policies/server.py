@@ -30,7 +30,6 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zmq
@@ -387,11 +386,8 @@ class PolicyServer:
             if isinstance(request, ResetRequest):
                 self.client_policies.reset(job.identity)
                 return ResetReply(request.id, job.t_recv, time.monotonic()).encode()
-            options: dict[str, Any] = {}
-            if request.steps is not None:
-                options["steps"] = request.steps
             policy = self.client_policies.get(job.identity)
-            chunk = policy.predict_chunk(request.observation, **options)
+            chunk = policy.predict_chunk(request.observation, **request.policy_options())
             infer_ms = (time.monotonic() - t_start) * 1e3
             if not np.isfinite(chunk).all():
                 raise TetherError("the policy produced NaN or inf actions")
