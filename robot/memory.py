@@ -3,7 +3,9 @@
 Used by tests of the layers above the drivers (safety, runtime, recorder plumbing) and as the
 reference implementation the contract suite is checked against. The arm tracks its target with
 a first-order lag in wall-clock time (or on an injected clock); the camera produces a synthetic
-pattern at its own fps on a background thread, like a real camera would.
+pattern at its own fps on a background thread, like a real camera would. Both stamp `t_host` on
+their clock (the arm's injected clock, the camera's `time.monotonic()`); having no separate
+device clock, their `t_device` is the same value.
 
 A Robot of memory arms is a real-time robot (`simulated_time` False), like the hardware it
 stands in for: its arm moves in wall-clock time whether or not the loop keeps up. A test that
@@ -144,7 +146,7 @@ class MemoryCamera(ThreadedCamera):
         image[..., 0] = (np.arange(w)[None, :] + self._index) % 256
         image[..., 1] = (np.arange(h)[:, None] * 2) % 256
         image[..., 2] = self._index % 256
-        frame = Frame(image=image, t_device=t, t_host=time.monotonic(), index=self._index)
+        frame = Frame(image=image, t_device=t, t_host=t, index=self._index)
         self._index += 1
         return frame
 

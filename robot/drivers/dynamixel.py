@@ -11,7 +11,8 @@ Config (`driver: dynamixel`), see configs/koch_leader.yaml and configs/aloha.yam
         - {name: gripper, id: 6, model: xl330-m288, mode: current_position, lower: -0.2, upper: 1.6}
 
 Present current, velocity and position (addresses 126-135) come back in one SYNC READ; goals go
-out in one SYNC WRITE. Tested against tether.robot.emulators.DynamixelBusEmulator through the
+out in one SYNC WRITE. Timestamps: the servos have no clock; `t_host` is the host's monotonic
+time of the read (see servo_bus), `t_device` None. Tested against tether.robot.emulators.DynamixelBusEmulator through the
 real dynamixel_sdk.
 """
 

@@ -11,7 +11,8 @@ Config (`driver: feetech`), see configs/so101_leader.yaml:
         - {name: gripper, id: 6, lower: 0.0, upper: 1.7}
 
 Present position, speed and load (addresses 56-61) come back in one SYNC READ. Speed and load
-are sign-magnitude (sign in bit 15 and bit 10). Tested against
+are sign-magnitude (sign in bit 15 and bit 10). Timestamps: the servos have no clock; `t_host`
+is the host's monotonic time of the read (see servo_bus), `t_device` None. Tested against
 tether.robot.emulators.FeetechBusEmulator through the real scservo_sdk.
 """
 

@@ -7,6 +7,10 @@ SDK's result codes into DeviceError messages that name the port, the servo id, t
 and what to check. `ServoArm` maps servo ticks to radians with a per-motor zero and direction,
 reads position/velocity/effort in one sync read, and writes goals in one sync write.
 
+Time: servos have no clock of their own, so `JointState.t_device` is None and `t_host` is the
+host's monotonic time at the middle of the sync read's round trip (when the servos sampled
+their registers, to within half a round trip).
+
 Why one sync read: a 6-servo arm at 50 Hz has 20 ms per tick; one SYNC READ costs one round
 trip (~0.2 ms on a pty, ~1-2 ms on a U2D2 with the latency timer at 1 ms) where six READs cost
 six.
@@ -493,8 +497,9 @@ class ServoArm(Arm):
         if not self._connected:
             self._require_connected()
         names = self._state_fields()
+        t_sent = time.monotonic()
         values = self.bus.sync_read(names, self.ids)
-        t_host = time.monotonic()
+        t_host = 0.5 * (t_sent + time.monotonic())  # the servos answered mid round trip
         position = (values["present_position"] - self._zero) * RAD_PER_TICK * self._direction
         velocity = effort = None
         if "present_velocity" in values:

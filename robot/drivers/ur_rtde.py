@@ -11,7 +11,10 @@ Config (`driver: ur_rtde`), see configs/ur5e_realsense_spacemouse.yaml:
 
 The arm is position-controlled by streaming servoJ targets (ur_rtde uploads its control script
 and writes the targets into RTDE input registers). `read()` reads actual joint positions and
-velocities from RTDE at the controller rate, with the controller timestamp as `t_device`.
+velocities from RTDE at the controller rate. Time: `t_device` is the controller's RTDE
+`timestamp` (seconds since the controller booted), raw; `t_host` is that stamp mapped onto the
+host's monotonic clock by a DeviceClockMapper (tether.core.clock), so two reads of the same data
+package carry the same `t_host`, and a controller reboot (its clock restarts) re-synchronises.
 When the controller is protective- or emergency-stopped, `command()` refuses to send and raises
 DeviceError saying how to recover, instead of queueing targets that would run once the stop is
 cleared.
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tether.core.clock import DeviceClockMapper
 from tether.core.config import from_dict
 from tether.core.errors import ConfigError, DeviceError
 from tether.core.optional import require
@@ -89,6 +93,7 @@ class URArm(Arm):
         self._control = None
         self._receive = None
         self._last_command: np.ndarray | None = None
+        self.clock = DeviceClockMapper(f"arm {name}")
 
     @classmethod
     def from_config(cls, config) -> URArm:
@@ -143,11 +148,11 @@ class URArm(Arm):
     def read(self) -> JointState:
         self._require_connected()
         receive = self._receive
+        t_device = float(receive.getTimestamp())
         q = np.asarray(receive.getActualQ(), dtype=np.float64)
         qd = np.asarray(receive.getActualQd(), dtype=np.float64)
-        return JointState(
-            position=q, velocity=qd, t_host=time.monotonic(), t_device=float(receive.getTimestamp())
-        )
+        t_host = self.clock.map(t_device, time.monotonic())
+        return JointState(position=q, velocity=qd, t_host=t_host, t_device=t_device)
 
     def command(self, target_position: np.ndarray) -> None:
         self._require_connected()

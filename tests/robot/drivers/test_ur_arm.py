@@ -125,6 +125,13 @@ def test_read_only_arm_reads_joints_controller_time_and_stops(rtde_peer, wait_un
         np.testing.assert_allclose(first.velocity, [0.01] * 6)
         # controller clock, advancing at 500 Hz
         wait_until(lambda: arm.read().t_device > first.t_device, what="the controller clock to advance")
+        # t_device counts from the controller's start (the peer's start); the measured offset is
+        # that start on the host's monotonic clock (the peer runs on this host), and t_host the
+        # capture instant on it: after the previous read, never in the future
+        state = arm.read()
+        assert time.monotonic() - 120.0 < arm.clock.offset < time.monotonic() - state.t_device + 0.05
+        assert first.t_host <= state.t_host <= time.monotonic()
+        assert state.t_host - state.t_device == pytest.approx(arm.clock.offset_at(state.t_device))
         assert not arm.stopped
         rtde_peer({"safety_status_bits": 1 << 2})  # protective stop
         wait_until(lambda: arm.stopped, what="the protective stop to be reported")
