@@ -118,11 +118,11 @@ class RemoteError(ProtocolError):
     must raise it instead of retrying.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retryable: bool | None = None) -> None:
         super().__init__(f"the policy server refused the request ({code}): {message}")
         self.code = code
         self.detail = message
-        self.retryable = code in RETRYABLE_CODES
+        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ class ErrorReply(Reply):
 
     def to_exception(self) -> RemoteError:
         """The RemoteError a client raises for this reply."""
-        return RemoteError(self.code, self.message)
+        return RemoteError(self.code, self.message, self.retryable)
 
 
 REQUESTS: dict[str, type[Request]] = {

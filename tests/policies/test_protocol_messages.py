@@ -130,6 +130,8 @@ def test_error_replies_say_whether_a_retry_can_help():
     frames = protocol.encode({"id": 1, "op": "error", "code": "future_code", "message": "m"})
     reply = protocol.decode_reply(frames)
     assert isinstance(reply, ErrorReply) and reply.code == "future_code" and not reply.retryable
+    frames = protocol.encode({"id": 1, "op": "error", "code": "future_busy", "retryable": True})
+    assert protocol.decode_reply(frames).to_exception().retryable
 
 
 def test_the_error_reply_of_a_message_error_keeps_its_code_and_text():
