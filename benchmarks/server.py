@@ -209,7 +209,7 @@ def bench_act(repeats: int) -> dict:
         vision_norm="frozen_batch",
     )
     model = ACTModel(cfg).eval()
-    fuse_batchnorm(model.backbone)
+    fuse_batchnorm(model.vision.backbone)
     stats = {
         k: {"min": -np.ones(14), "max": np.ones(14), "mean": np.zeros(14), "std": np.ones(14)}
         for k in ("state", "action")

@@ -5,8 +5,8 @@ produces a style latent z; the main encoder-decoder transformer reads [z, state,
 and k learned queries decode a chunk of k actions. Loss = L1(actions) + kl_weight * KL(z).
 At inference z = 0 (the prior mean) and the VAE encoder is not run.
 
-Image tokens: every camera goes through one shared ResNet-18 trunk; its layer4 map is
-projected to `dim` channels and gets a 2D sine position embedding. Positions are added to
+Image tokens: every camera goes through one shared ResNet-18 trunk (`ImageEncoder`, head
+`tokens`); its layer4 map is projected to `dim` channels and gets a 2D sine position embedding. Positions are added to
 queries and keys in every attention layer, as in DETR/ACT.
 
 The chunk length defaults to 100 steps at 50 Hz and scales with the dataset fps
@@ -18,14 +18,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import PolicyError
-from tether.policies.vision import ResNet18, load_pretrained, prepare_images, sine_embedding_2d
+from tether.policies.presets import ACT_PRESETS
+from tether.policies.registry import Horizons, PolicyFamily
+from tether.policies.torch_policy import ACTPolicy
+from tether.policies.vision import (
+    ImageEncoder,
+    accept_legacy_names,
+    optimize_trunks,
+    sine_embedding_2d,
+)
 
-__all__ = ["ACTConfig", "ACTModel", "chunk_size_for_fps"]
+__all__ = ["FAMILY", "ACTConfig", "ACTModel", "chunk_size_for_fps"]
 
 
 def chunk_size_for_fps(fps: float, seconds: float = 2.0) -> int:
@@ -125,10 +138,12 @@ class ACTModel(nn.Module):
         self.config = c = config
         d = c.dim
         if c.cameras:
-            self.backbone = ResNet18(norm=c.vision_norm, width=c.vision_width)
-            if c.pretrained_backbone:
-                load_pretrained(self.backbone, c.pretrained_backbone)
-            self.input_proj = nn.Conv2d(self.backbone.out_channels, d, 1)
+            self.vision = ImageEncoder(
+                c.cameras, head="tokens", out_dim=d, norm=c.vision_norm, width=c.vision_width,
+                pretrained=c.pretrained_backbone, image_size=c.image_size, crop_ratio=c.crop_ratio,
+                color_jitter=c.color_jitter)
+        # Checkpoints from before the shared encoder name these modules at the top level.
+        accept_legacy_names(self, {"backbone.": "vision.backbone.", "input_proj.": "vision.head."})
         # CVAE encoder: [CLS, state, actions] -> (mu, logvar)
         if c.use_vae:
             self.vae_cls = nn.Parameter(torch.zeros(1, 1, d))
@@ -197,8 +212,9 @@ class ACTModel(nn.Module):
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """The backbone learns at `lr_backbone`, the rest at `lr` (ACT's recipe)."""
-        backbone = [p for n, p in self.named_parameters() if n.startswith("backbone.") and p.requires_grad]
-        rest = [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+        trunk = "vision.backbone."
+        backbone = [p for n, p in self.named_parameters() if n.startswith(trunk) and p.requires_grad]
+        rest = [p for n, p in self.named_parameters() if not n.startswith(trunk) and p.requires_grad]
         groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
         if backbone:
             groups.append({"params": backbone, "lr": self.config.lr_backbone, "weight_decay": weight_decay})
@@ -219,11 +235,8 @@ class ACTModel(nn.Module):
         return mu, logvar
 
     def _image_tokens(self, images: dict[str, torch.Tensor], train: bool):
-        c = self.config
         tokens, pos = [], []
-        for key in c.cameras:
-            x = prepare_images(images[key], c.image_size, c.crop_ratio, c.color_jitter, train)
-            feat = self.input_proj(self.backbone(x))  # (B, d, h, w)
+        for feat in self.vision(images, train):  # (B, d, h, w) per camera
             h, w = feat.shape[-2:]
             tokens.append(feat.flatten(2).transpose(1, 2))
             pos.append(self._pos2d(h, w, feat))
@@ -250,3 +263,36 @@ class ACTModel(nn.Module):
         for layer in self.decoder:
             x = layer(x, memory, self.query_pos, mem_pos)
         return self.action_head(x)
+
+
+# -- registry entry --------------------------------------------------------------------------------
+
+
+def _horizons(c: ACTConfig) -> Horizons:
+    return Horizons(obs_horizon=1, action_horizon=c.chunk_size, action_start=0, chunk=c.chunk_size,
+                    extra={"obs_horizon": 1})
+
+
+def _dataset_fields(model_config: dict, fps: float) -> dict:
+    """The chunk covers `chunk_seconds` (preset key, default 2 s) at the dataset's rate, unless
+    chunk_size is given."""
+    model_config = dict(model_config)
+    seconds = model_config.pop("chunk_seconds", None)
+    if "chunk_size" not in model_config:
+        model_config["chunk_size"] = chunk_size_for_fps(fps, seconds or 2.0)
+    return model_config
+
+
+FAMILY = PolicyFamily(
+    name="act",
+    summary="ACT: CVAE transformer predicting action chunks (Zhao et al. 2023)",
+    config_class=ACTConfig,
+    model_class=ACTModel,
+    policy_class=ACTPolicy,
+    normalizer_modes={"state": "mean_std", "action": "mean_std"},
+    horizons=_horizons,
+    presets=ACT_PRESETS,
+    dataset_fields=_dataset_fields,
+    trainer_keys=("chunk_seconds",),
+    prepare_for_inference=optimize_trunks,
+)

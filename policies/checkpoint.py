@@ -25,61 +25,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
 
-from tether.core.config import from_dict, to_dict
-from tether.core.errors import ConfigError, PolicyError
+    raise missing_extra(__name__, "torch") from exc
+
+from tether.core.config import to_dict
+from tether.core.errors import PolicyError
 from tether.core.schema import PolicySpec
 from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
+from tether.policies.registry import get_family
 
-__all__ = ["FORMAT", "POLICY_TYPES", "build_model", "find_checkpoint", "load_policy", "optimize_for_inference",
+__all__ = ["FORMAT", "build_model", "find_checkpoint", "load_policy", "optimize_for_inference",
            "read_policy_json", "read_tensors", "save_checkpoint"]
 
 FORMAT = "tether-policy"
 FORMAT_VERSION = 1
 
-# policy type -> (module, config class, model class, inference wrapper in torch_policy).
-# A table, not if-branches: a new policy family is one row here.
-POLICY_TYPES: dict[str, tuple[str, str, str, str]] = {
-    "act": ("tether.policies.act", "ACTConfig", "ACTModel", "ACTPolicy"),
-    "diffusion": ("tether.policies.diffusion", "DiffusionConfig", "DiffusionModel", "DiffusionPolicy"),
-}
-
 
 def build_model(policy_type: str, model_config: dict[str, Any], *, load_pretrained: bool = True,
                 source: Path | None = None) -> nn.Module:
-    """The model class for `policy_type` built from a plain config dict (strictly checked).
-
-    `load_pretrained=False` never opens the `pretrained_backbone` file named in the config: a
-    checkpoint's own weights are loaded over the model anyway, and a path stored in a checkpoint
-    may not exist (or hold other weights) on the machine that loads it. The field is kept in the
-    model's config as a record of how training started.
-    """
-    import dataclasses
-    import importlib
-
-    where = f" in {source}" if source is not None else ""
-    if policy_type not in POLICY_TYPES:
-        raise PolicyError(f"unknown policy type '{policy_type}'{where}; known types: "
-                          f"{', '.join(sorted(POLICY_TYPES))}. Use a checkpoint made by `tether train` "
-                          "or upgrade tether if it came from a newer version")
-    module_name, config_name, model_name, _ = POLICY_TYPES[policy_type]
-    module = importlib.import_module(module_name)
-    try:
-        config = from_dict(getattr(module, config_name), model_config, "model")
-    except ConfigError as exc:
-        if source is None:
-            raise
-        raise PolicyError(f"model_config{where} is invalid: {exc} The checkpoint is corrupt or "
-                          "from another tether version; use another checkpoint") from exc
-    build_config = config
-    if not load_pretrained and getattr(config, "pretrained_backbone", None):
-        build_config = dataclasses.replace(config, pretrained_backbone=None)
-    model = getattr(module, model_name)(build_config)
-    model.config = config
-    return model
+    """The model of the registered family `policy_type` built from a plain config dict (strictly
+    checked). With `source` (the policy.json it came from), an unknown type or a bad config is a
+    PolicyError naming that file. See `PolicyFamily.build` for `load_pretrained`."""
+    return get_family(policy_type, source).build(model_config, load_pretrained=load_pretrained,
+                                                 source=source)
 
 
 def save_checkpoint(directory: str | Path, *, model: nn.Module, normalizer: Normalizer,
@@ -212,15 +186,15 @@ def read_policy_json(ckpt: Path) -> dict[str, Any]:
 def load_policy(path: str | Path, device: str = "cpu", use_ema: bool = True) -> Policy:
     """Load a policy for inference from a run or checkpoint directory (no training code runs).
 
-    Only files inside the checkpoint are read: a `pretrained_backbone` path in policy.json is
-    never followed. Every missing or corrupt file raises PolicyError naming it and the fix.
+    The policy type picks the family in `tether.policies.registry` (an unknown one is a
+    PolicyError listing the known types). Only files inside the checkpoint are read: a
+    `pretrained_backbone` path in policy.json is never followed. Every missing or corrupt file
+    raises PolicyError naming it and the fix.
     """
-    import importlib
-
     ckpt = find_checkpoint(path)
     meta = read_policy_json(ckpt)
-    model = build_model(meta["policy_type"], meta["model_config"], load_pretrained=False,
-                        source=ckpt / "policy.json")
+    family = get_family(meta["policy_type"], ckpt / "policy.json")
+    model = family.build(meta["model_config"], load_pretrained=False, source=ckpt / "policy.json")
     weights = ckpt / ("ema.safetensors" if use_ema and meta.get("has_ema") else "model.safetensors")
     _load_state(model, read_tensors(weights), weights)
     model.eval()
@@ -233,11 +207,9 @@ def load_policy(path: str | Path, device: str = "cpu", use_ema: bool = True) -> 
     if spec.normalizer_hash and spec.normalizer_hash != normalizer.digest():
         raise PolicyError(f"normalizer in {ckpt} does not match the hash in policy.json; the "
                           "checkpoint was modified or mixed with files from another run")
-    if meta["policy_type"] == "act":
-        _fuse_for_inference(model)
-    wrapper = getattr(importlib.import_module("tether.policies.torch_policy"),
-                      POLICY_TYPES[meta["policy_type"]][3])
-    return wrapper(model, normalizer, spec, device)
+    if family.prepare_for_inference is not None:
+        family.prepare_for_inference(model)
+    return family.policy_class(model, normalizer, spec, device)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -256,18 +228,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """The in-place inference transforms `load_policy` applies to ACT (exposed for benchmarks)."""
-    _fuse_for_inference(model)
-    return model
+    from tether.policies.vision import optimize_trunks
 
-
-def _fuse_for_inference(model: nn.Module) -> None:
-    """Fold BatchNorm into the convolutions and store the trunk channels-last (NHWC), the
-    layout oneDNN's CPU convolutions run fastest in (measured: -18% ResNet-18 time at 240x320)."""
-    from tether.policies.vision import fuse_batchnorm
-
-    if getattr(model, "backbone", None) is not None:
-        fuse_batchnorm(model.backbone)
-        model.backbone.to(memory_format=torch.channels_last)
+    return optimize_trunks(model)
 
 
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

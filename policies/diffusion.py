@@ -1,7 +1,8 @@
 """Diffusion Policy (Chi et al. 2023): a denoiser conditioned on recent observations.
 
 The observation encoder turns the last `obs_horizon` (2) steps of state and images into
-conditioning features (ResNet-18 with GroupNorm + spatial-softmax keypoints per camera). A
+conditioning features (`ImageEncoder`: ResNet-18 with GroupNorm + spatial-softmax keypoints per
+camera). A
 denoiser predicts the noise (or the clean chunk) of a `horizon` (16) step action sequence;
 DDIM sampling (`tether.policies.schedulers`) turns noise into actions with a step count chosen
 per call. The policy executes `n_action_steps` (8) actions starting at the current step.
@@ -23,15 +24,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import PolicyError
+from tether.policies.presets import DIFFUSION_PRESETS
+from tether.policies.registry import Horizons, PolicyFamily
 from tether.policies.schedulers import NoiseScheduler
-from tether.policies.vision import ResNet18, SpatialSoftmax, load_pretrained, prepare_images
+from tether.policies.torch_policy import DiffusionPolicy
+from tether.policies.vision import ImageEncoder, accept_legacy_names
 
-__all__ = ["DiffusionConfig", "DiffusionModel"]
+__all__ = ["FAMILY", "DiffusionConfig", "DiffusionModel"]
 
 
 @dataclass
@@ -261,12 +270,14 @@ class DiffusionModel(nn.Module):
         self.scheduler = NoiseScheduler(c.num_train_steps, c.prediction_type, c.clip_sample)
         feat = c.state_dim
         if c.cameras:
-            self.backbone = ResNet18(norm=c.vision_norm, width=c.vision_width)
-            if c.pretrained_backbone:
-                load_pretrained(self.backbone, c.pretrained_backbone)
-            self.keypoints = SpatialSoftmax(self.backbone.out_channels, c.num_keypoints)
-            self.image_proj = nn.Sequential(nn.Linear(2 * c.num_keypoints, c.image_feature_dim), nn.ReLU())
+            self.vision = ImageEncoder(
+                c.cameras, head="keypoints", out_dim=c.image_feature_dim, norm=c.vision_norm,
+                width=c.vision_width, pretrained=c.pretrained_backbone, num_keypoints=c.num_keypoints,
+                image_size=c.image_size, crop_ratio=c.crop_ratio, color_jitter=c.color_jitter)
             feat += len(c.cameras) * c.image_feature_dim
+        # Checkpoints from before the shared encoder name these modules at the top level.
+        accept_legacy_names(self, {"backbone.": "vision.backbone.", "keypoints.": "vision.head.0.",
+                                   "image_proj.0.": "vision.head.1."})
         self.obs_feature_dim = feat
         if c.denoiser == "unet":
             self.denoiser = ConditionalUnet1D(c.action_dim, feat * c.obs_horizon, c)
@@ -287,10 +298,8 @@ class DiffusionModel(nn.Module):
         each new frame once and keeps the features of the previous ones.
         """
         parts = [state]
-        for key in self.config.cameras:
-            x = prepare_images(images[key], self.config.image_size, self.config.crop_ratio,
-                               self.config.color_jitter, train)
-            parts.append(self.image_proj(self.keypoints(self.backbone(x))))
+        if self.config.cameras:
+            parts += self.vision(images, train)
         return torch.cat(parts, dim=-1)
 
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, obs_features: torch.Tensor) -> torch.Tensor:
@@ -353,3 +362,26 @@ class DiffusionModel(nn.Module):
             (no_decay if p.ndim < 2 or "norm" in name or "pos" in name else decay).append(p)
         return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
                 {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+
+
+# -- registry entry --------------------------------------------------------------------------------
+
+
+def _horizons(c: DiffusionConfig) -> Horizons:
+    return Horizons(obs_horizon=c.obs_horizon, action_horizon=c.horizon,
+                    action_start=-(c.obs_horizon - 1), chunk=c.n_action_steps,
+                    extra={"obs_horizon": c.obs_horizon, "inference_steps": c.inference_steps,
+                           "num_train_steps": c.num_train_steps})
+
+
+FAMILY = PolicyFamily(
+    name="diffusion",
+    summary="Diffusion Policy: denoises an action sequence conditioned on recent observations",
+    config_class=DiffusionConfig,
+    model_class=DiffusionModel,
+    policy_class=DiffusionPolicy,
+    # samples are clipped to [-1, 1], so actions must live there
+    normalizer_modes={"state": "min_max", "action": "min_max"},
+    horizons=_horizons,
+    presets=DIFFUSION_PRESETS,
+)

@@ -1,5 +1,8 @@
 """Named model + training settings per policy: `tiny`, `cpu`, `default`, `full`.
 
+The tables of ACT and Diffusion Policy; every family's registry entry names its own table
+(`tether.policies.registry`), and `get_preset` looks it up there.
+
 - `tiny`: trains in a minute or two on a laptop CPU; for tests and smoke runs.
 - `cpu`: what learns the twin tasks in minutes on 2 CPU cores (small images, small networks).
 - `default`: ACT with the paper architecture (ResNet-18, dim 512, chunk 2 s);
@@ -14,12 +17,9 @@ no preset is named, the trainer picks `cpu` on a CPU and `default` on a GPU
 
 from __future__ import annotations
 
-from copy import deepcopy
 from typing import Any
 
-from tether.core.errors import ConfigError
-
-__all__ = ["PRESETS", "get_preset"]
+__all__ = ["ACT_PRESETS", "DIFFUSION_PRESETS", "get_preset"]
 
 _ACT_TINY = {
     "model": {"dim": 64, "n_heads": 4, "ff_dim": 256, "enc_layers": 2, "dec_layers": 1,
@@ -65,16 +65,17 @@ _DIFF_FULL = {
               "grad_clip": 10.0, "ema_decay": 0.9999},
 }
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "act": {"tiny": _ACT_TINY, "cpu": _ACT_CPU, "default": _ACT_DEFAULT, "full": _ACT_DEFAULT},
-    "diffusion": {"tiny": _DIFF_TINY, "cpu": _DIFF_DEFAULT, "default": _DIFF_DEFAULT, "full": _DIFF_FULL},
-}
+# Each family's entry in tether.policies.registry points at its table; a new family may keep its
+# table in its own module instead (tether.policies.mlp does).
+ACT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": _ACT_TINY, "cpu": _ACT_CPU, "default": _ACT_DEFAULT, "full": _ACT_DEFAULT}
+DIFFUSION_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": _DIFF_TINY, "cpu": _DIFF_DEFAULT, "default": _DIFF_DEFAULT, "full": _DIFF_FULL}
 
 
 def get_preset(policy: str, name: str) -> dict[str, dict[str, Any]]:
-    """A deep copy of preset `name` for `policy` ({"model": {...}, "train": {...}})."""
-    if policy not in PRESETS:
-        raise ConfigError(f"unknown policy '{policy}'; use one of {sorted(PRESETS)}")
-    if name not in PRESETS[policy]:
-        raise ConfigError(f"unknown preset '{name}' for {policy}; use one of {sorted(PRESETS[policy])}")
-    return deepcopy(PRESETS[policy][name])
+    """A deep copy of preset `name` for `policy` ({"model": {...}, "train": {...}}); unknown
+    policies and presets are ConfigErrors listing the known ones."""
+    from tether.policies.registry import get_family
+
+    return get_family(policy).preset(name)

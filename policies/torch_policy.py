@@ -1,4 +1,7 @@
-"""ACT and Diffusion Policy behind the `Policy` interface the server and evaluator use.
+"""Torch policies behind the `Policy` interface the server and evaluator use.
+
+Each family's registry entry (`tether.policies.registry`) names its wrapper here: `ChunkPolicy`
+for memoryless chunk predictors (ACT, the MLP baseline), `DiffusionPolicy` for diffusion.
 
 A `TorchPolicy` owns a model, its normalizer and its observation spec. It takes ONE timestep of
 raw arrays (`state` float32 (D,), `image.<cam>` uint8 HxWx3), checks them against the spec
@@ -12,14 +15,20 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import PolicyError
 from tether.core.schema import ArraySpec, PolicySpec
 from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
 
-__all__ = ["ACTPolicy", "DiffusionPolicy", "TorchPolicy", "make_spec"]
+__all__ = ["ACTPolicy", "ChunkPolicy", "DiffusionPolicy", "TorchPolicy", "make_spec"]
 
 
 def make_spec(policy_type: str, state_dim: int, image_shapes: dict[str, list[int]], action_dim: int,
@@ -73,16 +82,21 @@ class TorchPolicy(Policy):
         return self.normalizer.unnormalize("action", actions[0]).float().cpu().numpy()
 
 
-class ACTPolicy(TorchPolicy):
-    """Returns the full chunk of k actions every call; the runtime ensembles or executes it."""
+class ChunkPolicy(TorchPolicy):
+    """A memoryless policy: every call returns `model.predict(obs)`, the full chunk of k
+    actions, from the current observation alone; the runtime ensembles or executes it."""
 
-    def reset(self) -> None:  # ACT is memoryless between calls
+    def reset(self) -> None:  # memoryless between calls
         pass
 
     def _predict_chunk(self, observation: dict[str, np.ndarray], **options) -> np.ndarray:
         obs = {k: v[None] for k, v in self._to_tensors(observation).items()}
         with torch.inference_mode():
             return self._finish(self.model.predict(obs))
+
+
+class ACTPolicy(ChunkPolicy):
+    """ACT at inference: z = 0, one chunk per call."""
 
 
 class DiffusionPolicy(TorchPolicy):

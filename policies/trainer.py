@@ -1,4 +1,7 @@
-"""The trainer shared by ACT and Diffusion Policy.
+"""The trainer shared by every policy family (ACT, Diffusion Policy, the MLP baseline, ...).
+
+What differs per family (model, normalizer modes, horizons, presets) comes from its entry in
+`tether.policies.registry`; nothing here branches on a policy's name.
 
 AdamW, cosine learning rate with linear warmup, gradient clipping, EMA weights (used for
 evaluation and export), seeded and resumable: a resumed run on CPU continues bit-identically,
@@ -44,32 +47,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.config import from_dict, save_config
 from tether.core.errors import ConfigError, PolicyError
 from tether.policies.base import Policy
 from tether.policies.normalizer import Normalizer
-from tether.policies.presets import get_preset
+from tether.policies.registry import get_family
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "choose_preset", "load_run_config", "resolve_config",
            "train"]
 
 log = logging.getLogger(__name__)
 
-NORMALIZER_MODES = {
-    "act": {"state": "mean_std", "action": "mean_std"},
-    "diffusion": {"state": "min_max", "action": "min_max"},
-}
-
-
 @dataclass
 class TrainConfig:
     """Everything a run needs. Unset (None) fields come from the preset."""
 
     dataset: str = ""
-    policy: str = "act"  # act | diffusion
+    policy: str = "act"  # a registered family: act | diffusion | mlp (tether.policies.registry)
     preset: str | None = None  # tiny | cpu | default | full; None: chosen by device (choose_preset)
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     out: str = "runs/latest"
@@ -126,12 +129,11 @@ def resolve_device(device: str) -> str:
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill unset fields from the preset (chosen by device when unset) and check the values."""
-    if config.policy not in NORMALIZER_MODES:
-        raise ConfigError(f"policy must be 'act' or 'diffusion', got '{config.policy}'")
+    family = get_family(config.policy)  # unknown: ConfigError naming the known ones
     resolved = copy.deepcopy(config)
     if resolved.preset is None:
         resolved.preset, _ = choose_preset(resolve_device(config.device))
-    preset = get_preset(config.policy, resolved.preset)
+    preset = family.preset(resolved.preset)
     for key, value in preset["train"].items():
         if getattr(resolved, key) is None:
             setattr(resolved, key, value)
@@ -336,7 +338,6 @@ class _Trainer:
         from tether.data.dataset import EpisodeDataset
         from tether.data.stats import get_stats
         from tether.data.store import EpisodeStore, is_image_key
-        from tether.policies.checkpoint import build_model
         from tether.policies.torch_policy import make_spec
 
         c = self.config
@@ -354,32 +355,19 @@ class _Trainer:
             state_dim = int(store.array("state").shape[1])
             action_dim = int(store.array("action").shape[1])
             image_shapes = {k: list(store.array(k).shape[1:]) for k in cameras}
-        model_cfg = dict(c.model)
-        chunk_seconds = model_cfg.pop("chunk_seconds", None)
+        family = get_family(c.policy)
+        model_cfg = family.dataset_fields(dict(c.model), fps)
         model_cfg.update(state_dim=state_dim, action_dim=action_dim, cameras=cameras)
-        if c.policy == "act" and "chunk_size" not in c.model:
-            from tether.policies.act import chunk_size_for_fps
-
-            model_cfg["chunk_size"] = chunk_size_for_fps(fps, chunk_seconds or 2.0)
         torch.manual_seed(c.seed)  # model init
         # On resume the checkpoint's weights replace the initial ones: never read the pretrained file.
-        self.model = build_model(c.policy, model_cfg, load_pretrained=not self.resume).to(self.device)
-        mc = self.model.config
-        if c.policy == "act":
-            horizons = {"obs_horizon": 1, "action_horizon": mc.chunk_size, "action_start": 0}
-            chunk = mc.chunk_size
-        else:
-            horizons = {"obs_horizon": mc.obs_horizon, "action_horizon": mc.horizon,
-                        "action_start": -(mc.obs_horizon - 1)}
-            chunk = mc.n_action_steps
-        self.dataset = EpisodeDataset(c.dataset, keys=["state", *cameras], episodes=c.episodes, **horizons)
+        self.model = family.build(model_cfg, load_pretrained=not self.resume).to(self.device)
+        horizons = family.horizons(self.model.config)
+        self.dataset = EpisodeDataset(c.dataset, keys=["state", *cameras], episodes=c.episodes,
+                                      **horizons.dataset_kwargs())
         stats = get_stats(c.dataset)
-        self.normalizer = Normalizer.from_stats(stats, NORMALIZER_MODES[c.policy]).to(self.device)
-        extra = {"obs_horizon": horizons["obs_horizon"]}
-        if c.policy == "diffusion":
-            extra.update(inference_steps=mc.inference_steps, num_train_steps=mc.num_train_steps)
-        self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, chunk, fps,
-                              self.normalizer, extra)
+        self.normalizer = Normalizer.from_stats(stats, family.normalizer_modes).to(self.device)
+        self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, horizons.chunk, fps,
+                              self.normalizer, horizons.extra)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.use_ema else None
         self.optimizer = torch.optim.AdamW(self.model.parameter_groups(c.lr, c.weight_decay))
         for group in self.optimizer.param_groups:

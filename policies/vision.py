@@ -12,6 +12,11 @@ downloaded. Normalization layers are configurable:
 
 Images enter as uint8 (B, 3, H, W); `to_float_image` scales them to [0, 1] and applies the
 ImageNet mean/std that pretrained weights expect.
+
+`ImageEncoder` is the one observation encoder every policy family builds its image features
+with: preprocessing (resize, crop, jitter), one ResNet-18 trunk shared by all cameras, and a
+head (`tokens`: a 1x1 projection of the feature map, as ACT attends over; `keypoints`: spatial
+softmax, as Diffusion Policy conditions on; `pool`: global average pooling, the plain baseline).
 """
 
 from __future__ import annotations
@@ -19,19 +24,28 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import PolicyError
 
 __all__ = [
+    "ENCODER_HEADS",
+    "ImageEncoder",
     "ResNet18",
     "SpatialSoftmax",
+    "accept_legacy_names",
     "color_jitter",
     "crop",
     "fuse_batchnorm",
     "load_pretrained",
+    "optimize_trunks",
     "prepare_images",
     "sine_embedding_2d",
     "to_float_image",
@@ -319,3 +333,85 @@ def sine_embedding_2d(h: int, w: int, dim: int, temperature: float = 10000.0) ->
     ys = ys.flatten()[:, None] / max(h, 1) * scale * omega
     xs = xs.flatten()[:, None] / max(w, 1) * scale * omega
     return torch.cat([ys.sin(), ys.cos(), xs.sin(), xs.cos()], dim=1)
+
+
+# -- the shared observation encoder ----------------------------------------------------------------
+
+#: Heads of `ImageEncoder`: what a policy gets per camera from the trunk's feature map.
+ENCODER_HEADS = ("tokens", "keypoints", "pool")
+
+
+class ImageEncoder(nn.Module):
+    """Per-camera image features from one ResNet-18 trunk shared by every camera.
+
+    Images enter as uint8 (B, 3, H, W) and are preprocessed by `prepare_images` inside the
+    model, so a served policy sees exactly the preprocessing it was trained with. The head
+    decides what comes out per camera:
+
+    - `tokens`: (B, out_dim, h, w), a 1x1 projection of the feature map (ACT's image tokens);
+    - `keypoints`: (B, out_dim), spatial-softmax keypoints then Linear + ReLU (Diffusion Policy);
+    - `pool`: (B, out_dim), global average pooling then Linear + ReLU (plain baselines).
+    """
+
+    def __init__(self, cameras: list[str], *, head: str, out_dim: int, norm: str = "batch",
+                 width: int = 64, pretrained: str | None = None, num_keypoints: int = 32,
+                 image_size: list[int] | None = None, crop_ratio: float = 1.0,
+                 color_jitter: float = 0.0) -> None:
+        super().__init__()
+        if head not in ENCODER_HEADS:
+            raise PolicyError(f"unknown image encoder head '{head}'; use one of {ENCODER_HEADS}")
+        self.cameras = list(cameras)
+        self.head_kind = head
+        self.image_size = None if image_size is None else tuple(image_size)
+        self.crop_ratio, self.color_jitter = crop_ratio, color_jitter
+        self.backbone = ResNet18(norm=norm, width=width)
+        if pretrained:
+            load_pretrained(self.backbone, pretrained)
+        channels = self.backbone.out_channels
+        if head == "tokens":
+            self.head: nn.Module = nn.Conv2d(channels, out_dim, 1)
+        elif head == "keypoints":
+            self.head = nn.Sequential(SpatialSoftmax(channels, num_keypoints),
+                                      nn.Linear(2 * num_keypoints, out_dim), nn.ReLU())
+        else:
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, out_dim),
+                                      nn.ReLU())
+        self.out_dim = out_dim
+
+    def forward(self, images: dict[str, torch.Tensor], train: bool) -> list[torch.Tensor]:
+        """{camera key: uint8 (B, 3, H, W)} -> one feature tensor per camera, in `cameras` order."""
+        return [self.encode(images[key], train) for key in self.cameras]
+
+    def encode(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """One camera's uint8 (B, 3, H, W) images -> its features (see the class docstring)."""
+        x = prepare_images(images, self.image_size, self.crop_ratio, self.color_jitter, train)
+        return self.head(self.backbone(x))
+
+
+def accept_legacy_names(model: nn.Module, renames: dict[str, str]) -> None:
+    """Let `model.load_state_dict` take weights saved under older parameter names.
+
+    `renames` maps an old key prefix to its new one (e.g. ACT's `backbone.` ->
+    `vision.backbone.` since the encoder is shared). Checkpoints written before a rename keep
+    loading; new checkpoints are written under the new names only.
+    """
+
+    def rename(state_dict, prefix, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            local = key[len(prefix):]
+            for old, new in renames.items():
+                if local.startswith(old) and not local.startswith(new):
+                    state_dict[prefix + new + local[len(old):]] = state_dict.pop(key)
+                    break
+
+    model._register_load_state_dict_pre_hook(rename)
+
+
+def optimize_trunks(model: nn.Module) -> nn.Module:
+    """Inference transforms for every ResNet-18 in `model`, in place: fold BatchNorm into the
+    convolutions and store the trunk channels-last (NHWC), the layout oneDNN's CPU convolutions
+    run fastest in (measured: -18% ResNet-18 time at 240x320). Eval mode only."""
+    for trunk in [m for m in model.modules() if isinstance(m, ResNet18)]:
+        fuse_batchnorm(trunk)
+        trunk.to(memory_format=torch.channels_last)
+    return model

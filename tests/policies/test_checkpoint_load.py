@@ -137,3 +137,32 @@ def test_bad_checkpoints(runs, tmp_path):
     shutil.copy(find_checkpoint(runs["diffusion"]) / "normalizer.safetensors", stale)
     with pytest.raises(PolicyError, match="normalizer"):
         load_policy(stale)
+
+
+# Parameter names of checkpoints written before the encoder was shared (tether.policies.vision.
+# ImageEncoder): new name prefix -> the old one.
+LEGACY_NAMES = {
+    "act": {"vision.backbone.": "backbone.", "vision.head.": "input_proj."},
+    "diffusion": {"vision.backbone.": "backbone.", "vision.head.0.": "keypoints.",
+                  "vision.head.1.": "image_proj.0."},
+}
+
+
+@pytest.mark.parametrize("policy", ["act", "diffusion"])
+def test_checkpoints_from_before_the_shared_encoder_still_load(runs, tmp_path, policy):
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(find_checkpoint(runs[policy]), old)
+    for name in ("model.safetensors", "ema.safetensors"):
+        renamed = {}
+        for key, value in load_file(str(old / name)).items():
+            prefix = next((p for p in LEGACY_NAMES[policy] if key.startswith(p)), None)
+            renamed[key if prefix is None else LEGACY_NAMES[policy][prefix] + key[len(prefix):]] = value
+        assert not any(k.startswith("vision.") for k in renamed)
+        save_file(renamed, str(old / name))
+    obs = _obs(np.random.default_rng(1))
+    np.testing.assert_array_equal(load_policy(old).predict_chunk(obs),
+                                  load_policy(runs[policy]).predict_chunk(obs))
+    np.testing.assert_array_equal(load_policy(old, use_ema=False).predict_chunk(obs),
+                                  load_policy(runs[policy], use_ema=False).predict_chunk(obs))

@@ -43,7 +43,7 @@ def test_act_loss_and_prediction_shapes():
     loss, parts = model(_batch())
     assert loss.ndim == 0 and set(parts) == {"l1", "kl"}
     loss.backward()
-    assert model.backbone.conv1.weight.grad is not None
+    assert model.vision.backbone.conv1.weight.grad is not None
     out = model.eval().predict({"state": torch.randn(2, 4), "image.top": torch.zeros(2, 3, 32, 40, dtype=torch.uint8)})
     assert out.shape == (2, 10, 4)
 

@@ -48,7 +48,7 @@ def test_cli_train_then_resume(synthetic_store, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "/nonexistent/x.zarr"], "does not exist"),
-    (["--policy", "bc"], "policy must be 'act' or 'diffusion'"),
+    (["--policy", "bc"], "policy must be one of: act, diffusion"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--set", "model.nope=1"], "Unknown config key 'model.nope'"),
     (["--set", "lr"], "must look like key.sub=value"),
