@@ -136,6 +136,7 @@ class _Typed:
     """Shared encode/decode/equality of the typed messages (dataclasses with an `OP`)."""
 
     OP: ClassVar[str]
+    id: RequestId
 
     def encode(self) -> list:
         """The frames of this message; its arrays go out without a copy."""
@@ -157,8 +158,8 @@ class _Typed:
 
     @classmethod
     def _from(cls: type[M], message: Message) -> M:
-        _no_arrays(message)
-        return cls(id=message.id)  # type: ignore[call-arg]
+        """The typed message from a framed one whose op is `OP` (MessageError if malformed)."""
+        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -180,10 +181,9 @@ class Reply(_Typed):
 
 
 @dataclass(frozen=True, eq=False)
-class InfoRequest(Request):
-    """Ask what the server serves."""
+class _StampedRequest(Request):
+    """A request with nothing but its id and, optionally, its send time (client clock)."""
 
-    OP: ClassVar[str] = "info"
     id: RequestId = None
     t_sent: float | None = None
 
@@ -191,9 +191,63 @@ class InfoRequest(Request):
         return _optional(t_sent=self.t_sent)
 
     @classmethod
-    def _from(cls, message: Message) -> InfoRequest:
+    def _from(cls, message: Message) -> _StampedRequest:
         _no_arrays(message)
         return cls(id=message.id, t_sent=_number(message.header, "t_sent", required=False))
+
+
+@dataclass(frozen=True, eq=False)
+class _StampedReply(Reply):
+    """A reply with nothing but when the server received the request and answered it
+    (server clock, seconds)."""
+
+    id: RequestId
+    t_recv: float
+    t_reply: float
+
+    def _header(self) -> dict[str, Any]:
+        return {"t_recv": self.t_recv, "t_reply": self.t_reply}
+
+    @classmethod
+    def _from(cls, message: Message) -> _StampedReply:
+        _no_arrays(message)
+        head = message.header
+        return cls(id=message.id, t_recv=_number(head, "t_recv"), t_reply=_number(head, "t_reply"))
+
+
+@dataclass(frozen=True, eq=False)
+class InfoRequest(_StampedRequest):
+    """Ask what the server serves (the reply: InfoReply)."""
+
+    OP: ClassVar[str] = "info"
+
+
+@dataclass(frozen=True, eq=False)
+class PingRequest(_StampedRequest):
+    """Measure the round trip and the clock offset (the reply: PingReply)."""
+
+    OP: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, eq=False)
+class PingReply(_StampedReply):
+    """The answer to a ping: its two server times give the clock offset."""
+
+    OP: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, eq=False)
+class ResetRequest(_StampedRequest):
+    """Clear this client's policy history: the start of an episode (the reply: ResetReply)."""
+
+    OP: ClassVar[str] = "reset"
+
+
+@dataclass(frozen=True, eq=False)
+class ResetReply(_StampedReply):
+    """The reset is done."""
+
+    OP: ClassVar[str] = "reset"
 
 
 @dataclass(frozen=True, eq=False)
@@ -230,78 +284,6 @@ class InfoReply(Reply):
             ),
             t_recv=_number(head, "t_recv", required=False),
         )
-
-
-@dataclass(frozen=True, eq=False)
-class PingRequest(Request):
-    """Measure the round trip and the clock offset (`t_sent`: client clock)."""
-
-    OP: ClassVar[str] = "ping"
-    id: RequestId = None
-    t_sent: float | None = None
-
-    def _header(self) -> dict[str, Any]:
-        return _optional(t_sent=self.t_sent)
-
-    @classmethod
-    def _from(cls, message: Message) -> PingRequest:
-        _no_arrays(message)
-        return cls(id=message.id, t_sent=_number(message.header, "t_sent", required=False))
-
-
-@dataclass(frozen=True, eq=False)
-class PingReply(Reply):
-    """When the server received the ping and when it answered (server clock, seconds)."""
-
-    OP: ClassVar[str] = "ping"
-    id: RequestId
-    t_recv: float
-    t_reply: float
-
-    def _header(self) -> dict[str, Any]:
-        return {"t_recv": self.t_recv, "t_reply": self.t_reply}
-
-    @classmethod
-    def _from(cls, message: Message) -> PingReply:
-        _no_arrays(message)
-        head = message.header
-        return cls(id=message.id, t_recv=_number(head, "t_recv"), t_reply=_number(head, "t_reply"))
-
-
-@dataclass(frozen=True, eq=False)
-class ResetRequest(Request):
-    """Clear this client's policy history (the start of an episode)."""
-
-    OP: ClassVar[str] = "reset"
-    id: RequestId = None
-    t_sent: float | None = None
-
-    def _header(self) -> dict[str, Any]:
-        return _optional(t_sent=self.t_sent)
-
-    @classmethod
-    def _from(cls, message: Message) -> ResetRequest:
-        _no_arrays(message)
-        return cls(id=message.id, t_sent=_number(message.header, "t_sent", required=False))
-
-
-@dataclass(frozen=True, eq=False)
-class ResetReply(Reply):
-    """The reset is done (server clock, seconds)."""
-
-    OP: ClassVar[str] = "reset"
-    id: RequestId
-    t_recv: float
-    t_reply: float
-
-    def _header(self) -> dict[str, Any]:
-        return {"t_recv": self.t_recv, "t_reply": self.t_reply}
-
-    @classmethod
-    def _from(cls, message: Message) -> ResetReply:
-        _no_arrays(message)
-        head = message.header
-        return cls(id=message.id, t_recv=_number(head, "t_recv"), t_reply=_number(head, "t_reply"))
 
 
 @dataclass(frozen=True, eq=False)
