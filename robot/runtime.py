@@ -7,9 +7,9 @@ absolute deadline, so small delays never accumulate into drift), or late within 
 the previous step overran into it. Every slot that began entirely while a step was still
 running is skipped and counted. The loop never tries to "catch up" (a burst of late commands
 is worse for an arm than a skipped tick): at most one tick starts in any slot. So executed +
-skipped ticks account exactly for the time the loop ran (`ticks + skipped_ticks` is the
-number of slots begun), and a tick's slot is its position in time (`Tick.slot`), whatever
-overruns came before.
+skipped ticks account exactly for the schedule the loop ran through (`ticks + skipped_ticks`
+is the number of slots begun by the time the last tick started, `last_start_s`), and a tick's
+slot is its position in time (`Tick.slot`), whatever overruns came before.
 
 It measures itself: achieved rate, start-time jitter against the schedule, and overruns.
 With `realtime=False` it runs as fast as possible (one slot per tick), for simulated data
@@ -43,13 +43,16 @@ class Tick:
 class LoopStats:
     ticks: int
     duration_s: float  # from the first slot's start to the end of the last step
+    last_start_s: float  # from the first slot's start to the last tick's start
     target_hz: float
     achieved_hz: float
     jitter_p50_ms: float
     jitter_p99_ms: float
     jitter_max_ms: float
     overruns: int  # steps whose work ran past the start of the next slot
-    skipped_ticks: int  # slots that began and ended while a step overran (no tick ran in them)
+    # slots no tick ran in because a step overran through them, up to the last tick's slot
+    # (ticks + skipped_ticks == slots_begun(last_start_s, 1 / target_hz))
+    skipped_ticks: int
     step_p50_ms: float
     step_p99_ms: float
 
@@ -64,7 +67,7 @@ def slots_begun(elapsed_s: float, period_s: float) -> int:
     """How many slots of the schedule have begun `elapsed_s` after its start (slot 0 at 0 s).
 
     The one formula for "where in the schedule is this time", used by the loop and by checks of
-    its statistics (ticks + skipped_ticks == slots_begun(duration_s, 1 / target_hz)). A time a
+    its statistics (ticks + skipped_ticks == slots_begun(last_start_s, 1 / target_hz)). A time a
     rounding error short of a slot's start counts as in that slot (SLOT_EPS periods).
     """
     return int(math.floor(elapsed_s / period_s + SLOT_EPS)) + 1
@@ -105,8 +108,9 @@ class RateLoop:
         step_times: list[float] = []
         overruns = 0
         t0 = self._clock()
-        t_end = t0
+        t_end = t_last_start = t0
         slot = 0  # the slot the next tick runs in
+        last_slot = -1  # the slot of the last tick run
         index = 0
         while not self._stop.is_set():
             if max_ticks is not None and index >= max_ticks:
@@ -118,10 +122,11 @@ class RateLoop:
                 delay = t_scheduled - self._clock()
                 if delay > 0:
                     self._sleep(delay)
-            t_start = self._clock()
+            t_start = t_last_start = self._clock()
             if self.realtime:
                 jitter.append(max(0.0, t_start - t_scheduled))
             keep_going = step(Tick(index, t_scheduled, t_start, slot))
+            last_slot = slot
             t_end = self._clock()
             step_times.append(t_end - t_start)
             index += 1
@@ -136,20 +141,21 @@ class RateLoop:
                 slot = max(slot + 1, in_progress)
             if keep_going is False:
                 break
-        if self.realtime and index:
-            # The last step may have overrun into slots no tick will run in: count them too.
-            slot = max(slot, slots_begun(t_end - t0, self.period))
-        skipped = slot - index if self.realtime else 0
-        return _stats(index, t_end - t0, self.hz, jitter, step_times, overruns, skipped)
+        # Every slot up to the last tick's ran a tick or was skipped. (Slots the last step
+        # overran into are not skipped: no tick was going to run in them.)
+        skipped = last_slot + 1 - index
+        return _stats(index, t_end - t0, t_last_start - t0, self.hz, jitter, step_times,
+                      overruns, skipped)
 
 
-def _stats(ticks, duration, hz, jitter, step_times, overruns, skipped) -> LoopStats:
+def _stats(ticks, duration, last_start, hz, jitter, step_times, overruns, skipped) -> LoopStats:
     def pct(values: list[float], q: float) -> float:
         return float(np.percentile(values, q) * 1e3) if values else 0.0
 
     return LoopStats(
         ticks=ticks,
         duration_s=duration,
+        last_start_s=last_start,
         target_hz=hz,
         achieved_hz=ticks / duration if duration > 0 else 0.0,
         jitter_p50_ms=pct(jitter, 50),

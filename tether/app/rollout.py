@@ -440,7 +440,9 @@ class _Episode:
         self._first_chunk(first.to_arrays())
         loop = RateLoop(self.fps, realtime=self.config.realtime, sleep=self._sleep_listening)
         try:
-            stats = loop.run(self._tick, max_ticks=None)
+            # The episode is max_steps slots of the schedule: a slot past them never starts,
+            # so every step not executed is a skipped tick and nothing else.
+            stats = loop.run(self._tick, duration_s=self.max_steps * loop.period)
         finally:
             self.source.abandon_quietly()
         wall = time.monotonic() - t0
