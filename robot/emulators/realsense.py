@@ -8,6 +8,11 @@ through librealsense's syncer and `rs.align`, so the driver's processing runs un
 
 `unplug()` stops the frames (as a pulled cable does) and `replug()` resumes them, to test the
 driver's reconnect path.
+
+Clocks: like a real D4xx in global-time mode, the stamps are Unix-epoch milliseconds, not the
+host's monotonic clock every other stream is on; the driver must map them. `capture_time(index)`
+gives the true capture instant of a pushed frame on the host's monotonic clock, so tests can
+check that mapping and the recorder's frame choice against the truth.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class SoftwareRealSense:
             self.color_profile.register_extrinsics_to(self.depth_profile, identity)
 
         self.frames_pushed = 0
+        self._capture: dict[int, float] = {}  # frame index -> capture time, host monotonic
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._plugged = threading.Event()
@@ -131,6 +137,13 @@ class SoftwareRealSense:
         del sensors, recorder  # the file is finalized when the recorder is destroyed
         return str(path)
 
+    def capture_time(self, index: int) -> float:
+        """When frame `index` was captured, on the host's monotonic clock (the last 10000 kept)."""
+        try:
+            return self._capture[index]
+        except KeyError:
+            raise KeyError(f"frame {index} was not pushed (or is older than the 10000 kept)") from None
+
     def unplug(self) -> None:
         self._plugged.clear()
 
@@ -156,6 +169,8 @@ class SoftwareRealSense:
             if not self._plugged.is_set():
                 continue
             stamp_ms = (t_frame + wall_offset) * 1000.0
+            self._capture[index] = t_frame
+            self._capture.pop(index - 10000, None)
             try:
                 self._push(self.color_sensor, self.color_profile, self.color_image(index), 3, stamp_ms, index)
                 if self.depth_sensor is not None:
