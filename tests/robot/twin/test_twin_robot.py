@@ -225,12 +225,20 @@ def test_unknown_task_names_the_known_ones():
         make_robot("twin:stack_blocks")
 
 
-def test_hold_is_a_tick_too(lift):
+def test_act_tick_and_hold_each_advance_exactly_one_control_period(lift):
+    from tether.robot.episodic import EpisodicRobot
+
+    assert isinstance(lift, EpisodicRobot)
     lift.reset(0)
+    t0 = lift.now()
     lift.act(lift.home)
+    assert lift.steps == 1 and lift.now() - t0 == pytest.approx(1 / 50, abs=1e-9)
     sent = lift.hold()
     np.testing.assert_allclose(sent, lift.home)
-    assert lift.steps == 2 and lift.sim_time == pytest.approx(2 / 50)
+    assert lift.steps == 2 and lift.sim_time == pytest.approx(2 / 50, abs=1e-9)
+    lift.tick()
+    assert lift.steps == 3 and lift.sim_time == pytest.approx(3 / 50, abs=1e-9)
+    assert lift.now() - t0 == pytest.approx(3 / 50, abs=1e-9)
 
 
 def test_insertion_scene_shows_peg_and_socket():
