@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from tether.core.errors import StoreError
-from tether.data.store import EpisodeStore, is_image_key
+from tether.core.schema import image_key, is_image_key
+from tether.data.store import EpisodeStore
 
 
 def import_replay_buffer(
@@ -51,7 +52,7 @@ def import_replay_buffer(
         if not target:
             continue
         if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3 and not is_image_key(target):
-            target = f"image.{target}"
+            target = image_key(target)
         names[name] = target
     if len(set(names.values())) != len(names):
         raise StoreError(f"Key mapping {names} maps two source keys to one store key.")

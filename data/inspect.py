@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from tether.core.errors import StoreError
+from tether.core.schema import is_image_key
 from tether.data.codecs import is_jpeg_array
-from tether.data.store import EpisodeStore, is_image_key
+from tether.data.store import EpisodeStore
 
 
 def summarize(store: EpisodeStore) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
     for key in store.keys:
         arr = store.array(key)
         raw = int(np.prod(arr.shape[1:], dtype=np.int64)) * np.dtype(arr.dtype).itemsize * n
-        disk = _dir_size(store.path / "data" / key)
+        disk = _dir_size(store.array_dir(key))
         streams.append({
             "key": key,
             "dtype": str(arr.dtype),

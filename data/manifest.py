@@ -3,7 +3,8 @@
 zarr reads a missing chunk as its fill value, so a deleted JPEG frame comes back as a black
 image and a deleted low-dim chunk as zeros, silently. It also never writes a chunk that equals
 the fill value (`write_empty_chunks=False`), so absence alone proves nothing. At each commit the
-store writes `manifest/<episode>.json` (before the commit point, durably) holding, per key:
+store writes `manifest/<episode>.json` (before the commit point, durably) holding, per store key
+(data keys and `timing/<stream>/<field>` keys, see data/layout):
 
 - image keys (one frame per chunk): the CRC32 of every frame's chunk file, `null` for frames
   that were all zeros and so never stored;
@@ -30,19 +31,25 @@ from typing import Any
 import numpy as np
 
 from tether.core.errors import StoreError
+from tether.data.layout import array_dir
 
 MANIFEST_DIR = "manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # keys are store keys (data names or timing/<stream>/<field> paths)
 
 
 def manifest_file(store_path: Path, episode: int) -> Path:
     return Path(store_path) / MANIFEST_DIR / f"{int(episode):06d}.json"
 
 
-def chunk_path(data_dir: Path, key: str, array: Any, chunk_index: int) -> Path:
-    """File of chunk `chunk_index` (along time) of `data/<key>`."""
+def chunk_path(store_path: Path, key: str, array: Any, chunk_index: int) -> Path:
+    """File of chunk `chunk_index` (along time) of the array `key` (data or timing, data/layout)."""
+    return chunk_in(array_dir(store_path, key), array, chunk_index)
+
+
+def chunk_in(folder: Path, array: Any, chunk_index: int) -> Path:
+    """File of chunk `chunk_index` (along time) of the zarr array stored in `folder`."""
     coords = (int(chunk_index),) + (0,) * (len(array.shape) - 1)
-    return Path(data_dir) / key / array.metadata.encode_chunk_key(coords)
+    return Path(folder) / array.metadata.encode_chunk_key(coords)
 
 
 def is_framewise(array: Any) -> bool:
@@ -50,7 +57,7 @@ def is_framewise(array: Any) -> bool:
     return int(array.chunks[0]) == 1
 
 
-def build(data_dir: Path, arrays: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+def build(store_path: Path, arrays: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
     """The manifest of the steps `start:stop`, read back from what is on disk now."""
     keys: dict[str, Any] = {}
     for key in sorted(arrays):
@@ -59,7 +66,7 @@ def build(data_dir: Path, arrays: Mapping[str, Any], start: int, stop: int) -> d
             crcs: list[int | None] = []
             for step in range(start, stop):
                 try:
-                    crcs.append(zlib.crc32(chunk_path(data_dir, key, arr, step).read_bytes()))
+                    crcs.append(zlib.crc32(chunk_path(store_path, key, arr, step).read_bytes()))
                 except FileNotFoundError:
                     crcs.append(None)  # all-zero frame: zarr stores nothing for it
             keys[key] = {"frames_crc32": crcs}
@@ -67,7 +74,7 @@ def build(data_dir: Path, arrays: Mapping[str, Any], start: int, stop: int) -> d
             rows = int(arr.chunks[0])
             present = [
                 c for c in range(start // rows, (stop - 1) // rows + 1)
-                if chunk_path(data_dir, key, arr, c).is_file()
+                if chunk_path(store_path, key, arr, c).is_file()
             ]
             keys[key] = {"chunk_rows": rows, "chunks": present,
                          "rows_crc32": rows_crc32(np.asarray(arr[start:stop]))}

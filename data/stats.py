@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from tether.core.errors import StoreError
-from tether.data.store import EpisodeStore, is_image_key
+from tether.core.schema import is_image_key
+from tether.data.store import EpisodeStore
 
 STATS_ATTR = "stats"
 LOWDIM_KEYS = ("state", "action")
@@ -44,8 +45,7 @@ def compute_stats(
             save = st.mode == "a"
         if save:
             payload = {k: {s: v.tolist() for s, v in d.items()} for k, d in stats.items()}
-            st._require_writable()
-            st._write_meta_attr(STATS_ATTR, {"n_steps": n, "stats": payload})
+            st.set_meta_attrs(**{STATS_ATTR: {"n_steps": n, "stats": payload}})
         return stats
     finally:
         if not opened:

@@ -24,8 +24,9 @@ import numpy as np
 
 from tether.core.errors import StoreError
 from tether.data import manifest as _manifest
-from tether.data.durable import write_durable
-from tether.data.store import EpisodeStore, _describe_damage
+from tether.data.layout import array_path
+from tether.data.store import EpisodeStore
+from tether.data.writer import describe_damage
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def verify_store(store: EpisodeStore) -> VerifyReport:
                           partial_steps=store.recovery.partial_steps)
     rec = store.recovery
     if rec.damaged and not rec.repaired:
-        what = _describe_damage(rec.lost_episodes, rec.missing_metadata, store.n_episodes,
+        what = describe_damage(rec.lost_episodes, rec.missing_metadata, store.n_episodes,
                                 rec.missing_keys)
         report.problems.append(Problem(
             "damaged", f"{what} `tether data repair {store.path}` makes the store consistent "
@@ -134,10 +135,7 @@ def repair_store(path: str | Path, drop_damaged: bool = False) -> RepairReport:
             _decode_episode(store, episode, problems)
             if problems:
                 continue  # do not bless damaged data with a fresh manifest
-            start, stop = store.episode_range(episode)
-            man = _manifest.build(store.path / "data", store._arrays, start, stop)
-            write_durable(_manifest.manifest_file(store.path, episode), _manifest.encode(man))
-            store._manifests[episode] = man
+            store.write_manifest(episode)
             rebuilt.append(episode)
         if rebuilt:
             actions.append(f"wrote chunk manifests from the data on disk for episode(s) {rebuilt}")
@@ -154,7 +152,6 @@ def repair_store(path: str | Path, drop_damaged: bool = False) -> RepairReport:
 # ---------------------------------------------------------------------- helpers
 def _check_episode(store: EpisodeStore, episode: int, man: dict, problems: list[Problem]) -> int:
     start, stop = store.episode_range(episode)
-    data_dir = store.path / "data"
     if (int(man["start"]), int(man["stop"])) != (start, stop):
         problems.append(Problem(
             "manifest", f"episode {episode}: its manifest covers steps {man['start']}:{man['stop']} "
@@ -163,7 +160,7 @@ def _check_episode(store: EpisodeStore, episode: int, man: dict, problems: list[
         return 0
     for key in sorted(set(man["keys"]) - set(store.keys)):
         problems.append(Problem("missing", f"episode {episode}, key '{key}': the whole array "
-                                f"data/{key} is gone from the store.", episode, key))
+                                f"{array_path(key)} is gone from the store.", episode, key))
     checked = 0
     for key in store.keys:
         entry = man["keys"].get(key)
@@ -175,7 +172,7 @@ def _check_episode(store: EpisodeStore, episode: int, man: dict, problems: list[
         if "frames_crc32" in entry:
             for frame, crc in enumerate(entry["frames_crc32"]):
                 checked += 1
-                path = _manifest.chunk_path(data_dir, key, arr, start + frame)
+                path = store.chunk_path(key, start + frame)
                 rel = path.relative_to(store.path).as_posix()
                 try:
                     payload = path.read_bytes()
@@ -196,7 +193,7 @@ def _check_episode(store: EpisodeStore, episode: int, man: dict, problems: list[
             lost = False
             for chunk in entry.get("chunks", []):
                 checked += 1
-                path = _manifest.chunk_path(data_dir, key, arr, chunk)
+                path = store.chunk_path(key, chunk)
                 if not path.is_file():
                     frame = max(start, chunk * rows) - start
                     rel = path.relative_to(store.path).as_posix()
@@ -210,7 +207,7 @@ def _check_episode(store: EpisodeStore, episode: int, man: dict, problems: list[
             try:
                 values = np.asarray(arr[start:stop])
             except Exception as exc:  # noqa: BLE001 - codec errors have no common base
-                err = store._locate_decode_error(key, start, stop, exc)
+                err = store.locate_decode_error(key, start, stop, exc)
                 problems.append(Problem("corrupt", str(err), episode, key))
                 continue
             if _manifest.rows_crc32(values) != entry["rows_crc32"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from tether.data import editing
 from tether.data.store import EpisodeStore
 
 
@@ -19,18 +20,18 @@ def main(path: str, mode: str) -> None:
         print("ready", flush=True)
         sys.stdin.readline()
     else:
-        real_copy = EpisodeStore._copy_episode
+        real_copy = editing.copy_episode
         paused = []
 
-        def copy_then_pause(self, source, episode):
-            index = real_copy(self, source, episode)
+        def copy_then_pause(target, source, episode):
+            index = real_copy(target, source, episode)
             if not paused:
                 paused.append(True)
                 print("in-rewrite", flush=True)
                 sys.stdin.readline()
             return index
 
-        EpisodeStore._copy_episode = copy_then_pause
+        editing.copy_episode = copy_then_pause
         store.delete_episodes([0])
     print("done", store.n_episodes, flush=True)
     store.close()

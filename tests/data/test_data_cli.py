@@ -73,17 +73,16 @@ def _truncate(file: Path) -> None:
     file.write_text(file.read_text()[:30])
 
 
-def _bad_episode_list(file: Path) -> None:
-    meta = json.loads(file.read_text())
-    meta["attributes"]["episodes"] = "not a list"
-    file.write_text(json.dumps(meta))
+def _bad_episode_metadata(file: Path) -> None:
+    file.write_text(json.dumps("not an object"))
 
 
 CASES = {
     "truncated meta/zarr.json": ("meta/zarr.json", _truncate, "is damaged (not valid JSON"),
     "truncated root zarr.json": ("zarr.json", _truncate, "is damaged (not valid JSON"),
     "truncated array metadata": ("data/image.cam/zarr.json", _truncate, "is damaged (not valid JSON"),
-    "episode metadata not a list": ("meta/zarr.json", _bad_episode_list, "'episodes' attribute"),
+    "episode metadata not an object": ("episodes/000001.json", _bad_episode_metadata,
+                                       "must hold one JSON object"),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 from tether.core.errors import StoreError
+from tether.data.layout import timing_key
 from tether.data.store import EpisodeStore
 
 
@@ -22,7 +23,7 @@ def episode(n: int, k: int = 0, h: int = 24, w: int = 32) -> dict[str, np.ndarra
         "action": np.stack([t, -t], axis=1).astype(np.float64),  # stored as float32
         "image.cam": np.stack([np.full((h, w, 3), (10 * k + 3 * i) % 250, np.uint8) for i in t]),
         "timestamp": t / 30.0 + 1000.0,
-        "image.cam_t": t / 30.0 + 1000.0,
+        timing_key("image.cam", "t_host"): t / 30.0 + 1000.0,
     }
 
 
@@ -45,8 +46,10 @@ def test_layout_is_diffusion_policy_replay_buffer(store):
     assert root["data/image.cam"].shape == (16, 24, 32, 3)
     assert root["data/image.cam"].chunks == (1, 24, 32, 3)
     assert root["data/timestamp"].dtype == np.float64
+    assert root["timing/image.cam/t_host"].dtype == np.float64  # timing apart from data
+    assert sorted(root["data"].array_keys()) == ["action", "image.cam", "state", "timestamp"]
     attrs = dict(root.attrs)
-    assert attrs["fps"] == 30.0 and attrs["format_version"] == 1
+    assert attrs["fps"] == 30.0 and attrs["format_version"] == 2
     assert attrs["robot_config"] == {"name": "memory"} and attrs["calibration"] == "calib/v1.yaml"
 
 

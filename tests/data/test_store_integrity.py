@@ -17,8 +17,10 @@ import zarr.storage._local as zarr_local
 
 from tether.core.errors import StoreError
 from tether.data.dataset import EpisodeDataset
+from tether.data.layout import timing_key
 from tether.data.store import EpisodeStore, chunk_file
 from tether.data.verify import repair_store, verify_path
+from tether.data.writer import ensure_arrays
 
 
 def episode(n: int, k: int = 0) -> dict[str, np.ndarray]:
@@ -28,6 +30,7 @@ def episode(n: int, k: int = 0) -> dict[str, np.ndarray]:
         "action": np.stack([t, -t], axis=1).astype(np.float32),
         "image.cam": np.stack([np.full((16, 16, 3), (10 * k + 3 * i) % 250 + 1, np.uint8) for i in t]),
         "timestamp": t / 30.0,
+        timing_key("image.cam", "index"): t,
     }
 
 
@@ -55,7 +58,7 @@ def tree_digest(folder: Path) -> str:
 # ---------------------------------------------------------------------- full disk
 @pytest.mark.parametrize("target", [
     "data/image.cam/c/",  # a frame chunk, while the episode is written
-    "meta/zarr.json",  # the episode metadata, just before the commit point
+    "timing/image.cam/",  # a timing array, while the episode is written
     "meta/episode_ends/zarr.json",  # growing the commit array
     "meta/episode_ends/c/",  # the commit point itself
 ])
@@ -86,14 +89,15 @@ def test_full_disk_at_any_write_of_a_commit_drops_only_that_episode(path, monkey
         np.testing.assert_array_equal(again.get_episode(3)["state"][:, 0], 9)
 
 
-def test_full_disk_in_the_manifest_write_is_a_dropped_episode(path, monkeypatch):
-    import tether.data.store as store_module
+@pytest.mark.parametrize("module", ["writer", "episodes"])  # the manifest, the metadata file
+def test_full_disk_in_the_manifest_or_metadata_write_is_a_dropped_episode(path, monkeypatch, module):
+    import importlib
 
     def no_space(file, payload):
         raise OSError(errno.ENOSPC, "No space left on device", str(file))
 
     with EpisodeStore.open(path, "a") as store:
-        monkeypatch.setattr(store_module, "write_durable", no_space)
+        monkeypatch.setattr(importlib.import_module(f"tether.data.{module}"), "write_durable", no_space)
         with pytest.raises(StoreError, match="Disk full"):
             store.add_episode(episode(4, 5))
         monkeypatch.undo()
@@ -107,8 +111,8 @@ def test_append_open_refuses_when_committed_data_is_missing_and_repair_fixes_it(
     import zarr
 
     group = zarr.open_group(root, mode="r+")
-    for key in ("state", "action", "image.cam", "timestamp"):
-        group[f"data/{key}"].resize((14, *group[f"data/{key}"].shape[1:]))  # cut into episode 2
+    for key in ("data/state", "data/action", "data/image.cam", "data/timestamp", "timing/image.cam/index"):
+        group[key].resize((14, *group[key].shape[1:]))  # cut into episode 2
     before = tree_digest(tmp_path)
     with pytest.raises(StoreError, match=r"damaged, not just interrupted.*tether data repair"):
         EpisodeStore.open(path, "a")
@@ -247,12 +251,15 @@ def test_truncated_metadata_file_is_named(path, relative):
         EpisodeStore.open(path)
 
 
-def test_wrong_episode_metadata_is_named(path):
-    meta = json.loads((path / "meta" / "zarr.json").read_text())
-    meta["attributes"]["episodes"] = {"oops": 1}
-    (path / "meta" / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match=r"meta/zarr.json is damaged: its 'episodes' attribute"):
+def test_wrong_episode_metadata_is_named_and_repair_resets_only_it(path):
+    (path / "episodes" / "000001.json").write_text(json.dumps(["oops"]))
+    with pytest.raises(StoreError, match=r"episodes/000001.json is damaged.*tether data repair"):
         EpisodeStore.open(path)
+    result = repair_store(path)
+    assert any("placeholder metadata" in a for a in result.actions) and result.after.ok
+    with EpisodeStore.open(path) as store:
+        assert store.episode_metadata(1)["recovered"] is True
+        assert store.episode_metadata(2)["task"] == "t2"
 
 
 def test_zarr_format_2_attrs_damage_is_named(tmp_path):
@@ -301,7 +308,7 @@ def test_a_first_episode_killed_while_creating_arrays_does_not_fix_the_schema(tm
         assert "timestamp" in again.keys
     shutil.rmtree(path)  # killed inside the array creation: arrays exist, still empty
     store = EpisodeStore.create(path, 30.0)
-    store._ensure_arrays(partial)
+    ensure_arrays(store._h, partial)
     store._lock.release()
     with EpisodeStore.open(path, "a") as again:
         assert again.keys == [] and again.add_episode(episode(4)) == 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tether.core.errors import StoreError
+from tether.data.layout import timing_key
 from tether.data.store import EpisodeStore
 from tether.robot.interfaces import CameraSpec, Frame, Robot
 from tether.robot.memory import ManualClock, MemoryArm, MemoryCamera, default_arm_spec
@@ -115,14 +116,15 @@ def test_realtime_episode_has_consistent_timestamps_and_sync_stats(tmp_path, fps
     assert 0 <= sync["skew_p50_ms"] <= sync["skew_p99_ms"]
     for cam in ("front", "wrist"):
         counts = sync["cameras"][cam]
-        idx = ep[f"image.{cam}_index"]
+        idx = ep[timing_key(f"image.{cam}", "index")]
         assert np.all(np.diff(idx) >= 0)
         assert counts["dropped"] == int(np.sum(np.maximum(np.diff(idx) - 1, 0)))
         assert counts["duplicated"] == int(np.sum(np.diff(idx) == 0))
         # a frame is captured before the tick that records it, and received after capture
-        assert np.all(ep["timestamp"] - ep[f"image.{cam}_t"] > 0)
-        assert np.all(ep[f"image.{cam}_t_host"] >= ep[f"image.{cam}_t"])
-    assert np.all(ep["state.left_t"] <= ep["timestamp"])
+        captured = ep[timing_key(f"image.{cam}", "t_host")]
+        assert np.all(ep["timestamp"] - captured > 0)
+        assert np.all(ep[timing_key(f"image.{cam}", "t_recv")] >= captured)
+    assert np.all(ep[timing_key("state.left", "t_host")] <= ep["timestamp"])
     # the recorded action is exactly what reached the motors (after the safety layer)
     sent = np.concatenate(
         [np.stack(robot.raw_arms[n].commands[-result.steps:]) for n in ("left", "right")], 1
@@ -145,7 +147,7 @@ def test_realtime_sampling_is_phase_locked(tmp_path):
     for cam in ("front", "wrist"):
         counts = sync["cameras"][cam]
         assert counts["dropped"] + counts["duplicated"] <= max(5, 0.5 * result.steps), counts
-        age = ep["timestamp"] - ep[f"image.{cam}_t"]
+        age = ep["timestamp"] - ep[timing_key(f"image.{cam}", "t_host")]
         assert np.median(age) < 3 / fps
 
 
@@ -262,7 +264,7 @@ def test_camera_stall_is_warned_and_counted(store):
     counts = result.stats["sync"]["cameras"]["front"]
     assert counts["stalls"] >= 1
     # the stall is covered: every tick after the last frame re-recorded that frame
-    idx = store.get_episode(0)["image.front_index"]
+    idx = store.get_episode(0)[timing_key("image.front", "index")]
     assert idx.max() == stall_after - 1 and np.all(np.diff(idx) >= 0)
     stalled_ticks = int(np.sum(idx == stall_after - 1))
     assert stalled_ticks >= 10 and counts["duplicated"] >= stalled_ticks - 1

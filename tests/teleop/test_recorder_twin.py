@@ -47,9 +47,11 @@ def test_twin_episodes_are_recorded_with_sync_stats(twin_store):
             assert 30 < n <= 300
             np.testing.assert_allclose(ep["timestamp"], np.arange(n) / store.fps)
             # simulated capture times: every stream sampled at the tick's simulated time
-            np.testing.assert_allclose(ep["image.top_t"], ep["state.arm_t"], atol=1e-9)
-            assert np.all(np.diff(ep["image.top_t"]) > 0)
-            np.testing.assert_array_equal(np.diff(ep["image.top_index"]), 1)
+            timing = store.timing(e)
+            np.testing.assert_allclose(timing["image.top"]["t_host"], timing["state.arm"]["t_host"],
+                                       atol=1e-9)
+            assert np.all(np.diff(timing["image.top"]["t_host"]) > 0)
+            np.testing.assert_array_equal(np.diff(timing["image.top"]["index"]), 1)
             assert ep["image.top"].shape == (n, 120, 160, 3) and ep["image.top"].std() > 5
             # the safety layer's velocity limit, per simulated second
             assert np.all(np.abs(np.diff(ep["action"], axis=0)) <= TWIN_MAX_VELOCITY / store.fps + 1e-6)
