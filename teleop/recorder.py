@@ -6,7 +6,8 @@
 Each tick samples every stream (see recorder_streams), asks the teleop device for a target,
 sends it through the robot's safety layer stamped with the time it was produced (a tick without
 a target, or whose device read failed with a DeviceError, calls `robot.tick()`, so the
-stale-target watchdog holds the arm once the device has been silent for `stale_after_s`), and
+stale-target watchdog holds the arm once the device has been silent for `stale_after_s`; this
+is the shared control step, tether.robot.control, so a row is one control period), and
 queues one record: the observation arrays, the
 action that actually reached the arms (`robot.act()`'s return value), the tick time, and each
 stream's capture time, host time and frame index. A background thread JPEG-encodes and appends
@@ -34,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from tether.core.errors import DeviceClosedError, DeviceError, StoreError, TetherError
-from tether.data.layout import timing_key
+from tether.core.errors import DeviceError, StoreError, TetherError
 from tether.data.store import EpisodeStore, EpisodeWriter
+from tether.robot.control import ControlRow, ControlStep
+from tether.robot.episodic import as_episodic
 from tether.robot.interfaces import ACTION_KEY, STATE_KEY, Robot, image_key
 from tether.robot.runtime import RateLoop, Tick
 from tether.robot.targets import TeleopDevice
@@ -182,24 +184,25 @@ class Recorder:
         state = {"steps": 0, "t0": time.monotonic(), "last_status": 0.0, "device_errors": 0}
         spans = _Spans()
 
+        def device_failed(exc: DeviceError) -> None:  # a leader's bus timed out, a cable came loose
+            state["device_errors"] += 1
+            monitor.warn("device", f"teleop device failed, the arm holds: {exc}")
+
+        def to_store(row: ControlRow[Sample]) -> None:
+            t_tick = row.tick.t_start if self.realtime else row.tick.index / self.fps
+            writer.put(_record(row.reading, row.sent, t_tick))
+
+        control = ControlStep(
+            self.robot,
+            read=lambda tick: streams.sample(tick.t_scheduled),
+            target=lambda sample, tick: self.teleop.next_target(sample.observation),
+            on_row=to_store,
+            on_device_error=device_failed,
+        )
+
         def step(tick: Tick) -> bool:
-            sample = streams.sample(tick.t_scheduled)
-            obs = sample.observation
-            try:
-                target = self.teleop.next_target(obs)
-            except DeviceClosedError:
-                raise
-            except DeviceError as exc:  # a leader's bus timed out, a cable came loose: hold
-                target = None
-                state["device_errors"] += 1
-                monitor.warn("device", f"teleop device failed, the arm holds: {exc}")
-            if target is not None:
-                sent = self.robot.act(target, t_target=self.robot.now())
-            else:  # no input: the watchdog holds once the device has been silent too long
-                sent = self.robot.tick()
+            sample = control(tick).reading
             spans.track(state["steps"], bool(getattr(self.teleop, "intervening", False)))
-            t_tick = tick.t_start if self.realtime else tick.index / self.fps
-            writer.put(_record(sample, sent, t_tick))
             if writer.backlog > 2 * self.fps:
                 monitor.warn("writer", f"the disk is falling behind: {writer.backlog} ticks queued")
             monitor.tick(sample.capture_t, sample.camera_index, sample.camera_age)
@@ -428,19 +431,19 @@ def _record(sample: Sample, sent: np.ndarray, t_tick: float) -> dict[str, np.nda
     for name, frame in obs.frames.items():
         key = image_key(name)
         record[key] = np.array(frame.image, dtype=np.uint8, copy=True)
-        record[timing_key(key, "index")] = np.int64(frame.index)
-    for stream, t in sample.capture_t.items():  # timing lives apart from data (data/layout)
-        record[timing_key(stream, "t_host")] = np.float64(t)
+        record[f"{key}_index"] = np.int64(frame.index)
+    for stream, t in sample.capture_t.items():
+        record[f"{stream}_t"] = np.float64(t)
     for stream, t in sample.host_t.items():
-        record[timing_key(stream, "t_recv")] = np.float64(t)
+        record[f"{stream}_t_host"] = np.float64(t)
     return record
 
 
 def _reset_robot(robot: Robot, seed: int) -> None:
     """Robots with episodes (the twin) place their objects from the seed; hardware has none."""
-    reset = getattr(robot, "reset", None)
-    if callable(reset):
-        reset(seed)
+    episodic = as_episodic(robot)
+    if episodic is not None:
+        episodic.reset(seed)
 
 
 def _estopped(robot: Robot) -> bool:
@@ -448,13 +451,16 @@ def _estopped(robot: Robot) -> bool:
 
 
 def _success(robot: Robot) -> bool | None:
-    check = getattr(robot, "is_success", None)
-    if not callable(check):
+    """The episode's outcome on a robot with episodes (None on hardware: the operator knows).
+
+    Success counts if it held for the task's hold time at any point, or holds at the end."""
+    episodic = as_episodic(robot)
+    if episodic is None:
         return None
-    try:  # the twin also knows whether success held long enough at any point of the episode
-        return bool(getattr(robot, "succeeded", False)) or bool(check())
+    try:
+        return bool(episodic.succeeded) or bool(episodic.is_success())
     except Exception as exc:  # a broken success check must not lose the episode
-        log.warning("robot.is_success() failed: %s", exc)
+        log.warning("the robot's success check failed: %s", exc)
         return None
 
 
