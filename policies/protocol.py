@@ -360,18 +360,21 @@ class InferReply(Reply):
         extra = [name for name in message.arrays if name != ACTION]
         if extra:
             raise MessageError(
-                "extra_array", f"an infer reply carries only '{ACTION}', got {', '.join(extra)}",
+                "extra_array",
+                f"an infer reply carries only '{ACTION}', got {', '.join(extra)}",
                 field=extra[0],
-            )  # fmt: skip
+            )
         action = message.arrays.get(ACTION)
         if action is None:
-            raise MessageError("missing_array", f"the infer reply has no '{ACTION}' array",
-                               field=ACTION)  # fmt: skip
+            raise MessageError(
+                "missing_array", f"the infer reply has no '{ACTION}' array", field=ACTION
+            )
         if action.dtype != np.float32:
             raise MessageError(
-                "bad_dtype", f"'{ACTION}' has dtype {action.dtype.name}, expected float32",
+                "bad_dtype",
+                f"'{ACTION}' has dtype {action.dtype.name}, expected float32",
                 field=ACTION,
-            )  # fmt: skip
+            )
         if action.ndim != 2 or action.shape[0] < 1 or action.shape[1] < 1:
             raise MessageError(
                 "bad_shape",
@@ -421,8 +424,11 @@ class ErrorReply(Reply):
         head = message.header
         retryable = head.get("retryable", False)
         if not isinstance(retryable, bool):
-            raise MessageError("bad_field", f"'retryable' must be true or false, got {retryable!r}",
-                               field="retryable")  # fmt: skip
+            raise MessageError(
+                "bad_field",
+                f"'retryable' must be true or false, got {retryable!r}",
+                field="retryable",
+            )
         return cls(
             id=message.id,
             code=_string(head, "code"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +435,19 @@ def test_no_wire_field_or_op_name_is_typed_outside_protocol_py(module):
         and node.value in WIRE_WORDS
     )
     assert typed == [], f"{module} types wire names {typed}; use the classes in protocol.py"
+
+
+def test_the_wire_side_imports_no_heavy_package():
+    """A robot computer runs the client without torch: importing the wire side pulls none in."""
+    code = (
+        "import sys\n"
+        "import tether.policies.client, tether.policies.server, tether.policies.simple\n"
+        "import tether.policies.ensembling, tether.policies.keys\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'mujoco', 'zarr'))\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == ""
