@@ -21,8 +21,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
+
+try:
+    import torch
+    from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import StoreError
 from tether.data.codecs import is_jpeg_array, jpeg_decode

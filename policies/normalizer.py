@@ -20,8 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import PolicyError
 

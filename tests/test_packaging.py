@@ -36,17 +36,10 @@ def test_editable_install_imports_every_subpackage():
     assert out.stdout.strip().startswith(str(ROOT))
 
 
-def test_built_wheel_imports_every_subpackage(tmp_path: Path):
-    wheel_dir = tmp_path / "wheel"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheel_dir), str(ROOT)],
-        check=True, capture_output=True, cwd=tmp_path,
-    )
-    (wheel,) = wheel_dir.glob("tether-*.whl")
+def test_built_wheel_imports_every_subpackage(tmp_path: Path, tether_wheel: Path):
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(tether_wheel)],
         check=True, capture_output=True,
     )
     assert not (site / "robot").exists(), "the wheel must not install a top-level 'robot' package"

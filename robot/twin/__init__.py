@@ -1,13 +1,15 @@
 """The MuJoCo digital twin: arms, tasks, scripted experts and rendered cameras.
 
-Importing this package is cheap (the CLI imports it for `--help`); MuJoCo loads on first use
-of `make_twin_robot`, `TwinRobot`, `make_env` and friends.
+Importing this package is cheap: MuJoCo loads on first use of `make_twin_robot`, `TwinRobot`,
+`make_env` and friends. It needs the `twin` extra, though: on a robot computer's slim install,
+importing it (or `make_robot("twin:...")`) raises MissingExtraError naming `tether[twin]`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tether.core.optional import require_extra
 from tether.robot.twin.render import configure_backend
 
 # Before any submodule imports mujoco (see render.py); a user's own MUJOCO_GL wins.
@@ -16,6 +18,11 @@ configure_backend()
 if TYPE_CHECKING:  # pragma: no cover
     from tether.robot.config import RobotConfig
     from tether.robot.twin.robot import TwinRobot
+
+# Every module of the twin needs MuJoCo: without the `twin` extra (a robot computer's slim
+# install), importing any of them raises one MissingExtraError naming it. Checks only that the
+# packages are installed; MuJoCo itself still loads on first use.
+require_extra(__name__, "twin")
 
 __all__ = ["TASKS", "TwinRobot", "make_env", "make_twin_robot", "task_names"]
 
