@@ -23,7 +23,7 @@ import numpy as np
 from tether.core.errors import StoreError
 from tether.data import episodes as _episodes
 from tether.data import manifest as _manifest
-from tether.data.codecs import DEFAULT_JPEG_QUALITY, is_jpeg_array
+from tether.data.codecs import DEFAULT_JPEG_QUALITY, is_jpeg_array, register_codecs
 from tether.data.durable import fsync_dir, sync_filesystem, write_durable
 from tether.data.layout import (
     DATA,
@@ -295,6 +295,7 @@ def migrate(path: Path) -> dict[str, Any]:
     """
     import zarr
 
+    register_codecs()
     path = Path(path)
     lock = StoreLock(path).acquire("migrate it")
     try:

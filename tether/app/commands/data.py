@@ -1,4 +1,4 @@
-"""`tether inspect` and `tether data verify|repair` (wired into `tether` by tether/cli.py).
+"""`tether inspect` and `tether data verify|repair|migrate` (wired into `tether` by tether/cli.py).
 
 Every store problem (missing or damaged files, a store in use, a full or read-only disk) ends as
 one `error:` line naming the file and the fix, exit code 2, never a traceback.
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 data_app = typer.Typer(
-    help="Check and repair episode stores.\n\nExample: tether data verify data.zarr",
+    help="Check, repair and migrate episode stores.\n\nExample: tether data verify data.zarr",
     no_args_is_help=True,
 )
 
@@ -129,6 +129,35 @@ def repair_command(
                       f"them from a backup or run `tether data repair {escape(str(store))} "
                       "--drop-damaged`.", soft_wrap=True)
         raise typer.Exit(2)
+
+
+@data_app.command("migrate")
+def migrate_command(
+    store: Path = typer.Argument(..., help="Path of the episode store (a .zarr directory)."),
+) -> None:
+    """Upgrade a store written by an older tether to the current format, in place.
+
+    Timing arrays move to their own group and episode metadata to one file per episode; frames
+    are moved, never re-encoded. Crash-safe (built beside the store, then swapped in).
+    Example: tether data migrate data.zarr
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tether.data.store import migrate
+
+    console = Console()
+    with _store_errors(console):
+        result = migrate(store)
+    if result["from_version"] == result["to_version"]:
+        console.print(f"{escape(str(store))} is already format v{result['to_version']}; nothing "
+                      "to do.", soft_wrap=True)
+        return
+    moved = ", ".join(f"{a} -> {b}" for a, b in result["moved"].items()) or "none"
+    console.print(f"migrated {escape(str(store))} from format v{result['from_version']} to "
+                  f"v{result['to_version']}: timing arrays moved ({escape(moved)}), "
+                  f"{result['episode_metadata_files']} episode metadata file(s) written.",
+                  soft_wrap=True)
 
 
 class _store_errors:
