@@ -182,6 +182,18 @@ def _module_level_imports(tree: ast.Module):
     yield from visit(tree.body, False)
 
 
+def test_a_usb_camera_without_opencv_names_the_extra_at_connect(monkeypatch):
+    """The opencv driver imports (the factory builds it) without cv2; connect() names the extra."""
+    from tether.core.errors import MissingExtraError
+    from tether.robot.config import CameraConfig
+    from tether.robot.drivers.opencv_camera import OpenCVCamera
+
+    camera = OpenCVCamera.from_config(CameraConfig("wrist", "opencv", params={"source": 0}))
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'tether\[opencv\]'"):
+        camera.connect()
+
+
 # --- the slim venv ----------------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from tether.core.clock import DeviceClockMapper
 from tether.core.config import from_dict
 from tether.core.errors import ConfigError, DeviceError
+from tether.core.optional import require
 from tether.robot.interfaces import CameraSpec, Frame, ThreadedCamera
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class OpenCVCamera(ThreadedCamera):
 
     # --- ThreadedCamera hooks ------------------------------------------------------------------
     def _open(self) -> None:
-        import cv2
+        cv2 = require("cv2", "opencv", "USB cameras", package="opencv-python-headless")
 
         source = self.params.source
         if isinstance(source, str) and not self.is_file and not os.path.exists(source):
@@ -94,7 +95,7 @@ class OpenCVCamera(ThreadedCamera):
                 f"Camera '{self.name}': '{source}' does not exist. List cameras with "
                 "`tether find-cameras`; prefer the stable /dev/v4l/by-id/... paths."
             )
-        cap = cv2.VideoCapture(source, _BACKENDS[self.params.backend])
+        cap = cv2.VideoCapture(source, _backend_table()[self.params.backend])
         if not cap.isOpened():
             cap.release()
             raise DeviceError(
@@ -219,4 +220,6 @@ def _backend_table() -> dict[str, int]:
     }
 
 
-_BACKENDS = _backend_table()
+# Names only: cv2 (tether[opencv]) is imported at connect, so a robot without USB cameras
+# never needs it.
+_BACKENDS = ("auto", "v4l2", "ffmpeg", "gstreamer")
