@@ -12,9 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tether.cli import build_app
+from tether.core.errors import DeviceError
 from tether.data.dataset import EpisodeDataset
 from tether.data.store import EpisodeStore
 from tether.robot.factory import make_robot
+from tether.robot.targets import TeleopDevice
+from tether.robot.twin.expert import ScriptedExpert
 from tether.robot.twin.robot import TWIN_MAX_VELOCITY
 from tether.teleop.factory import make_teleop
 from tether.teleop.recorder import SAVED, Recorder
@@ -66,6 +69,46 @@ def test_twin_store_feeds_the_training_dataset(twin_store):
     assert item["image.top"].shape == (2, 3, 120, 160)
     assert item["obs_is_pad"].tolist() == [True, False]
     assert item["action"].shape == (8, 6)
+
+
+class _FlakyExpert(TeleopDevice):
+    """The scripted expert behind a device that gives no target every 4th tick and fails its
+    read every 7th (holds), noting the simulated time of every observation it is shown."""
+
+    def __init__(self, robot) -> None:
+        self.inner = ScriptedExpert(robot)
+        self.times: list[float] = []
+
+    def reset(self, seed: int | None = None) -> None:
+        self.inner.reset(seed)
+        self.times.clear()
+
+    @property
+    def episode_done(self) -> bool:
+        return self.inner.episode_done
+
+    def next_target(self, observation):
+        self.times.append(observation.joints["arm"].t_device)
+        n = len(self.times)
+        if n % 7 == 0:
+            raise DeviceError("the bus timed out")
+        return None if n % 4 == 0 else self.inner.next_target(observation)
+
+
+def test_lockstep_recording_writes_one_control_period_per_row_holds_included(tmp_path):
+    """Every recorded row is exactly one control period of the twin's simulated time, rows
+    where the device gave no target or failed included: no tick advances the twin twice."""
+    robot = make_robot("twin:lift", ["twin_params.width=64", "twin_params.height=48"])
+    device = _FlakyExpert(robot)
+    steps = 40
+    with EpisodeStore.create(tmp_path / "holds.zarr", robot.fps) as store, robot:
+        result = Recorder(robot, device, store, realtime=False).record_episode(max_steps=steps)
+        assert result.outcome == SAVED and result.steps == steps
+        assert robot.steps == steps and robot.sim_time == pytest.approx(steps / robot.fps, abs=1e-9)
+        assert store.n_episodes == 1 and store.n_steps == steps  # one row per tick
+        assert result.stats["device_errors"] == steps // 7
+    assert len(device.times) == steps  # one observation per row
+    np.testing.assert_allclose(np.diff(device.times), 1.0 / robot.fps, rtol=0, atol=1e-9)
 
 
 def test_record_and_inspect_cli(tmp_path):
