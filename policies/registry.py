@@ -34,6 +34,7 @@ __all__ = ["FAMILIES", "Horizons", "PolicyFamily", "get_family", "names"]
 FAMILIES: dict[str, str] = {
     "act": "tether.policies.act",
     "diffusion": "tether.policies.diffusion",
+    "mlp": "tether.policies.mlp",
 }
 
 
