@@ -131,8 +131,12 @@ class MemoryCamera(ThreadedCamera):
     def from_config(cls, config) -> MemoryCamera:
         return cls(CameraSpec(config.name, config.width, config.height, config.fps))
 
+    def connect(self) -> None:
+        if not self.is_connected:
+            self._index = 0  # frame indices restart per session, never on a reconnect
+        super().connect()
+
     def _open(self) -> None:
-        self._index = 0
         self._next_t = time.monotonic()
 
     def _grab(self) -> Frame | None:
