@@ -17,6 +17,7 @@ SMALL = {
     "act": {"dim": 32, "n_heads": 2, "ff_dim": 64, "vision_width": 8, "image_size": None},
     "diffusion": {"down_dims": [16, 32], "step_embed_dim": 16, "vision_width": 8, "num_keypoints": 4,
                   "image_feature_dim": 8, "image_size": None},
+    "mlp": {"hidden_dim": 32, "vision_width": 8, "image_size": None},
 }
 
 
@@ -26,7 +27,7 @@ def runs(synthetic_store, tmp_path_factory):
 
     torch.set_num_threads(1)
     out = {}
-    for policy in ("act", "diffusion"):
+    for policy in SMALL:
         run = tmp_path_factory.mktemp(policy) / "run"
         out[policy] = train(TrainConfig(dataset=str(synthetic_store), policy=policy, preset="tiny", steps=6,
                                         batch_size=8, out=str(run), progress=False,
@@ -53,7 +54,7 @@ print(json.dumps({"chunk": chunk.tolist(), "banned": banned, "spec": policy.spec
 """
 
 
-@pytest.mark.parametrize("policy", ["act", "diffusion"])
+@pytest.mark.parametrize("policy", ["act", "diffusion", "mlp"])
 def test_checkpoint_loads_in_a_fresh_process_without_training_code(runs, tmp_path, policy):
     moved = tmp_path / "exported"
     shutil.copytree(runs[policy] / "checkpoints" / "last", moved)  # nothing else travels with it
