@@ -110,6 +110,7 @@ def teleop_command(
     from rich.console import Console
 
     from tether.core.config import apply_overrides
+    from tether.robot.episodic import as_episodic
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop
     from tether.teleop.recorder_keys import ESTOP_HELP, KeyReader, estop_bindings, legend
@@ -135,9 +136,9 @@ def teleop_command(
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         with the_robot, the_device:
-            reset = getattr(the_robot, "reset", None)
-            if callable(reset):
-                reset(seed=0)
+            episodic = as_episodic(the_robot)
+            if episodic is not None:
+                episodic.reset(0)
             console.print(f"teleop: {name} -> {config.name} at {config.fps:g} Hz (Ctrl-C stops)")
             if keys is not None:
                 console.print(legend(ESTOP_HELP + "  [q] quit"))
@@ -177,6 +178,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
 
     configure_backend()  # before anything imports mujoco
     from tether.core.config import apply_overrides, to_dict
+    from tether.robot.episodic import as_episodic
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop
 
@@ -213,7 +215,8 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
         robot.require_simulated_time("--fast")
     device = make_teleop(teleop_name, robot, params)
     if episode_time is None:
-        steps = getattr(robot, "max_steps", None)
+        episodic = as_episodic(robot)
+        steps = episodic.max_steps if episodic is not None else None
         episode_time = steps / rate if steps else 60.0
     if reset_time is None:
         reset_time = 5.0 if realtime else 0.0
