@@ -12,14 +12,17 @@ import ast
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from tether.core.errors import ProtocolError
 from tether.core.schema import ArraySpec, PolicySpec
 from tether.policies import protocol
+from tether.policies.client import PolicyClient
 from tether.policies.protocol import (
     ErrorReply,
     InferReply,
@@ -451,3 +454,58 @@ def test_the_wire_side_imports_no_heavy_package():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# --- the client reads replies through the typed decoders ------------------------------------------
+
+
+class _Router:
+    """A ROUTER on 127.0.0.1 answering each request with the frames `answer(request)` lists."""
+
+    def __init__(self, answer) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.socket.bind_to_random_port('tcp://127.0.0.1')}"
+        self.answer = answer
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.socket.poll(50):
+                identity, *frames = self.socket.recv_multipart()
+                for reply in self.answer(protocol.decode_request(frames)):
+                    self.socket.send_multipart([identity, *reply])
+        self.socket.close()
+
+    def __enter__(self) -> _Router:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.context.term()
+
+
+def test_the_client_names_the_bad_field_of_a_malformed_info_reply():
+    def answer(request):
+        head = {"id": request.id, "op": "info", "protocol": 1, "spec": _spec_with(fps=-1.0),
+                "max_message_bytes": 1000}  # fmt: skip
+        return [protocol.encode(head)]
+
+    with _Router(answer) as server, PolicyClient(server.endpoint, timeout_s=2.0) as client:
+        with pytest.raises(ProtocolError, match="'spec' is malformed: 'fps'"):
+            client.info()
+
+
+def test_a_malformed_reply_to_a_request_nobody_waits_for_is_dropped():
+    def answer(request):
+        stale = _infer_reply(action=None, id=999)  # malformed, for a request nobody awaits
+        return [stale, PingReply(request.id, t_recv=1.0, t_reply=1.0).encode()]
+
+    with _Router(answer) as server, PolicyClient(server.endpoint, timeout_s=2.0) as client:
+        for _ in range(2):  # the stale reply is dropped both times
+            rtt, _offset = client.ping()
+            assert rtt >= 0
