@@ -211,3 +211,17 @@ def test_plain_rollout_progress_is_rate_limited():
         now[0] = step / 30
         on_step(step, 300)
     assert len(lines) == 1 and lines[0].startswith("episode 1/1: step")
+
+
+def test_evaluation_refuses_a_robot_without_episodes():
+    from tether.app.eval.config import EvalConfig
+    from tether.app.eval.worker import run_episodes
+    from tether.core.errors import ConfigError
+    from tether.policies.simple import IdentityPolicy
+    from tether.robot.interfaces import Robot
+    from tether.robot.memory import MemoryArm
+
+    robot = Robot({"arm": MemoryArm()}, name="bench-arm")
+    policy = IdentityPolicy(observation_specs_for(robot), robot.action_dim, fps=robot.fps)
+    with pytest.raises(ConfigError, match="bench-arm.*twin"):
+        next(run_episodes(robot, policy, [0], EvalConfig(policy="scripted")))
