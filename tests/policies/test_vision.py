@@ -1,16 +1,18 @@
-"""Vision: ResNet-18 shapes, pretrained loading from a local file, BN folding, keypoints, augmentations."""
+"""Vision: the shared ImageEncoder, ResNet-18 shapes, pretrained loading from a local file, BN folding, keypoints, augmentations."""
 
 import pytest
 import torch
 
 from tether.core.errors import PolicyError
 from tether.policies.vision import (
+    ImageEncoder,
     ResNet18,
     SpatialSoftmax,
     color_jitter,
     crop,
     fuse_batchnorm,
     load_pretrained,
+    optimize_trunks,
     prepare_images,
 )
 
@@ -112,3 +114,31 @@ def test_prepare_images_train_and_eval():
     torch.manual_seed(0)
     tr1 = prepare_images(u8, [48, 64], 0.9, 0.3, train=True)
     assert tr1.shape == ev.shape and not torch.equal(tr1, ev)
+
+
+@pytest.mark.parametrize("head, shape", [("tokens", (2, 24, 2, 2)), ("keypoints", (2, 24)), ("pool", (2, 24))])
+def test_image_encoder_heads_share_one_trunk_across_cameras(head, shape):
+    enc = ImageEncoder(["image.top", "image.wrist"], head=head, out_dim=24, width=8, num_keypoints=4,
+                       image_size=[48, 64], crop_ratio=0.9)
+    images = {"image.top": torch.randint(0, 256, (2, 3, 60, 80), dtype=torch.uint8),
+              "image.wrist": torch.zeros(2, 3, 30, 40, dtype=torch.uint8)}  # resized to 48x64 too
+    out = enc(images, train=True)
+    assert [tuple(o.shape) for o in out] == [shape, shape]
+    assert sum(isinstance(m, ResNet18) for m in enc.modules()) == 1
+    enc.eval()
+    torch.testing.assert_close(enc(images, train=False)[0], enc.encode(images["image.top"], train=False))
+    with pytest.raises(PolicyError, match="unknown image encoder head 'flat'"):
+        ImageEncoder(["image.top"], head="flat", out_dim=8, width=8)
+
+
+def test_optimize_trunks_keeps_the_encoder_outputs():
+    enc = ImageEncoder(["image.top"], head="pool", out_dim=8, width=8)
+    enc.train()
+    images = {"image.top": torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)}
+    for _ in range(3):  # non-trivial BatchNorm statistics
+        enc(images, train=True)
+    enc.eval()
+    ref = enc(images, train=False)[0]
+    optimize_trunks(enc)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+    torch.testing.assert_close(enc(images, train=False)[0], ref, atol=1e-4, rtol=1e-4)
