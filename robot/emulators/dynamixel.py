@@ -13,10 +13,10 @@ Example, from a shell (then point a config's `port:` at the printed path):
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from tether.robot.emulators.servo_bus import (
+    BROADCAST_ID,
+    INST_READ,
+    INST_WRITE,
     WRITE_ACCESS,
     WRITE_OK,
     WRITE_OUT_OF_RANGE,
@@ -24,17 +24,21 @@ from tether.robot.emulators.servo_bus import (
     EmulatedServo,
     PtyBusEmulator,
     Register,
+    Request,
     ServoLayout,
-    parse_ids,
-    sync_write,
+    build_servos,
+    run_from_command_line,
 )
 
+# The instruction codes both protocols share, re-exported as part of this protocol's set.
+from tether.robot.emulators.servo_bus import INST_PING as INST_PING
+from tether.robot.emulators.servo_bus import INST_SYNC_READ as INST_SYNC_READ
+from tether.robot.emulators.servo_bus import INST_SYNC_WRITE as INST_SYNC_WRITE
+
 HEADER = b"\xff\xff\xfd\x00"
-BROADCAST_ID = 0xFE
 STATUS = 0x55
 
-INST_PING, INST_READ, INST_WRITE, INST_REBOOT = 0x01, 0x02, 0x03, 0x08
-INST_SYNC_READ, INST_SYNC_WRITE = 0x82, 0x83
+INST_REBOOT = 0x08  # PING, READ, WRITE, SYNC READ / WRITE and BROADCAST_ID: see servo_bus
 
 MIN_LENGTH = 3  # the length field counts instruction + params + 2 CRC bytes
 
@@ -115,6 +119,8 @@ class DynamixelBusEmulator(PtyBusEmulator):
     """Servos with the given ids (all of one model, or a dict id -> model) on a pty bus."""
 
     protocol_name = "dynamixel"
+    field_bytes = 2  # addresses and lengths are 16-bit little endian
+    answers_broadcast_ping = True
 
     def __init__(
         self,
@@ -123,12 +129,7 @@ class DynamixelBusEmulator(PtyBusEmulator):
         baudrate: int = 1_000_000,
         positions: dict[int, int] | None = None,
     ) -> None:
-        models = dict(ids) if isinstance(ids, dict) else {i: model for i in ids}
-        positions = positions or {}
-        servos = {
-            i: DynamixelServo(i, m, position=positions.get(i, 2048)) for i, m in models.items()
-        }
-        super().__init__(servos, baudrate)
+        super().__init__(build_servos(ids, model, positions, DynamixelServo), baudrate)
 
     # --- framing ----------------------------------------------------------------------------
     def extract_packets(self, buffer: bytearray) -> list[bytes]:
@@ -151,77 +152,46 @@ class DynamixelBusEmulator(PtyBusEmulator):
             packets.append(bytes(buffer[:total]))
             del buffer[:total]
 
-    def handle(self, packet: bytes) -> list[bytes]:
+    # --- requests (the dispatch is PtyBusEmulator.handle) ------------------------------------
+    def decode(self, packet: bytes) -> Request | list[bytes]:
         servo_id, instruction = packet[4], packet[7]
         self.counts[f"inst_{instruction:#04x}"] += 1
         if crc16(packet[:-2]) != (packet[-2] | packet[-1] << 8):
             self.counts["crc_errors"] += 1
-            servo = self.servos.get(servo_id)
-            if servo is None or not servo.responding or servo_id == BROADCAST_ID:
+            servo = self.responding(servo_id)
+            if servo is None or servo_id == BROADCAST_ID:
                 return []
-            return [self._status(servo, ERR_CRC)]
-        params = unstuff(packet[8:-2])
-        if instruction == INST_SYNC_READ:
-            return self._sync_read(params)
-        if instruction == INST_SYNC_WRITE:
-            self._sync_write(params)
-            return []
-        if servo_id == BROADCAST_ID:
-            if instruction == INST_PING:
-                return [
-                    self._ping_reply(s) for _, s in sorted(self.servos.items()) if s.responding
-                ]
-            if instruction == INST_WRITE and len(params) >= 2:
-                address = params[0] | params[1] << 8
-                for servo in self.servos.values():
-                    servo.write(address, params[2:])
-            return []
-        servo = self.servos.get(servo_id)
-        if servo is None or not servo.responding:
-            return []  # nobody answers: the SDK times out
-        if instruction == INST_PING:
-            return [self._ping_reply(servo)]
+            return [self.status(servo, ERR_CRC)]
+        return Request(servo_id, instruction, unstuff(packet[8:-2]))
+
+    def params_error(self, instruction: int, params: bytes) -> int | None:
         if instruction == INST_READ:
             if len(params) != 4:
-                return [self._status(servo, ERR_DATA_LENGTH)]
-            address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
-            if address + length > X_LAYOUT.table_size:
-                return [self._status(servo, ERR_DATA_RANGE)]
-            return [self._status(servo, 0, servo.read(address, length))]
-        if instruction == INST_WRITE:
-            if len(params) < 3:
-                return [self._status(servo, ERR_DATA_LENGTH)]
-            code = servo.write(params[0] | params[1] << 8, params[2:])
-            return [self._status(servo, _WRITE_ERRORS[code])]
-        if instruction == INST_REBOOT:
+                return ERR_DATA_LENGTH
+            address, length = self.fields(params, 2)
+            return ERR_DATA_RANGE if address + length > X_LAYOUT.table_size else None
+        if instruction == INST_WRITE and len(params) < 3:
+            return ERR_DATA_LENGTH
+        return None
+
+    def write_error(self, code: int) -> int:
+        return _WRITE_ERRORS[code]
+
+    def handle_other(self, request: Request) -> list[bytes]:
+        servo = self.responding(request.servo_id)
+        if servo is None:
+            return []  # nobody answers (a broadcast included)
+        if request.instruction == INST_REBOOT:
             servo.reboot()
-            return [self._status(servo, 0)]
-        return [self._status(servo, ERR_INSTRUCTION)]
-
-    def _sync_read(self, params: bytes) -> list[bytes]:
-        if len(params) < 5:
-            return []
-        address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
-        replies = []
-        for servo_id in params[4:]:
-            servo = self.servos.get(servo_id)
-            if servo is None or not servo.responding:
-                continue  # a missing servo leaves a gap: the SDK times out on it
-            replies.append(self._status(servo, 0, servo.read(address, length)))
-        return replies
-
-    def _sync_write(self, params: bytes) -> None:
-        if len(params) < 4:
-            return
-        address, length = params[0] | params[1] << 8, params[2] | params[3] << 8
-        sync_write(self.servos, address, length, params[4:])
+            return [self.status(servo, 0)]
+        return [self.status(servo, ERR_INSTRUCTION)]
 
     # --- replies ----------------------------------------------------------------------------
-    def _ping_reply(self, servo: EmulatedServo) -> bytes:
+    def ping_reply(self, servo: EmulatedServo) -> bytes:
         firmware = servo.read(6, 1)
-        return self._status(servo, 0, servo.model_number.to_bytes(2, "little") + firmware)
+        return self.status(servo, 0, servo.model_number.to_bytes(2, "little") + firmware)
 
-    def _status(self, servo: EmulatedServo, error: int, params: bytes = b"") -> bytes:
+    def status(self, servo: EmulatedServo, error: int, params: bytes = b"") -> bytes:
         if servo.hardware_error:
             error |= ALERT
         return build_packet(servo.id, STATUS, bytes([error]) + params)
@@ -278,18 +248,8 @@ def crc16(data: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Emulate Dynamixel protocol 2.0 servos on a pty.")
-    parser.add_argument("--ids", default="1-6", help="servo ids, e.g. 1-6 or 1,2,7")
-    parser.add_argument("--model", default="xl330-m288", choices=sorted(MODEL_NUMBERS))
-    parser.add_argument("--baudrate", type=int, default=1_000_000)
-    args = parser.parse_args(argv)
-    with DynamixelBusEmulator(parse_ids(args.ids), args.model, args.baudrate) as bus:
-        print(bus.port, flush=True)
-        try:
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            pass
+    run_from_command_line(DynamixelBusEmulator, "Emulate Dynamixel protocol 2.0 servos on a pty.",
+                          list(MODEL_NUMBERS), "xl330-m288", argv)
 
 
 if __name__ == "__main__":

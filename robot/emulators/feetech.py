@@ -12,23 +12,27 @@ Example:  python -m tether.robot.emulators.feetech --ids 1-6
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from tether.robot.emulators.servo_bus import (
+    BROADCAST_ID,
+    INST_READ,
+    INST_SYNC_READ,
+    INST_SYNC_WRITE,
+    INST_WRITE,
     WRITE_CLAMPED,
     WRITE_OK,
     EmulatedServo,
     PtyBusEmulator,
     Register,
+    Request,
     ServoLayout,
-    parse_ids,
-    sync_write,
+    build_servos,
+    run_from_command_line,
 )
 
-BROADCAST_ID = 0xFE
-INST_PING, INST_READ, INST_WRITE, INST_REG_WRITE, INST_ACTION = 0x01, 0x02, 0x03, 0x04, 0x05
-INST_SYNC_READ, INST_SYNC_WRITE = 0x82, 0x83
+# The instruction codes both protocols share, re-exported as part of this protocol's set.
+from tether.robot.emulators.servo_bus import INST_PING as INST_PING
+
+INST_REG_WRITE, INST_ACTION = 0x04, 0x05  # PING, READ, WRITE, SYNC READ / WRITE: servo_bus
 
 MIN_LENGTH = 2  # the length byte counts instruction + params + checksum
 # Parameters an instruction cannot do without (address, length, ...).
@@ -92,10 +96,7 @@ class FeetechBusEmulator(PtyBusEmulator):
         baudrate: int = 1_000_000,
         positions: dict[int, int] | None = None,
     ) -> None:
-        models = dict(ids) if isinstance(ids, dict) else {i: model for i in ids}
-        positions = positions or {}
-        servos = {i: FeetechServo(i, m, position=positions.get(i, 2048)) for i, m in models.items()}
-        super().__init__(servos, baudrate)
+        super().__init__(build_servos(ids, model, positions, FeetechServo), baudrate)
         self._registered: dict[int, tuple[int, bytes]] = {}
 
     def extract_packets(self, buffer: bytearray) -> list[bytes]:
@@ -120,7 +121,8 @@ class FeetechBusEmulator(PtyBusEmulator):
             packets.append(bytes(buffer[:total]))
             del buffer[:total]
 
-    def handle(self, packet: bytes) -> list[bytes]:
+    # --- requests (the dispatch is PtyBusEmulator.handle) ------------------------------------
+    def decode(self, packet: bytes) -> Request | list[bytes]:
         servo_id, instruction = packet[2], packet[4]
         self.counts[f"inst_{instruction:#04x}"] += 1
         if checksum(packet[2:-1]) != packet[-1]:
@@ -130,48 +132,30 @@ class FeetechBusEmulator(PtyBusEmulator):
         if len(params) < MIN_PARAMS.get(instruction, 0):
             self.counts["short_packets"] += 1
             return []  # a servo ignores an instruction missing its parameters
-        if instruction == INST_SYNC_READ:
-            address, length = params[0], params[1]
-            return [
-                self._status(self.servos[i], 0, self.servos[i].read(address, length))
-                for i in params[2:]
-                if i in self.servos and self.servos[i].responding
-            ]
-        if instruction == INST_SYNC_WRITE:
-            sync_write(self.servos, params[0], params[1], params[2:])
-            return []
-        if instruction == INST_ACTION:
+        return Request(servo_id, instruction, params)
+
+    def write_error(self, code: int) -> int:
+        return ERRBIT_ANGLE if code == WRITE_CLAMPED else 0
+
+    def handle_other(self, request: Request) -> list[bytes]:
+        servo_id, params = request.servo_id, request.params
+        if request.instruction == INST_ACTION:
             targets = self.servos if servo_id == BROADCAST_ID else {servo_id: None}
             for target in list(targets):
                 if target in self._registered and target in self.servos:
                     address, data = self._registered.pop(target)
                     self.servos[target].write(address, data)
-            return [] if servo_id == BROADCAST_ID else self._reply_empty(servo_id)
-        if servo_id == BROADCAST_ID:
-            if instruction == INST_WRITE:
-                for servo in self.servos.values():
-                    servo.write(params[0], params[1:])
+        servo = self.responding(servo_id)
+        if servo is None or servo_id == BROADCAST_ID:
             return []
-        servo = self.servos.get(servo_id)
-        if servo is None or not servo.responding:
-            return []
-        if instruction == INST_PING:
-            return [self._status(servo, 0)]
-        if instruction == INST_READ:
-            return [self._status(servo, 0, servo.read(params[0], params[1]))]
-        if instruction == INST_WRITE:
-            code = servo.write(params[0], params[1:])
-            return [self._status(servo, ERRBIT_ANGLE if code == WRITE_CLAMPED else 0)]
-        if instruction == INST_REG_WRITE:
+        if request.instruction == INST_ACTION:
+            return [self.status(servo, 0)]
+        if request.instruction == INST_REG_WRITE:
             self._registered[servo_id] = (params[0], bytes(params[1:]))
-            return [self._status(servo, 0)]
+            return [self.status(servo, 0)]
         return []  # unknown instruction: STS servos do not answer
 
-    def _reply_empty(self, servo_id: int) -> list[bytes]:
-        servo = self.servos.get(servo_id)
-        return [self._status(servo, 0)] if servo is not None and servo.responding else []
-
-    def _status(self, servo: EmulatedServo, error: int, params: bytes = b"") -> bytes:
+    def status(self, servo: EmulatedServo, error: int, params: bytes = b"") -> bytes:
         if servo.hardware_error:
             error |= ERRBIT_OVERLOAD
         return build_packet(servo.id, error, params)
@@ -187,18 +171,8 @@ def checksum(body: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Emulate Feetech STS servos on a pty.")
-    parser.add_argument("--ids", default="1-6", help="servo ids, e.g. 1-6")
-    parser.add_argument("--model", default="sts3215", choices=sorted(MODEL_NUMBERS))
-    parser.add_argument("--baudrate", type=int, default=1_000_000)
-    args = parser.parse_args(argv)
-    with FeetechBusEmulator(parse_ids(args.ids), args.model, args.baudrate) as bus:
-        print(bus.port, flush=True)
-        try:
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            pass
+    run_from_command_line(FeetechBusEmulator, "Emulate Feetech STS servos on a pty.",
+                          list(MODEL_NUMBERS), "sts3215", argv)
 
 
 if __name__ == "__main__":

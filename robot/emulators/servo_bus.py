@@ -20,6 +20,7 @@ the reader thread, so a wrong `--protocol` in `tether scan-bus` cannot kill the 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import select
@@ -240,6 +241,22 @@ WRITE_REJECTED = 3  # value outside the allowed range: not applied
 WRITE_CLAMPED = 4  # value outside the limits: applied after clamping (Feetech angle error)
 
 
+# Instruction codes and the broadcast id are the same in Dynamixel 2.0 and Feetech STS/SCS.
+BROADCAST_ID = 0xFE
+INST_PING, INST_READ, INST_WRITE = 0x01, 0x02, 0x03
+INST_SYNC_READ, INST_SYNC_WRITE = 0x82, 0x83
+COMMON_INSTRUCTIONS = frozenset({INST_PING, INST_READ, INST_WRITE, INST_SYNC_READ, INST_SYNC_WRITE})
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decoded instruction packet (parameters unstuffed, checksum verified)."""
+
+    servo_id: int
+    instruction: int
+    params: bytes
+
+
 class PtyBusEmulator(ABC):
     """A servo bus on a pseudo-terminal. Subclasses parse and answer one protocol.
 
@@ -385,14 +402,96 @@ class PtyBusEmulator(ABC):
         speed = _BAUD_BY_CONSTANT.get(attrs[5])
         return speed is None or speed == self.baudrate
 
+    # --- requests: what both protocols do alike ---------------------------------------------
+    def handle(self, packet: bytes) -> list[bytes]:
+        """Execute one instruction packet; return the status packets to send back, in order.
+
+        Both protocols share the instruction codes, SYNC framing and who answers (a missing or
+        silent servo never does; a broadcast gets no status). The protocol decodes the packet,
+        checks its parameters, builds status packets and runs its own instructions.
+        """
+        request = self.decode(packet)
+        if not isinstance(request, Request):
+            return request  # damaged or incomplete: the protocol's own answer (usually none)
+        servo_id, instruction, params = request.servo_id, request.instruction, request.params
+        if instruction not in COMMON_INSTRUCTIONS:
+            return self.handle_other(request)
+        width = self.field_bytes
+        if instruction in (INST_SYNC_READ, INST_SYNC_WRITE):
+            if len(params) < 2 * width:
+                return []
+            address, length = self.fields(params, 2)
+            if instruction == INST_SYNC_WRITE:
+                sync_write(self.servos, address, length, params[2 * width :])
+                return []
+            # a missing servo leaves a gap: the SDK times out on it
+            return [
+                self.status(servo, 0, servo.read(address, length))
+                for servo in map(self.responding, params[2 * width :])
+                if servo is not None
+            ]
+        if servo_id == BROADCAST_ID:
+            if instruction == INST_PING and self.answers_broadcast_ping:
+                return [self.ping_reply(s) for _, s in sorted(self.servos.items()) if s.responding]
+            if instruction == INST_WRITE and len(params) >= width:
+                address = self.fields(params, 1)[0]
+                for servo in self.servos.values():
+                    servo.write(address, params[width:])
+            return []
+        servo = self.responding(servo_id)
+        if servo is None:
+            return []  # nobody answers: the SDK times out
+        if instruction == INST_PING:
+            return [self.ping_reply(servo)]
+        error = self.params_error(instruction, params)
+        if error is not None:
+            return [self.status(servo, error)]
+        if instruction == INST_READ:
+            address, length = self.fields(params, 2)
+            return [self.status(servo, 0, servo.read(address, length))]
+        code = servo.write(self.fields(params, 1)[0], params[width:])
+        return [self.status(servo, self.write_error(code))]
+
+    def responding(self, servo_id: int) -> EmulatedServo | None:
+        """The servo with this id if it is on the bus and answering, else None."""
+        servo = self.servos.get(servo_id)
+        return servo if servo is not None and servo.responding else None
+
+    def fields(self, params: bytes, count: int) -> list[int]:
+        """The first `count` address/length fields of `params` (little endian, `field_bytes` each)."""
+        width = self.field_bytes
+        return [int.from_bytes(params[i * width : (i + 1) * width], "little") for i in range(count)]
+
     # --- protocol ----------------------------------------------------------------------------
+    field_bytes = 1  # width of an address or length field in READ / WRITE / SYNC parameters
+    answers_broadcast_ping = False  # whether every servo answers a PING sent to BROADCAST_ID
+
     @abstractmethod
     def extract_packets(self, buffer: bytearray) -> list[bytes]:
         """Remove complete instruction packets from `buffer` (discarding garbage) and return them."""
 
     @abstractmethod
-    def handle(self, packet: bytes) -> list[bytes]:
-        """Execute one instruction packet; return the status packets to send back, in order."""
+    def decode(self, packet: bytes) -> Request | list[bytes]:
+        """The request in `packet`, or the replies to a packet that cannot be executed."""
+
+    @abstractmethod
+    def status(self, servo: EmulatedServo, error: int, params: bytes = b"") -> bytes:
+        """A status packet from `servo` with the protocol's `error` and `params`."""
+
+    def ping_reply(self, servo: EmulatedServo) -> bytes:
+        return self.status(servo, 0)
+
+    def params_error(self, instruction: int, params: bytes) -> int | None:
+        """The error a servo replies to READ / WRITE parameters it cannot execute, or None."""
+        return None
+
+    def write_error(self, code: int) -> int:
+        """The status error for a servo's `EmulatedServo.write` result code."""
+        return 0
+
+    def handle_other(self, request: Request) -> list[bytes]:
+        """A protocol's own instructions (REBOOT, REG WRITE, ACTION, unknown ones)."""
+        return []
 
 
 _BAUD_BY_CONSTANT = {
@@ -413,6 +512,33 @@ def sync_write(servos: dict[int, EmulatedServo], address: int, length: int, body
         servo = servos.get(body[offset])
         if servo is not None and servo.responding:
             servo.write(address, body[offset + 1 : offset + 1 + length])
+
+
+def build_servos(
+    ids: list[int] | dict[int, str], model: str, positions: dict[int, int] | None, make_servo
+) -> dict[int, EmulatedServo]:
+    """Servos for `ids` (all of `model`, or a dict id -> model) at `positions` (default mid-range)."""
+    models = dict(ids) if isinstance(ids, dict) else {i: model for i in ids}
+    positions = positions or {}
+    return {i: make_servo(i, m, position=positions.get(i, 2048)) for i, m in models.items()}
+
+
+def run_from_command_line(
+    emulator, description: str, models: list[str], default_model: str, argv: list[str] | None
+) -> None:
+    """`python -m tether.robot.emulators.<protocol>`: serve a bus, print its port, run until ^C."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--ids", default="1-6", help="servo ids, e.g. 1-6 or 1,2,7")
+    parser.add_argument("--model", default=default_model, choices=sorted(models))
+    parser.add_argument("--baudrate", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    with emulator(parse_ids(args.ids), args.model, args.baudrate) as bus:
+        print(bus.port, flush=True)
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
 
 
 def parse_ids(text: str) -> list[int]:
