@@ -155,9 +155,10 @@ def _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, see
     else:
         cfg = _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, True,
                             eval_every, keep_every)
+        family = get_family(cfg.policy)  # an unknown policy fails before any other message
         if cfg.preset is None:
             name, why = choose_preset(resolve_device(cfg.device))
             typer.echo(f"preset '{name}' for {cfg.policy} (no preset given; {why})", err=True)
         cfg = resolve_config(cfg)
-        get_family(cfg.policy).make_config(cfg.model)  # unknown model keys fail here
+        family.make_config(cfg.model)  # unknown model keys fail here
     typer.echo(json.dumps(to_dict(cfg), indent=2))
