@@ -12,7 +12,8 @@ Only `t_host` is compared across streams.
 
 Observation dictionaries handed to recorders and policies use fixed keys: `state` (all arms'
 positions concatenated in robot order, float32), `image.<camera>` (uint8 HxWx3), and recorded
-actions use `action`. Per-stream capture times are stored as `<key>_t`.
+actions use `action`. Per-stream timing (`t_host`, `t_device`, `index`) is kept apart from
+the data arrays (tether.core.schema.TIMING_FIELDS).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tether.core.errors import DeviceClosedError, DeviceError
+from tether.core.errors import ConfigError, DeviceClosedError, DeviceError
 from tether.core.schema import ACTION, STATE, image_key
 
 log = logging.getLogger(__name__)
@@ -272,8 +273,6 @@ class ThreadedCamera(Camera):
         self.spec = spec
         if reconnect_after_s is not None:
             if not reconnect_after_s > 0:
-                from tether.core.errors import ConfigError
-
                 raise ConfigError(f"Camera '{spec.name}': reconnect_after_s must be positive.")
             self.reconnect_after_s = float(reconnect_after_s)
         self._lock = threading.Lock()

@@ -96,3 +96,19 @@ def test_reopens_a_source_that_stopped_delivering(video, wait_until):
         # frames keep coming after the stall
         wait_until(lambda: cam.read().index >= N + 2, what="frames after the file ran dry")
         assert cam.reconnects >= 1
+
+
+def test_live_stamps_are_mapped_onto_the_host_clock_or_replaced_by_receive_time():
+    """A live backend's POS_MSEC (V4L2: the kernel's buffer time) is mapped; none is replaced."""
+    cam = OpenCVCamera.from_config(config(0))
+    # a device clock 1000 s behind the host's, frames received 2-6 ms after capture
+    for k, latency in enumerate([0.006, 0.002, 0.004, 0.005]):
+        t_capture = 5000.0 + k / FPS
+        t_device, t_host = cam._stamp((t_capture - 1000.0) * 1000.0, t_capture + latency)
+        assert t_device == pytest.approx(t_capture - 1000.0)
+        assert t_host <= t_capture + latency
+    assert t_host == pytest.approx(t_capture + 0.002)  # offset from the fastest frame
+    # a backend without stamps (0), or stuck on one value: the receive time stands in
+    assert cam._stamp(0.0, 6000.0) == (6000.0, 6000.0)
+    cam._stamp(5.0, 6000.1)
+    assert cam._stamp(5.0, 6000.2) == (6000.2, 6000.2)
