@@ -3,8 +3,8 @@
 Two threads with one job each:
 
 - the I/O thread owns the sockets. It stamps every message with its receive time, validates it
-  (protocol.decode_request + the policy's observation spec), answers `ping`, `info` and every error at
-  once, and queues `reset` / `infer` per client. Replies from the worker come back to it over an
+  (protocol.decode_request + the policy's observation spec), answers `ping`, `info` and every
+  error at once, and queues `reset` / `infer` per client. Replies from the worker come back to it over an
   inproc socket, because ZMQ sockets must not be shared between threads.
 - the worker thread runs the policy. It takes the next request round-robin over the clients
   that have one queued, so a client that floods the server, or whose requests are slow, delays
