@@ -13,7 +13,9 @@ controller, so a peer thread in the same process would never get to answer.
     python -m tether.robot.emulators.rtde            # then: URArm with host 127.0.0.1
 
 State changes arrive as JSON lines on stdin, e.g. {"actual_q": [0, -1.57, 1.57, 0, 0, 0]} or
-{"safety_status_bits": 4} (bit 2: protective stop); "quit" stops the peer.
+{"safety_status_bits": 4} (bit 2: protective stop); {"restart_clock": true} sets the controller
+`timestamp` (seconds since boot, on the controller's own clock) back to zero, as a controller
+reboot does; "quit" stops the peer.
 
 A malformed packet (a size below the 3-byte header, a payload too short for its type, a recipe
 that is not text) ends that client's connection, as a controller does; the peer keeps serving
@@ -175,6 +177,8 @@ class RTDEPeer:
                 break
             update = json.loads(line)
             with self.lock:
+                if update.get("restart_clock"):
+                    self.t0 = time.monotonic()
                 self.state.update({k: v for k, v in update.items() if k in self.state})
         self.stop.set()
 

@@ -114,6 +114,19 @@ class TestURReadOnlyContract:
     test_read_does_not_block = _C.test_read_does_not_block
 
 
+def test_controller_clock_restart_resynchronises_host_time(rtde_peer, wait_until):
+    """The controller's clock starts again (a reboot): t_host stays on the host clock."""
+    with URArm.from_config(config(read_only=True)) as arm:
+        wait_until(lambda: arm.read().t_device > 1.0, what="a second of controller time")
+        before = arm.read()
+        rtde_peer({"restart_clock": True})
+        wait_until(lambda: arm.read().t_device < before.t_device - 0.5, what="the restarted clock")
+        after = arm.read()
+        assert arm.clock.resets == 1
+        assert before.t_host < after.t_host <= time.monotonic()
+        assert after.t_host - after.t_device > before.t_host - before.t_device + 0.5
+
+
 def test_read_only_arm_reads_joints_controller_time_and_stops(rtde_peer, wait_until):
     q = [0.1, -1.2, 1.3, -0.4, -1.5, 0.6]
     rtde_peer({"actual_q": q, "actual_qd": [0.01] * 6, "safety_status_bits": 1})
