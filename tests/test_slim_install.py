@@ -194,6 +194,21 @@ def test_a_usb_camera_without_opencv_names_the_extra_at_connect(monkeypatch):
         camera.connect()
 
 
+def test_a_package_imported_inside_a_command_names_its_extra(monkeypatch, tmp_path):
+    """Lazy imports (pillow for `tether twin view --out`) fail like guarded ones: one line,
+    naming the module that asked and the extra, exit 2."""
+    from typer.testing import CliRunner
+
+    from tether.cli import build_app
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if pillow were not installed
+    result = CliRunner().invoke(build_app(), ["twin", "view", "--task", "lift", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "error: tether.app.commands.twin needs pillow: pip install 'tether[viz]'"
+    )
+
+
 # --- the slim venv ----------------------------------------------------------------------------------
 
 

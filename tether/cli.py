@@ -100,6 +100,15 @@ def _clean_errors(command):
             _maybe_traceback(exc, _verbose_requested())
             _print_error(str(exc))
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as exc:  # an optional package imported inside the command
+            from tether.core.optional import as_missing_extra
+
+            missing = as_missing_extra(exc)
+            if missing is None:
+                raise
+            _maybe_traceback(exc, _verbose_requested())
+            _print_error(str(missing))
+            raise typer.Exit(2) from None
 
     wrapper._tether_clean_errors = True
     return wrapper

@@ -20,6 +20,9 @@ prints its one line and exits 2):
 - a package whose every module needs an extra calls `require_extra("tether.data", "data")`
   in its `__init__` (or in the lazy accessors of a package that must stay importable);
 - a driver imports its SDK with `require(...)` inside `connect()`, never at import time.
+
+Anything else imported lazily inside a function (matplotlib for a plot) that escapes a CLI
+command as a ModuleNotFoundError is mapped to the same message by `as_missing_extra`.
 """
 
 from __future__ import annotations
@@ -86,6 +89,28 @@ def missing_extra(module: str, package: str, extra: str | None = None) -> Missin
     """
     top = package.split(".")[0]
     return MissingExtraError.needed_by(module, DISTRIBUTION.get(top, top), extra or EXTRA_OF[top])
+
+
+def as_missing_extra(exc: BaseException) -> MissingExtraError | None:
+    """The MissingExtraError for a ModuleNotFoundError of an optional package, else None.
+
+    For imports done lazily inside a function (matplotlib in a report, cv2 in a video writer):
+    the CLI turns those into the same one line as a guarded module import, naming the tether
+    module that asked for the package (the innermost tether frame of the traceback).
+    """
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.split(".")[0]
+    if top not in EXTRA_OF or EXTRA_OF[top] == "dev":
+        return None
+    module = "this command"
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if name == "tether" or name.startswith("tether."):
+            module = name
+        tb = tb.tb_next
+    return missing_extra(module, top)
 
 
 def is_installed(package: str) -> bool:
