@@ -83,3 +83,48 @@ def test_nothing_outside_a_family_module_branches_on_its_name():
              if p.relative_to(ROOT) not in families | {Path("policies/registry.py")}]
     offenders = [hit for path in files for hit in _name_branches(path, set(registry.names()))]
     assert offenders == []
+
+
+def _tiny_model_config(family) -> dict:
+    """The family's tiny preset, shrunk further (narrow trunk, small native images)."""
+    config = family.dataset_fields(family.preset("tiny")["model"], 10.0)
+    config.update(state_dim=3, action_dim=2, cameras=["image.top"], vision_width=8, image_size=None)
+    return config
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_family_contract_train_step_predict_and_checkpoint_round_trip(name, tmp_path):
+    """What every family must do for the trainer, the loader and the server (a contract suite)."""
+    import numpy as np
+
+    from tether.policies.checkpoint import load_policy, save_checkpoint
+    from tether.policies.normalizer import Normalizer
+    from tether.policies.torch_policy import make_spec
+
+    torch.manual_seed(0)
+    family = registry.get_family(name)
+    model = family.build(_tiny_model_config(family))
+    h = family.horizons(model.config)
+    b, (hh, ww) = 4, (32, 40)
+    batch = {"state": torch.randn(b, h.obs_horizon, 3),
+             "image.top": torch.randint(0, 256, (b, h.obs_horizon, 3, hh, ww), dtype=torch.uint8),
+             "action": torch.randn(b, h.action_horizon, 2),
+             "action_is_pad": torch.zeros(b, h.action_horizon, dtype=torch.bool)}
+    model.train()
+    loss, metrics = model(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
+    assert all(p.grad is not None for g in model.parameter_groups(1e-3, 0.0) for p in g["params"])
+
+    stats = {k: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}
+             for k, d in (("state", 3), ("action", 2))}
+    norm = Normalizer.from_stats(stats, family.normalizer_modes)
+    spec = make_spec(name, 3, {"image.top": [hh, ww, 3]}, 2, h.chunk, 10.0, norm, h.extra)
+    model.eval()
+    obs = {"state": np.zeros(3, np.float32), "image.top": np.full((hh, ww, 3), 128, np.uint8)}
+    here = family.policy_class(model, norm, spec).predict_chunk(obs)
+    assert here.shape == (h.chunk, 2) and np.isfinite(here).all()
+    ckpt = save_checkpoint(tmp_path / name, model=model, normalizer=norm, policy_type=name, spec=spec, step=1)
+    loaded = load_policy(ckpt)
+    assert loaded.spec == spec
+    np.testing.assert_allclose(loaded.predict_chunk(obs), here, atol=1e-4)
