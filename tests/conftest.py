@@ -87,17 +87,25 @@ def tether_wheel(tmp_path_factory: pytest.TempPathFactory):
     """The wheel of this checkout, built once per session (no deps, no build isolation: offline).
 
     Shared by tests/test_packaging.py (the wheel imports every subpackage) and
-    tests/test_slim_install.py (a robot-side venv installs it with only the core extras).
+    tests/test_slim_install.py (a robot-side venv installs it with only the core extras). Built
+    from a copy of the sources: setuptools would otherwise reuse the checkout's build/ folder
+    and ship modules that have since been moved or deleted.
     """
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path_factory.mktemp("wheel-source")
+    for name in ["pyproject.toml", "setup.py", "README.md"]:
+        shutil.copy(root / name, source / name)
+    for folder in ["tether", "robot", "teleop", "policies", "data", "calibration"]:
+        shutil.copytree(root / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(out), str(root)],
+         "-w", str(out), str(source)],
         check=True, capture_output=True, cwd=out, timeout=300,
     )  # fmt: skip
     (wheel,) = out.glob("tether-*.whl")

@@ -51,3 +51,18 @@ def test_built_wheel_imports_every_subpackage(tmp_path: Path, tether_wheel: Path
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(str(site)), "imported the source tree, not the wheel"
+
+
+def test_the_wheel_holds_exactly_the_source_modules(tether_wheel: Path):
+    """No module the tree has moved or deleted ships in the wheel (a stale build/ folder would)."""
+    import zipfile
+
+    with zipfile.ZipFile(tether_wheel) as wheel:
+        shipped = {n for n in wheel.namelist() if n.endswith(".py")}
+    expected = set()
+    for folder in ["tether"] + PARTS:
+        prefix = "tether" if folder == "tether" else f"tether/{folder}"
+        expected |= {f"{prefix}/{p.relative_to(ROOT / folder).as_posix()}" for p in (ROOT / folder).rglob("*.py")}
+    assert shipped == expected, (
+        f"only in the wheel: {sorted(shipped - expected)}; missing: {sorted(expected - shipped)}"
+    )
