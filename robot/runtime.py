@@ -4,8 +4,8 @@ The schedule is a fixed grid of periods ("slots") from the loop's start: slot k 
 t0 + k * period, and the grid never moves. A tick runs in the slot it was scheduled for:
 on time when the previous step finished early (the loop sleeps to the slot's start, an
 absolute deadline, so small delays never accumulate into drift), or late within its slot when
-the previous step overran into it. Every slot that began entirely while a step was still
-running is skipped and counted. The loop never tries to "catch up" (a burst of late commands
+the previous step overran into it. Every slot that began and ended while a step was still
+running (or while the host overslept) is skipped and counted. The loop never tries to "catch up" (a burst of late commands
 is worse for an arm than a skipped tick): at most one tick starts in any slot. So executed +
 skipped ticks account exactly for the schedule the loop ran through (`ticks + skipped_ticks`
 is the number of slots begun by the time the last tick started, `last_start_s`), and a tick's
@@ -50,7 +50,8 @@ class LoopStats:
     jitter_p99_ms: float
     jitter_max_ms: float
     overruns: int  # steps whose work ran past the start of the next slot
-    # slots no tick ran in because a step overran through them, up to the last tick's slot
+    # slots no tick ran in (a step overran, or a sleep overslept, through them), up to the last
+    # tick's slot
     # (ticks + skipped_ticks == slots_begun(last_start_s, 1 / target_hz))
     skipped_ticks: int
     step_p50_ms: float
@@ -122,11 +123,17 @@ class RateLoop:
                 delay = t_scheduled - self._clock()
                 if delay > 0:
                     self._sleep(delay)
-            t_start = t_last_start = self._clock()
+            t_start = self._clock()
             if self.realtime:
+                # A sleep that overslept past the slot (a loaded host): run in the slot in
+                # progress instead, the ones it overslept are skipped like after an overrun.
+                slot = max(slot, slots_begun(t_start - t0, self.period) - 1)
+                t_scheduled = t0 + slot * self.period
+                if duration_s is not None and slot * self.period >= duration_s:
+                    break
                 jitter.append(max(0.0, t_start - t_scheduled))
             keep_going = step(Tick(index, t_scheduled, t_start, slot))
-            last_slot = slot
+            last_slot, t_last_start = slot, t_start
             t_end = self._clock()
             step_times.append(t_end - t_start)
             index += 1

@@ -108,6 +108,25 @@ def test_duration_bounds_the_slots_started_not_the_ticks_run():
     assert stats.ticks + stats.skipped_ticks == 8
 
 
+def test_a_sleep_that_oversleeps_skips_the_slots_it_missed(check_tick_accounting):
+    """A loaded host wakes the loop late: the tick runs in the slot in progress (its own
+    schedule time and step index), and the slots slept through are counted as skipped."""
+    loop, clock = fake_loop()
+    t0 = clock.now
+
+    def sleep(seconds):
+        clock.sleep(seconds + (2.5 * P if len(clock.sleeps) == 2 else 0.0))
+
+    loop._sleep = sleep
+    ticks = []
+    stats = loop.run(ticks.append, max_ticks=6)
+    assert [t.slot for t in ticks] == [0, 1, 2, 5, 6, 7]  # woke at 5.5 P, not 3 P
+    assert all(0 <= t.t_start - t.t_scheduled < P for t in ticks)
+    assert stats.skipped_ticks == 2 and stats.overruns == 0
+    assert [t.t_scheduled - t0 for t in ticks] == [t.slot * P for t in ticks]
+    check_tick_accounting(stats.as_dict(), slack_ticks=0)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     hz=st.sampled_from([10.0, 30.0, 50.0, 64.0, 100.0, 500.0]),
