@@ -660,18 +660,18 @@ class _PlainProgress:
 
     def __init__(self, total: int, write: Callable[[str], None], interval_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.total, self.write, self.interval_s, self.clock = total, write, interval_s, clock
-        self._last: float | None = None
+        from tether.core.progress import PlainLines
+
+        self.total, self.lines = total, PlainLines(write, interval_s, clock)
 
     def update(self, step: int, loss: float, rate: float | None) -> None:
-        now = self.clock()
-        if self._last is not None and now - self._last < self.interval_s and step != self.total:
-            return
-        self._last = now
-        parts = [f"step {step}/{self.total}", f"loss {loss:.4f}"]
-        if rate:
-            parts += [f"{rate:.2f} it/s", f"ETA {format_duration((self.total - step) / rate)}"]
-        self.write("  ".join(parts))
+        def text() -> str:
+            parts = [f"step {step}/{self.total}", f"loss {loss:.4f}"]
+            if rate:
+                parts += [f"{rate:.2f} it/s", f"ETA {format_duration((self.total - step) / rate)}"]
+            return "  ".join(parts)
+
+        self.lines.line(text, force=step == self.total)
 
 
 class _ProgressUI:

@@ -15,6 +15,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from tether.core.progress import PlainLines
+
 
 class StatusView:
     """A renderable fed by `Recorder.on_status`; `rich.live.Live` redraws it."""
@@ -46,7 +48,8 @@ class StatusView:
 class PlainProgress:
     """Rate-limited plain progress lines for a session whose output is not a terminal.
 
-    `clock` is injectable so tests can drive the rate limit without sleeping.
+    An e-stop latching or releasing is always shown; `clock` is injectable so tests can drive
+    the rate limit without sleeping.
     """
 
     def __init__(
@@ -57,26 +60,16 @@ class PlainProgress:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
-        self.write = write
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last: float | None = None
+        self.lines = PlainLines(write, interval_s, clock)
         self._estop = False
 
     def update(self, status: dict[str, Any]) -> None:
-        now = self.clock()
         estop = bool(status.get("estop"))
         changed, self._estop = estop != self._estop, estop
-        if not changed and self._last is not None and now - self._last < self.interval_s:
-            return
-        line = status_line(status)
-        if line:
-            self._last = now
-            self.write(line)
+        self.lines.line(lambda: status_line(status), force=changed)
 
     def finished(self, result) -> None:
-        self.write(episode_line(result))
-        self._last = self.clock()
+        self.lines.line(episode_line(result), force=True)
 
 
 def status_line(s: dict[str, Any]) -> str:

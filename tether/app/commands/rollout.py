@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tether.core.progress import PlainLines
+
 console = Console()
 
 
@@ -178,27 +180,21 @@ class _PlainProgress:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.episodes = episodes
-        self.write = write
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last = clock()
+        self.lines = PlainLines(write, interval_s, clock, quiet_start=True)
 
     def step_callback(self, episode: int) -> Callable[[int, int], None]:
         def on_step(step: int, max_steps: int) -> None:
-            now = self.clock()
-            if now - self._last >= self.interval_s:
-                self._last = now
-                self.write(f"episode {episode + 1}/{self.episodes}: step {step + 1}/{max_steps}")
+            self.lines.line(lambda: f"episode {episode + 1}/{self.episodes}: step {step + 1}/{max_steps}")
 
         return on_step
 
     def finished(self, episode: int, s: dict) -> None:
-        self._last = self.clock()
         success = "-" if s["success"] is None else ("yes" if s["success"] else "no")
         safety = ", ".join(f"{k} {v}" for k, v in s["safety"].items()) or "clean"
-        self.write(
+        self.lines.line(
             f"episode {episode + 1}/{self.episodes} (seed {s['seed']}): success {success}, "
-            f"{s['length']} steps, {s['chunks']} chunks, {s['stalls']} stalls, safety {safety}"
+            f"{s['length']} steps, {s['chunks']} chunks, {s['stalls']} stalls, safety {safety}",
+            force=True,
         )
 
 

@@ -11,6 +11,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from tether.core.progress import PlainLines
+
 
 class PlainProgress:
     """`update(done, wins)` as often as you like; it decides when a line is worth printing."""
@@ -26,36 +28,31 @@ class PlainProgress:
     ) -> None:
         self.label = label
         self.total = total
-        self._write = write or _print_flushed
-        self._clock = clock
-        self.min_interval_s = min_interval_s
         self.heartbeat_s = heartbeat_s
+        self.lines = PlainLines(write or _print_flushed, min_interval_s, clock)
         self._t0 = clock()
-        self._last_line = self._t0
         self._last_done = 0
-        self._write(f"{label}: 0/{total} episodes started")
+        self.lines.line(f"{label}: 0/{total} episodes started")
 
     def update(self, done: int, wins: int) -> bool:
         """Print a line if an episode finished (rate-limited) or a heartbeat is due."""
-        now = self._clock()
-        since = now - self._last_line
-        if (done > self._last_done and since >= self.min_interval_s) or since >= self.heartbeat_s:
-            self._line(done, wins, now)
-            return True
+        finished = done > self._last_done and self.lines.due()
+        if finished or self.lines.since_last() >= self.heartbeat_s:
+            return self._line(done, wins)
         return False
 
     def finish(self, done: int, wins: int) -> None:
         """The closing line, always printed."""
-        self._line(done, wins, self._clock(), final=True)
+        self._line(done, wins, final=True)
 
-    def _line(self, done: int, wins: int, now: float, final: bool = False) -> None:
+    def _line(self, done: int, wins: int, final: bool = False) -> bool:
         rate = f"success {wins}/{done}" if done else "success -"
         end = " (done)" if final else ""
-        self._write(
-            f"{self.label}: {done}/{self.total} episodes, {rate}, {now - self._t0:.0f} s{end}"
-        )
-        self._last_line = now
+        elapsed = self.lines.clock() - self._t0
         self._last_done = done
+        return self.lines.line(
+            f"{self.label}: {done}/{self.total} episodes, {rate}, {elapsed:.0f} s{end}", force=True
+        )
 
 
 def _print_flushed(line: str) -> None:
