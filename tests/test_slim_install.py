@@ -260,7 +260,8 @@ def test_training_in_a_slim_install_names_the_extra(slim: Path, tmp_path: Path):
     result = run_slim(slim, ["tether", "train", "--dataset", "d.zarr", "--out", "run"], tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     output = (result.stdout + result.stderr).strip()
-    assert output == f"error: {TRAIN_MESSAGE}", output  # one line, no traceback
+    # one line, no traceback (which torch module the command reaches first is its own business)
+    assert re.fullmatch(r"error: tether\.[\w.]+ needs torch: pip install 'tether\[train\]'", output), output
     imported = run_slim(slim, ["python", "-c", "import tether.policies.trainer"], tmp_path)
     assert imported.returncode == 1
     last = imported.stderr.strip().splitlines()[-1]
