@@ -132,25 +132,13 @@ class DynamixelBusEmulator(PtyBusEmulator):
         super().__init__(build_servos(ids, model, positions, DynamixelServo), baudrate)
 
     # --- framing ----------------------------------------------------------------------------
-    def extract_packets(self, buffer: bytearray) -> list[bytes]:
-        packets = []
-        while True:
-            start = buffer.find(HEADER)
-            if start < 0:
-                del buffer[: max(0, len(buffer) - 3)]  # keep a possible partial header
-                return packets
-            del buffer[:start]
-            if len(buffer) < 7:
-                return packets
-            length = buffer[5] | buffer[6] << 8
-            if length < MIN_LENGTH:  # cannot hold an instruction and a CRC: not a header
-                del buffer[0]
-                continue
-            total = 7 + length
-            if len(buffer) < total:
-                return packets
-            packets.append(bytes(buffer[:total]))
-            del buffer[:total]
+    header = HEADER
+
+    def packet_length(self, buffer: bytearray) -> int | None:
+        if len(buffer) < 7:
+            return None
+        length = buffer[5] | buffer[6] << 8  # instruction + params + 2 CRC bytes
+        return 7 + length if length >= MIN_LENGTH else 0
 
     # --- requests (the dispatch is PtyBusEmulator.handle) ------------------------------------
     def decode(self, packet: bytes) -> Request | list[bytes]:

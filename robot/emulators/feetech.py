@@ -99,27 +99,14 @@ class FeetechBusEmulator(PtyBusEmulator):
         super().__init__(build_servos(ids, model, positions, FeetechServo), baudrate)
         self._registered: dict[int, tuple[int, bytes]] = {}
 
-    def extract_packets(self, buffer: bytearray) -> list[bytes]:
-        packets = []
-        while True:
-            start = buffer.find(b"\xff\xff")
-            if start < 0:
-                del buffer[: max(0, len(buffer) - 1)]
-                return packets
-            del buffer[:start]
-            if len(buffer) < 4:
-                return packets
-            if buffer[2] == 0xFF:  # a third FF: the header starts one byte later
-                del buffer[0]
-                continue
-            if buffer[3] < MIN_LENGTH:  # cannot hold an instruction and a checksum: not a header
-                del buffer[0]
-                continue
-            total = 4 + buffer[3]
-            if len(buffer) < total:
-                return packets
-            packets.append(bytes(buffer[:total]))
-            del buffer[:total]
+    header = b"\xff\xff"
+
+    def packet_length(self, buffer: bytearray) -> int | None:
+        if len(buffer) < 4:
+            return None
+        if buffer[2] == 0xFF:  # a third FF: the header starts one byte later
+            return 0
+        return 4 + buffer[3] if buffer[3] >= MIN_LENGTH else 0
 
     # --- requests (the dispatch is PtyBusEmulator.handle) ------------------------------------
     def decode(self, packet: bytes) -> Request | list[bytes]:

@@ -466,9 +466,32 @@ class PtyBusEmulator(ABC):
     field_bytes = 1  # width of an address or length field in READ / WRITE / SYNC parameters
     answers_broadcast_ping = False  # whether every servo answers a PING sent to BROADCAST_ID
 
+    header = b""  # the bytes every instruction packet starts with
+
     @abstractmethod
+    def packet_length(self, buffer: bytearray) -> int | None:
+        """Length of the packet whose header starts `buffer`: None while too few bytes are in to
+        tell, 0 when this is no packet (a length that cannot hold an instruction and a checksum)."""
+
     def extract_packets(self, buffer: bytearray) -> list[bytes]:
         """Remove complete instruction packets from `buffer` (discarding garbage) and return them."""
+        packets = []
+        while True:
+            start = buffer.find(self.header)
+            if start < 0:
+                del buffer[: max(0, len(buffer) - len(self.header) + 1)]  # keep a partial header
+                return packets
+            del buffer[:start]
+            total = self.packet_length(buffer)
+            if total is None:
+                return packets
+            if total == 0:  # not a header after all: look again one byte later
+                del buffer[0]
+                continue
+            if len(buffer) < total:
+                return packets
+            packets.append(bytes(buffer[:total]))
+            del buffer[:total]
 
     @abstractmethod
     def decode(self, packet: bytes) -> Request | list[bytes]:
