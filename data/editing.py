@@ -105,7 +105,7 @@ def copy_episode(target: EpisodeStore, source: EpisodeStore, episode: int) -> in
     metadata.pop("index", None)
     metadata.pop("length", None)
     writer = target.begin_episode()
-    h: Handles = writer._h  # noqa: SLF001 - the writer's own store, held under its lock
+    h: Handles = writer.handles  # the target store, held under its writer lock
     if not h.arrays:  # adopt the source schema so frames can be copied as bytes
         ensure_arrays(h, {
             k: np.zeros((0, *source.array(k).shape[1:]), dtype=source.array(k).dtype)
@@ -297,6 +297,8 @@ def migrate(path: Path) -> dict[str, Any]:
 
     register_codecs()
     path = Path(path)
+    if not path.exists() and not _siblings(path)[1].exists():
+        raise StoreError(f"No episode store at {path}: the path does not exist.")
     lock = StoreLock(path).acquire("migrate it")
     try:
         finish_interrupted_swap(path, cleanup=True)

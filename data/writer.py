@@ -477,6 +477,11 @@ class EpisodeWriter:
     def n_steps(self) -> int:
         return self._steps + self._buffered
 
+    @property
+    def handles(self) -> Handles:
+        """The store being written (data/editing appends raw chunk copies through it)."""
+        return self._h
+
     def append(self, step: Mapping[str, np.ndarray]) -> None:
         self._require_active()
         if self._buffer and set(step) != set(self._buffer):
