@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from tether.core.optional import CORE, DISTRIBUTION, EXTRA_OF, PART_PACKAGES
+from tether.robot.safety import BAD_MEASUREMENT, ESTOP_HOLD, NON_FINITE, WRONG_SHAPE
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"tether": "tether", "robot": "tether.robot", "teleop": "tether.teleop",
@@ -338,7 +339,7 @@ def test_slim_rollout_client_drives_an_emulated_arm_through_a_served_policy(slim
             out = tmp_path / "rollout.json"
             result = run_slim(
                 slim, ["tether", "rollout", "--robot", str(config), "--server", endpoint,
-                       "--max-steps", "90", "--connect-timeout", "30", "--json", str(out)],
+                       "--max-steps", "150", "--connect-timeout", "30", "--json", str(out)],
                 tmp_path, timeout=180,
             )  # fmt: skip
             assert result.returncode == 0, result.stdout + result.stderr
@@ -353,10 +354,13 @@ def test_slim_rollout_client_drives_an_emulated_arm_through_a_served_policy(slim
                 server.communicate()
     assert server.returncode == 0, server_output
     (summary,) = json.loads(out.read_text())
-    assert 0 < summary["length"] <= 90
-    assert summary["stalls"] == 0 and summary["request_errors"] == {}, summary
-    assert summary["chunks"] >= 1 and "estop" not in summary["safety"], summary
-    # The arm started at 0 rad and ended at the policy's goal: ticks -> rad (2048 = 0 rad).
+    # (stalls and resent requests are how a loaded host shows; not what this test is about)
+    assert 0 < summary["length"] <= 150 and summary["chunks"] >= 1, summary
+    # clean: nothing the safety layer had to refuse (clamps and rate limits are its normal job)
+    refused = {ESTOP_HOLD, NON_FINITE, WRONG_SHAPE, BAD_MEASUREMENT} & set(summary["safety"])
+    assert not refused, summary
+    # The arm started at 0 rad and ended at the policy's goal (0.6 s away at the waypoint
+    # policy's 0.5 rad/s; the episode lasts 5 s): ticks -> rad (2048 = 0 rad).
     assert start == [2048] * 6
     rad = (end - 2048) * 2 * math.pi / 4096
     np.testing.assert_allclose(rad, HOME, atol=0.02, err_msg="the emulated arm did not reach home")
