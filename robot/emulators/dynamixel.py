@@ -26,7 +26,6 @@ from tether.robot.emulators.servo_bus import (
     Register,
     Request,
     ServoLayout,
-    build_servos,
     run_from_command_line,
 )
 
@@ -121,15 +120,8 @@ class DynamixelBusEmulator(PtyBusEmulator):
     protocol_name = "dynamixel"
     field_bytes = 2  # addresses and lengths are 16-bit little endian
     answers_broadcast_ping = True
-
-    def __init__(
-        self,
-        ids: list[int] | dict[int, str] = (1,),
-        model: str = "xl330-m288",
-        baudrate: int = 1_000_000,
-        positions: dict[int, int] | None = None,
-    ) -> None:
-        super().__init__(build_servos(ids, model, positions, DynamixelServo), baudrate)
+    servo_type = DynamixelServo
+    default_model = "xl330-m288"
 
     # --- framing ----------------------------------------------------------------------------
     header = HEADER
@@ -237,7 +229,7 @@ def crc16(data: bytes) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     run_from_command_line(DynamixelBusEmulator, "Emulate Dynamixel protocol 2.0 servos on a pty.",
-                          list(MODEL_NUMBERS), "xl330-m288", argv)
+                          list(MODEL_NUMBERS), argv)
 
 
 if __name__ == "__main__":

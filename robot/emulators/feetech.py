@@ -25,7 +25,6 @@ from tether.robot.emulators.servo_bus import (
     Register,
     Request,
     ServoLayout,
-    build_servos,
     run_from_command_line,
 )
 
@@ -88,16 +87,12 @@ class FeetechServo(EmulatedServo):
 
 class FeetechBusEmulator(PtyBusEmulator):
     protocol_name = "feetech"
+    servo_type = FeetechServo
+    default_model = "sts3215"
 
-    def __init__(
-        self,
-        ids: list[int] | dict[int, str] = (1,),
-        model: str = "sts3215",
-        baudrate: int = 1_000_000,
-        positions: dict[int, int] | None = None,
-    ) -> None:
-        super().__init__(build_servos(ids, model, positions, FeetechServo), baudrate)
-        self._registered: dict[int, tuple[int, bytes]] = {}
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._registered: dict[int, tuple[int, bytes]] = {}  # REG WRITE: id -> (address, data)
 
     header = b"\xff\xff"
 
@@ -159,7 +154,7 @@ def checksum(body: bytes) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     run_from_command_line(FeetechBusEmulator, "Emulate Feetech STS servos on a pty.",
-                          list(MODEL_NUMBERS), "sts3215", argv)
+                          list(MODEL_NUMBERS), argv)
 
 
 if __name__ == "__main__":

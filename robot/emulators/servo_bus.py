@@ -30,6 +30,7 @@ import time
 import tty
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -265,9 +266,22 @@ class PtyBusEmulator(ABC):
     """
 
     protocol_name = "servo"
+    servo_type: Callable[..., EmulatedServo]  # (servo_id, model, position=ticks) -> servo
+    default_model = ""
 
-    def __init__(self, servos: dict[int, EmulatedServo], baudrate: int = 1_000_000) -> None:
-        self.servos = dict(servos)
+    def __init__(
+        self,
+        ids: list[int] | dict[int, str] = (1,),
+        model: str | None = None,
+        baudrate: int = 1_000_000,
+        positions: dict[int, int] | None = None,
+    ) -> None:
+        """Servos `ids` (all of `model`, or a dict id -> model) at `positions` (default mid-range)."""
+        models = dict(ids) if isinstance(ids, dict) else {i: model or self.default_model for i in ids}
+        positions = positions or {}
+        self.servos = {
+            i: self.servo_type(i, m, position=positions.get(i, 2048)) for i, m in models.items()
+        }
         self.baudrate = int(baudrate)
         self._fault_lock = threading.Lock()
         self._corrupt_replies = 0
@@ -537,22 +551,13 @@ def sync_write(servos: dict[int, EmulatedServo], address: int, length: int, body
             servo.write(address, body[offset + 1 : offset + 1 + length])
 
 
-def build_servos(
-    ids: list[int] | dict[int, str], model: str, positions: dict[int, int] | None, make_servo
-) -> dict[int, EmulatedServo]:
-    """Servos for `ids` (all of `model`, or a dict id -> model) at `positions` (default mid-range)."""
-    models = dict(ids) if isinstance(ids, dict) else {i: model for i in ids}
-    positions = positions or {}
-    return {i: make_servo(i, m, position=positions.get(i, 2048)) for i, m in models.items()}
-
-
 def run_from_command_line(
-    emulator, description: str, models: list[str], default_model: str, argv: list[str] | None
+    emulator: type[PtyBusEmulator], description: str, models: list[str], argv: list[str] | None
 ) -> None:
     """`python -m tether.robot.emulators.<protocol>`: serve a bus, print its port, run until ^C."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--ids", default="1-6", help="servo ids, e.g. 1-6 or 1,2,7")
-    parser.add_argument("--model", default=default_model, choices=sorted(models))
+    parser.add_argument("--model", default=emulator.default_model, choices=sorted(models))
     parser.add_argument("--baudrate", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     with emulator(parse_ids(args.ids), args.model, args.baudrate) as bus:
