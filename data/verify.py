@@ -33,7 +33,7 @@ from tether.data.writer import describe_damage
 class Problem:
     """One thing wrong with a store. `frame` is relative to the episode."""
 
-    kind: str  # missing | corrupt | manifest | damaged
+    kind: str  # missing | corrupt | manifest | metadata | damaged
     message: str
     episode: int | None = None
     key: str | None = None
@@ -78,6 +78,8 @@ def verify_store(store: EpisodeStore) -> VerifyReport:
             "damaged", f"{what} `tether data repair {store.path}` makes the store consistent "
             "again (restore from a backup to get the data back).",
         ))
+        for message in rec.metadata_errors:
+            report.problems.append(Problem("metadata", message))
     for episode in range(store.n_episodes):
         try:
             man = store.manifest(episode)

@@ -100,6 +100,7 @@ class Recovery:
     lost_episodes: int = 0  # episode_ends entries that look committed but whose data is missing
     missing_metadata: int = 0  # committed episodes without (readable) metadata
     missing_keys: tuple[str, ...] = ()  # arrays the last commit had that are gone
+    metadata_errors: tuple[str, ...] = ()  # unreadable metadata files (counted in missing_metadata)
 
     @property
     def clean(self) -> bool:
@@ -144,24 +145,31 @@ def create_files(path: Path, fps: float, zarr_format: int, image_codec: str, ima
 
 
 # ---------------------------------------------------------------------- recovery
-def load_episode_metadata(h: Handles, count: int, repair: bool) -> tuple[list[dict], int]:
-    """Metadata of episodes 0..count-1 and how many are missing (placeholders stand in)."""
+def load_episode_metadata(h: Handles, count: int, writable: bool,
+                          repair: bool) -> tuple[list[dict], int, tuple[str, ...]]:
+    """Metadata of episodes 0..count-1, how many are missing or unreadable (placeholders stand
+    in), and what was wrong with the unreadable ones.
+
+    An unreadable file stops a writable open (unless repairing, which resets it); a read-only
+    open reads on with a placeholder, so verify can report it and training still works.
+    """
     out: list[dict] = []
     missing = 0
+    errors: list[str] = []
     for episode in range(count):
         try:
             meta = _episodes.load(h.path, episode)
-        except StoreError:
-            if not repair:
+        except StoreError as exc:
+            if writable and not repair:
                 raise
-            log.warning("Store %s: the metadata of episode %d is unreadable; resetting it.",
-                        h.path, episode)
+            log.warning("Store %s: %s", h.path, exc)
+            errors.append(str(exc))
             meta = None
         if meta is None:
             missing += 1
             meta = dict(PLACEHOLDER)
         out.append(meta)
-    return out, missing
+    return out, missing, tuple(errors)
 
 
 def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> Recovery:
@@ -199,7 +207,7 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
     partial = max(lengths) - committed if lengths else 0
     if (lost or missing_keys) and writable and not repair:
         _refuse(h, lost, 0, valid, missing_keys)
-    h.episodes, missing_meta = load_episode_metadata(h, valid, repair)
+    h.episodes, missing_meta, meta_errors = load_episode_metadata(h, valid, writable, repair)
     if missing_meta and writable and not repair:
         _refuse(h, lost, missing_meta, valid, missing_keys)
     repaired = False
@@ -219,7 +227,8 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
         repaired = True
     if writable:
         _manifest.remove_from(h.path, valid)  # manifests of uncommitted episodes
-    recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta, missing_keys)
+    recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta, missing_keys,
+                        meta_errors)
     if recovery.damaged:
         log.warning(
             "Store %s is damaged: %s %s", h.path,
@@ -266,7 +275,7 @@ def describe_damage(lost: int, missing_meta: int, valid: int, missing_keys: tupl
         parts.append(f"{lost} committed episode(s) after episode {valid - 1} have missing data "
                      "(meta/episode_ends, the data arrays and the manifests disagree)")
     if missing_meta:
-        parts.append(f"{missing_meta} committed episode(s) have no metadata file")
+        parts.append(f"{missing_meta} committed episode(s) have no (readable) metadata file")
     return "; ".join(parts) + "."
 
 

@@ -254,7 +254,12 @@ def test_truncated_metadata_file_is_named(path, relative):
 def test_wrong_episode_metadata_is_named_and_repair_resets_only_it(path):
     (path / "episodes" / "000001.json").write_text(json.dumps(["oops"]))
     with pytest.raises(StoreError, match=r"episodes/000001.json is damaged.*tether data repair"):
-        EpisodeStore.open(path)
+        EpisodeStore.open(path, "a")
+    with EpisodeStore.open(path) as reader:  # readers go on (training needs no metadata)
+        assert reader.recovery.damaged and reader.episode_metadata(1)["recovered"] is True
+        assert reader.get_episode(1)["state"].shape == (7, 2)
+    problems = verify_path(path).problems
+    assert any(p.kind == "metadata" and "000001.json is damaged" in p.message for p in problems)
     result = repair_store(path)
     assert any("placeholder metadata" in a for a in result.actions) and result.after.ok
     with EpisodeStore.open(path) as store:

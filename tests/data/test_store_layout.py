@@ -119,7 +119,7 @@ def test_metadata_of_an_uncommitted_episode_is_hidden_then_removed(path):
 
 def test_a_missing_metadata_file_is_damage_that_repair_fills(path):
     (path / "episodes" / "000001.json").unlink()
-    with pytest.raises(StoreError, match="no metadata file.*tether data repair"):
+    with pytest.raises(StoreError, match=r"no \(readable\) metadata file.*tether data repair"):
         EpisodeStore.open(path, "a")
     assert not verify_path(path).ok
     result = subprocess.run([sys.executable, "-m", "tether.cli", "data", "repair", str(path)],
