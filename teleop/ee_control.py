@@ -15,13 +15,17 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tether.core.errors import ConfigError
 from tether.robot.interfaces import Observation, Robot
 from tether.robot.targets import TeleopDevice
-from tether.teleop.ik import DLSIK, rotation_from_vector, twin_arm_ik
+from tether.teleop.ik import twin_arm_ik
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tether.robot.twin.ik import DLSIK
 
 REACH_TOLERANCE_M = 0.01
 
@@ -112,6 +116,8 @@ class EndEffectorTeleop(TeleopDevice):
         return np.concatenate(parts)
 
     def _integrate(self, command: OperatorInput) -> None:
+        from tether.robot.twin.ik import rotation_from_vector  # loaded with the IK already
+
         twist = np.clip(np.asarray(command.twist, dtype=np.float64), -1.0, 1.0)
         dt = self.period
         self.target_position = self.target_position + twist[:3] * self.params.linear_speed * dt
@@ -129,6 +135,8 @@ def _mjcf_ik(robot: Robot, params: EndEffectorParams) -> DLSIK:
 
     configure_backend()  # before mujoco's first import
     import mujoco
+
+    from tether.robot.twin.ik import DLSIK
 
     path = Path(params.mjcf)
     if not path.is_file():

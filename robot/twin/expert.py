@@ -23,11 +23,12 @@ import numpy as np
 from tether.core.errors import ConfigError
 from tether.robot.interfaces import Observation
 from tether.robot.targets import TeleopDevice
-from tether.robot.twin.ik import ArmIK, rot_down, rot_horizontal
+from tether.robot.twin.ik import DLSIK, rot_down, rot_horizontal
 from tether.robot.twin.robot import TwinRobot
 
 ARRIVED_RAD = 0.03  # a phase ends once every arm joint is this close to its goal...
 MAX_WAIT_S = 2.0  # ...or this long after its planned end
+IK_DAMPING = 1e-3**0.5  # lambda: lambda^2 = 1e-3 keeps steps tame near the stretched pose
 
 
 @dataclass
@@ -62,7 +63,10 @@ class ScriptedExpert(TeleopDevice):
         self.robot = robot
         self.noise = float(noise)
         self.seed = int(seed)
-        self.iks = [ArmIK(robot.sim.model, b) for b in robot.sim.arms]
+        # 30 iterations to 0.5 mm / 5 mrad (solve below): the actuators' tracking error is larger,
+        # and the experts are closed-loop where precision matters.
+        self.iks = [DLSIK.for_arm(robot.sim.model, b, damping=IK_DAMPING, max_step=0.3)
+                    for b in robot.sim.arms]
         self.rng = np.random.default_rng(self.seed)
         self._phases: list[Phase] | None = None
         self._ticks = 0
@@ -115,7 +119,7 @@ class ScriptedExpert(TeleopDevice):
             pos = start.pos + s * (goal.pos - start.pos)
             rot = _slerp(start.rot, goal.rot, s)
             grip = start.grip + s * (goal.grip - start.grip)
-            q, _ = ik.solve(qpos_full, self._q[i], pos, rot)
+            q = ik.solve(self._q[i], pos, rot, iterations=30, tolerance=5e-4, qpos=qpos_full).q
             self._q[i] = q
             if self.noise > 0:
                 q = q + self.rng.normal(0.0, 0.01 * self.noise, size=q.shape)
@@ -137,7 +141,7 @@ class ScriptedExpert(TeleopDevice):
         self._q = [qpos[ik.qpos_adr].copy() for ik in self.iks]
         self._to = []
         for i, ik in enumerate(self.iks):
-            pos, rot = ik.tcp_pose(qpos, self._q[i])
+            pos, rot = ik.forward(self._q[i], qpos)
             self._to.append(Pose(pos, rot, float(sim.arm_position(i)[-1])))
         self._phases = _PLANNERS[self.robot.task.name](self)
         if self.noise > 0:

@@ -9,8 +9,9 @@ import pytest
 
 from tether.core.errors import ConfigError
 from tether.robot.factory import make_robot
+from tether.robot.twin.ik import rotation_error, rotation_from_vector
 from tether.teleop.factory import make_teleop
-from tether.teleop.ik import rotation_error, rotation_from_vector, twin_arm_ik
+from tether.teleop.ik import twin_arm_ik
 from tether.teleop.keyboard import KeyboardParams, KeyboardTeleop, TerminalKeys
 
 pytest.importorskip("mujoco")
@@ -117,7 +118,7 @@ def test_ur5e_kinematic_model_matches_published_forward_kinematics():
     """configs/models/ur5e_kinematics.xml against UR's DH numbers, then 6-D IK on it."""
     import mujoco
 
-    from tether.teleop.ik import DLSIK
+    from tether.robot.twin.ik import DLSIK
 
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     model = mujoco.MjModel.from_xml_path(str(root / "configs/models/ur5e_kinematics.xml"))
