@@ -43,3 +43,32 @@ def test_console_script_runs():
         [sys.executable, "-m", "tether.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "tether" in out.stdout
+
+
+def test_every_command_turns_project_and_file_errors_into_one_line_and_exit_2():
+    """One wrapper (tether.cli._report_project_errors) instead of an except block per command:
+    it holds for commands in groups too, and without `run` (CliRunner, typer's entry point)."""
+    import typer
+
+    from tether.cli import _report_project_errors
+    from tether.core.errors import ConfigError
+
+    app = typer.Typer()
+    group = typer.Typer()
+    app.add_typer(group, name="group")
+
+    @app.command()
+    def config() -> None:
+        raise ConfigError("fps must be a number; got 'fast'. Use --set fps=30.")
+
+    @group.command()
+    def disk() -> None:
+        raise PermissionError(13, "Permission denied", "/data/x.zarr")
+
+    _report_project_errors(app)
+    _report_project_errors(app)  # idempotent: build_app may run more than once
+    first = runner.invoke(app, ["config"])
+    assert first.exit_code == 2 and "error: fps must be a number" in first.output
+    second = runner.invoke(app, ["group", "disk"])
+    assert second.exit_code == 2 and "Permission denied: /data/x.zarr" in second.output
+    assert "Traceback" not in first.output + second.output

@@ -75,7 +75,7 @@ def build_app() -> typer.Typer:
 
 
 def _report_project_errors(app: typer.Typer) -> None:
-    """Wrap every command (groups included) so a TetherError is one line and exit 2.
+    """Wrap every command (groups included) so a TetherError or OSError is one line and exit 2.
 
     The one place commands' project errors are turned into a message: `run` does the same for
     errors outside a command, and this also holds where the app is invoked without `run` (a
@@ -99,6 +99,10 @@ def _clean_errors(command):
         except TetherError as exc:
             _maybe_traceback(exc, _verbose_requested())
             _print_error(str(exc))
+            raise typer.Exit(2) from None
+        except OSError as exc:  # permission, read-only, disk full, missing path: as in `run`
+            _maybe_traceback(exc, _verbose_requested())
+            _print_error(describe_os_error(exc))
             raise typer.Exit(2) from None
         except ModuleNotFoundError as exc:  # an optional package imported inside the command
             from tether.core.optional import as_missing_extra

@@ -48,22 +48,21 @@ def inspect_command(
 
     console = Console()
     report = None
-    with _store_errors(console):
-        with EpisodeStore.open(store, "r") as st:
-            if video is not None:
-                if episode is None:
-                    raise TetherError("--video needs --episode K (which episode to render).")
-                out = write_episode_media(st, episode, video)
-                console.print(f"wrote {out}")
-                return
-            summary = summarize(st)
-            if episode is not None:
-                st.episode_range(episode)  # raises a clear error for a missing episode
-                summary["per_episode"] = [summary["per_episode"][episode]]
-                summary["episode_metadata"] = st.episode_metadata(episode)
-            if verify:
-                report = verify_store(st)
-                summary["verify"] = report.as_dict()
+    with EpisodeStore.open(store, "r") as st:
+        if video is not None:
+            if episode is None:
+                raise TetherError("--video needs --episode K (which episode to render).")
+            out = write_episode_media(st, episode, video)
+            console.print(f"wrote {out}")
+            return
+        summary = summarize(st)
+        if episode is not None:
+            st.episode_range(episode)  # raises a clear error for a missing episode
+            summary["per_episode"] = [summary["per_episode"][episode]]
+            summary["episode_metadata"] = st.episode_metadata(episode)
+        if verify:
+            report = verify_store(st)
+            summary["verify"] = report.as_dict()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -91,8 +90,7 @@ def verify_command(
     from tether.data.verify import verify_path
 
     console = Console()
-    with _store_errors(console):
-        report = verify_path(store)
+    report = verify_path(store)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -119,8 +117,7 @@ def repair_command(
     from tether.data.verify import repair_store
 
     console = Console()
-    with _store_errors(console):
-        result = repair_store(store, drop_damaged=drop_damaged)
+    result = repair_store(store, drop_damaged=drop_damaged)
     for action in result.actions or ["nothing needed repairing"]:
         console.print(f"repair: {escape(action)}", soft_wrap=True)
     _print_verify(console, result.after)
@@ -147,8 +144,7 @@ def migrate_command(
     from tether.data.store import migrate
 
     console = Console()
-    with _store_errors(console):
-        result = migrate(store)
+    result = migrate(store)
     if result["from_version"] == result["to_version"]:
         console.print(f"{escape(str(store))} is already format v{result['to_version']}; nothing "
                       "to do.", soft_wrap=True)
@@ -158,30 +154,6 @@ def migrate_command(
                   f"v{result['to_version']}: timing arrays moved ({escape(moved)}), "
                   f"{result['episode_metadata_files']} episode metadata file(s) written.",
                   soft_wrap=True)
-
-
-class _store_errors:
-    """Turn store failures into one `error:` line and exit code 2 (context manager)."""
-
-    def __init__(self, console) -> None:
-        self.console = console
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        from rich.markup import escape
-
-        from tether.core.errors import TetherError
-
-        if exc is None or not isinstance(exc, TetherError | OSError):
-            return False
-        message = str(exc)
-        if isinstance(exc, OSError):
-            where = f" ({exc.filename})" if exc.filename else ""
-            message = f"{exc.strerror or exc}{where}. Check the path and its permissions."
-        self.console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-        raise typer.Exit(2) from exc
 
 
 def _print_verify(console, report) -> None:
