@@ -203,3 +203,11 @@ def test_format_1_store_is_refused_with_the_migrate_command_then_migrated(tmp_pa
     again = subprocess.run([sys.executable, "-m", "tether.cli", "data", "migrate", str(path)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_migrate_names_a_missing_store(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tether.cli", "data", "migrate",
+                             str(tmp_path / "nope.zarr")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert result.returncode == 2 and "No episode store at" in result.stdout + result.stderr
+    assert not (tmp_path / "nope.zarr.lock").exists()
