@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from tether.core.errors import DeviceError, StoreError, TetherError
+from tether.data.layout import timing_key
 from tether.data.store import EpisodeStore, EpisodeWriter
 from tether.robot.control import ControlRow, ControlStep
 from tether.robot.episodic import as_episodic
@@ -431,11 +432,13 @@ def _record(sample: Sample, sent: np.ndarray, t_tick: float) -> dict[str, np.nda
     for name, frame in obs.frames.items():
         key = image_key(name)
         record[key] = np.array(frame.image, dtype=np.uint8, copy=True)
-        record[f"{key}_index"] = np.int64(frame.index)
-    for stream, t in sample.capture_t.items():
-        record[f"{stream}_t"] = np.float64(t)
+        record[timing_key(key, "index")] = np.int64(frame.index)
+    for stream, t in sample.capture_t.items():  # timing lives apart from data (data/layout)
+        record[timing_key(stream, "t_host")] = np.float64(t)
     for stream, t in sample.host_t.items():
-        record[f"{stream}_t_host"] = np.float64(t)
+        record[timing_key(stream, "t_recv")] = np.float64(t)
+    for stream, t in sample.device_t.items():  # the device's raw stamp (NaN: it has no clock)
+        record[timing_key(stream, "t_device")] = np.float64(t)
     return record
 
 

@@ -94,6 +94,14 @@ def test_sync_and_skew_across_epoch_and_monotonic_clocks(tmp_path, realsense, bu
         assert result.outcome == SAVED
         ep = store.get_episode(0, keys=["image.top", "state"])
         sync = store.episode_metadata(0)["stats"]["sync"]
+        timing = store.timing(0)
+
+    # both clocks are stored: t_host (host monotonic) for every stream, and the raw device stamps
+    # apart from it (the camera's epoch-based ms as seconds; NaN for the arm, which has no clock)
+    camera_t = timing["image.top"]
+    assert np.all(np.abs(camera_t["t_host"] - t0) < 60.0)
+    assert np.all(camera_t["t_device"] > 1e9) and np.all(np.diff(camera_t["t_device"]) >= 0)
+    assert np.all(np.isnan(timing["state.arm"]["t_device"]))
 
     # what each row holds, and when it was really captured (on the host's monotonic clock)
     indices = [int(round(np.median(img[..., 1]))) for img in ep["image.top"]]
