@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "tether.app.commands.hardware",  # tether find-ports, find-cameras
     "tether.app.commands.calibrate",  # tether calibrate ...
     "tether.app.commands.eval",  # tether eval, demo
+    "tether.app.commands.exchange",  # tether export, import
 ]
 
 console = Console()
