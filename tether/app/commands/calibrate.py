@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     calibrate.command("leader")(calibrate_leader)
+    from tether.app.commands.calibrate_camera import register_camera
+
+    register_camera(calibrate)  # camera, board, show
     app.add_typer(calibrate, name="calibrate")
 
 
