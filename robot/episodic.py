@@ -50,3 +50,9 @@ class EpisodicRobot(Protocol):
 def as_episodic(robot: object) -> EpisodicRobot | None:
     """`robot` as an EpisodicRobot, or None for a robot without episodes (hardware)."""
     return robot if isinstance(robot, EpisodicRobot) else None
+
+
+def episode_ended(robot: object) -> bool:
+    """True once the robot ended its episode itself (a gymnasium env that terminated or was
+    truncated, tether.robot.gym_robot); the twin's episodes end only by the loop's step count."""
+    return bool(getattr(robot, "episode_ended", False))

@@ -210,3 +210,87 @@ def test_accuracy_over_many_seeds(mode):
     errors = np.array(errors)
     print(f"{mode}: max {errors[:, 0].max():.2f} mm {errors[:, 1].max():.3f} deg")
     assert errors[:, 0].max() < 2.0 and errors[:, 1].max() < 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# The command's collection loop on the running twin robot
+# --------------------------------------------------------------------------------------------
+
+
+def test_command_moves_the_twin_through_the_safety_layer_and_solves(tmp_path, monkeypatch):
+    """Drive the twin (Robot.act, safety layer on) through planned stations inside the box, then
+    solve from the saved stations with the CLI. The twin scene has no printed board, so the
+    detector is replaced by the board's true corners projected through the twin's wrist camera
+    at the settled pose, with 1 px noise: everything else is the command's own path."""
+    from typer.testing import CliRunner
+
+    from tether.app.commands import calibrate_hand_eye as cmd
+    from tether.calibration.store import CalibrationStore
+    from tether.cli import build_app
+    from tether.robot.factory import make_robot
+
+    monkeypatch.chdir(tmp_path)
+    robot = make_robot("twin:lift", ["twin_params.cameras=[wrist]", "twin_params.camera_fps=2"])
+    scene, x_true, base_t_target = eye_in_hand_truth()
+    k, dist, origin = cmd.camera_intrinsics("twin:lift", robot, "wrist")
+    assert origin == "the twin's model"
+    fk = cmd.flange_kinematics(robot, "arm")
+    rng = np.random.default_rng(0)
+    sim = robot.sim
+    cid = mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_CAMERA, "wrist")
+    base_id = sim.body_id("base")
+
+    def detect_truth(_image):
+        with sim.lock:
+            world_cam = he.transform(sim.data.cam_xmat[cid].reshape(3, 3), sim.data.cam_xpos[cid]) @ FLIP
+            world_base = he.transform(sim.data.xmat[base_id].reshape(3, 3), sim.data.xpos[base_id])
+        cam_t_target = he.invert(world_cam) @ world_base @ base_t_target
+        if not scene.visible(cam_t_target):
+            return None
+        p = (cam_t_target[:3, :3] @ scene.points.T).T + cam_t_target[:3, 3]
+        uv = (k @ (p / p[:, 2:3]).T).T[:, :2]
+        return scene.points, uv + rng.normal(0.0, 1.0, uv.shape)
+
+    spec = robot.arms["arm"].spec
+    with robot:
+        q0 = np.asarray(robot.observe().joints["arm"].position)[:5]
+        plan = he.plan_stations(
+            fk, q0, BOX, 12, spread=0.6, lower=spec.lower[:5], upper=spec.upper[:5],
+            accept=lambda q, f: scene.visible(he.invert(f @ x_true) @ base_t_target), seed=3,
+        )
+        stations = cmd.collect_stations(robot, "arm", "wrist", plan, fk, detect_truth, speed=1.0, settle_s=0.3)
+    assert len(stations) >= 10
+    for s in stations:  # measured poses stayed in the box, and FK of the measured joints is used
+        assert BOX.contains(s.base_t_flange[:3, 3])
+        assert np.allclose(s.base_t_flange, fk(s.joints[:5]))
+    saved = cmd.save_stations(tmp_path / "stations.json", stations, k, dist, "eye_in_hand")
+
+    result = CliRunner().invoke(
+        build_app(), ["calibrate", "hand-eye", "--robot", "twin:lift", "--camera", "wrist",
+                      "--load-stations", str(saved)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "reprojection RMS" in result.output
+    record = CalibrationStore.for_robot("twin:lift").load("hand_eye", "wrist")
+    estimate = np.asarray(record.data["flange_T_cam"])
+    mm, deg = report("command flange_T_cam", x_true, estimate)
+    assert mm < 2.0 and deg < 0.5
+    assert record.residuals["reprojection_rms_px"] < 2.0
+    assert record.notes["conditioning"]["warnings"] == []
+
+
+def test_command_refuses_a_mode_mismatch_and_a_missing_box(tmp_path):
+    from typer.testing import CliRunner
+
+    from tether.app.commands import calibrate_hand_eye as cmd
+    from tether.cli import build_app
+
+    path = cmd.save_stations(tmp_path / "s.json", [], np.eye(3), np.zeros(5), "eye_to_hand")
+    result = CliRunner().invoke(build_app(), ["calibrate", "hand-eye", "--robot", "twin:lift", "--camera",
+                                              "wrist", "--load-stations", str(path)])
+    assert result.exit_code != 0 and "--mode eye-to-hand" in result.output
+    result = CliRunner().invoke(build_app(), ["calibrate", "hand-eye", "--robot", "twin:lift", "--camera", "wrist"])
+    assert result.exit_code != 0 and "--box is needed" in result.output
+    result = CliRunner().invoke(build_app(), ["calibrate", "hand-eye", "--robot", "twin:lift", "--camera", "wrist",
+                                              "--box", "0,0,0,1,1"])
+    assert result.exit_code != 0 and "six numbers" in result.output

@@ -47,7 +47,7 @@ from tether.core.errors import ConfigError, PolicyError, TetherError
 from tether.core.schema import PolicySpec
 from tether.policies.base import Policy
 from tether.robot.control import ControlStep
-from tether.robot.episodic import as_episodic
+from tether.robot.episodic import as_episodic, episode_ended
 from tether.robot.interfaces import Observation
 from tether.robot.runtime import RateLoop, Tick
 
@@ -465,7 +465,7 @@ class _Episode:
             first_success_step=self.success_step,
             actions=np.asarray(self.records["actions"], dtype=np.float32).reshape(-1, a),
             targets=np.asarray(self.records["targets"], dtype=np.float32).reshape(-1, a),
-            joints=np.asarray(self.records["joints"], dtype=np.float32).reshape(-1, a),
+            joints=np.asarray(self.records["joints"], dtype=np.float32).reshape(-1, robot.state_dim),
             held=np.asarray(self.records["held"], dtype=bool),
             latency_ms=self.latency_ms,
             inference_ms=self.inference_ms,
@@ -540,6 +540,8 @@ class _Episode:
             self.on_progress(step, self.max_steps)
         if self._check_success(step) and self.config.stop_on_success:
             return False
+        if self.episodic is not None and episode_ended(self.episodic):
+            return False  # the env terminated or was truncated (a gymnasium env: GymRobot)
         return step + 1 < self.max_steps
 
     def _observe(self, tick: Tick) -> Observation:

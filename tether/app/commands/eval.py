@@ -26,10 +26,16 @@ def eval_command(
     steps: int | None = typer.Option(None, "--steps", help="DDIM steps per chunk (diffusion policies)."),
     blend: str = typer.Option("ensemble", "--blend", help="ensemble (temporal ensembling) or switch."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    env: str | None = typer.Option(None, "--env", help="A gymnasium env id instead of the twin task, "
+                                   "e.g. Pendulum-v1 or tether/TwinLift-v0."),
+    obs_map: Path | None = typer.Option(None, "--obs-map", help="YAML mapping the env's observations "
+                                        "to the policy's cameras/state (docs/evaluation.md)."),
 ) -> None:
     """Evaluate a policy on seeded twin episodes and write a report (JSON, CSV, plots, videos, HTML).
 
     Example: tether eval --task lift --checkpoint runs/act-lift --episodes 50 --workers 2
+
+    Example: tether eval --env Pendulum-v1 --obs-map pendulum.yaml --server tcp://127.0.0.1:5555
     """
     import json
 
@@ -41,7 +47,13 @@ def eval_command(
     console = Console(stderr=True)
     config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
                         checkpoint=checkpoint, server=server, policy=policy, out=str(out),
-                        videos=videos, steps=steps, rollout={"blend": blend})
+                        videos=videos, steps=steps, rollout={"blend": blend}, env=env,
+                        obs_map=None if obs_map is None else str(obs_map.resolve()))
+    if obs_map is not None and not obs_map.is_file():
+        raise TetherError(f"--obs-map {obs_map} does not exist; write one (docs/evaluation.md, "
+                          "'Any gymnasium env').")
+    if (env or obs_map) and sweep_run is not None:
+        raise TetherError("--sweep evaluates on the twin; drop --env/--obs-map.")
     if sweep_run is not None:
         from tether.app.eval.sweep import sweep
 
@@ -61,7 +73,7 @@ def eval_command(
     else:
         low, high = summary["success_ci95"]
         console.print(
-            f"[bold]{task}[/]: success {summary['successes']}/{summary['episodes']} = "
+            f"[bold]{env or task}[/]: success {summary['successes']}/{summary['episodes']} = "
             f"{summary['success_rate']:.0%} (95% CI {low:.0%}-{high:.0%}); report: {out / 'report.html'}"
         )
 

@@ -28,6 +28,8 @@ class EvalConfig:
     steps: int | None = None  # diffusion: DDIM steps per chunk
     rollout: dict[str, Any] = field(default_factory=dict)  # RolloutConfig overrides
     robot: list[str] = field(default_factory=list)  # overrides for the twin robot config
+    env: str | None = None  # a gymnasium env id instead of the twin task (tether.app.eval.gym_target)
+    obs_map: str | None = None  # the env's obs-map file (observation keys -> cameras/state, actions)
     timeout_s: float = 3600.0
 
     def policy_source(self) -> dict[str, str]:

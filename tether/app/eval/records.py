@@ -26,6 +26,7 @@ class EpisodeRecord:
     safety: dict[str, int] = field(default_factory=dict)  # safety-layer interventions by reason
     stalls: int = 0  # watchdog holds because no chunk arrived in time
     video: str | None = None  # path relative to the report folder
+    episode_return: float | None = None  # sum of rewards (gymnasium env targets; None on the twin)
     joints: np.ndarray | None = None  # (T, D) measured joint positions
     actions: np.ndarray | None = None  # (T, A) commands that reached the arms
 

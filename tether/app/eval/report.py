@@ -49,10 +49,17 @@ def summarize(records: Sequence[EpisodeRecord], meta: dict[str, Any] | None = No
         "inference_ms": percentiles(inference),
         "safety_interventions": safety,
         "stalls": int(sum(r.stalls for r in records)),
+        **_returns(records),
         "seeds": [r.seed for r in records],
         "failed_seeds": [r.seed for r in records if not r.success],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def _returns(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
+    """Episode returns, for targets that have rewards (gymnasium envs); nothing for the twin."""
+    returns = [r.episode_return for r in records if r.episode_return is not None]
+    return {"episode_return": percentiles(returns, (50,))} if returns else {}
 
 
 def write_report(
@@ -72,12 +79,14 @@ def _write_csv(path: Path, records: Sequence[EpisodeRecord]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["seed", "success", "length", "max_steps", "first_success_step", "wall_time_s",
-                         "latency_p50_ms", "latency_max_ms", "stalls", "safety_interventions", "video"])
+                         "latency_p50_ms", "latency_max_ms", "stalls", "safety_interventions", "video",
+                         "return"])
         for r in records:
             lat = percentiles(r.latency_ms, (50,))
             writer.writerow([r.seed, int(r.success), r.length, r.max_steps, r.first_success_step,
                              f"{r.wall_time_s:.3f}", f"{lat['p50']:.3f}", f"{lat['max']:.3f}", r.stalls,
-                             sum(r.safety.values()), r.video or ""])
+                             sum(r.safety.values()), r.video or "",
+                             "" if r.episode_return is None else f"{r.episode_return:.6g}"])
 
 
 def _write_plots(folder: Path, records: Sequence[EpisodeRecord]) -> dict[str, Path]:
@@ -160,7 +169,8 @@ def _write_html(path: Path, folder: Path, summary: dict, records: Sequence[Episo
     meta_rows = "\n".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
         for k, v in summary.items()
-        if k not in ("seeds", "failed_seeds", "episode_length", "action_latency_ms", "inference_ms")
+        if k not in ("seeds", "failed_seeds", "episode_length", "action_latency_ms", "inference_ms",
+                     "episode_return")
     )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tether evaluation: {html.escape(str(summary.get('task', '')))}</title>

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run the evaluation and write the report; returns the summary dict."""
     config.policy_source()  # validate before starting anything
+    if config.obs_map and not config.env:  # a gymnasium target named by its obs-map file
+        from tether.app.eval.gym_target import load_obs_map
+
+        config.env = load_obs_map(config.obs_map).env
     out = Path(config.out)
     episodes_dir = out / "episodes"
     if episodes_dir.exists():
@@ -72,7 +76,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
             f"{'...' if len(missing) > 5 else ''}); see {out / 'logs'} for the worker output."
         )
     meta = {
-        "task": config.task,
+        "task": config.env or config.task,
         "policy": " ".join(f"{k}={v}" for k, v in config.policy_source().items()),
         "workers": config.workers,
         "eval_wall_time_s": round(time.monotonic() - t0, 2),

@@ -73,7 +73,9 @@ def run_worker(spec: dict[str, Any]) -> None:
 
     config = EvalConfig(**spec["config"])
     out = Path(spec["out"])
-    if config.policy == "scripted":
+    if config.env or config.obs_map:
+        robot, source = _gym_target(config)
+    elif config.policy == "scripted":
         robot = make_robot(f"twin:{config.task}", config.robot)
         source = ExpertPolicy(robot)
     else:
@@ -89,6 +91,18 @@ def run_worker(spec: dict[str, Any]) -> None:
         close = getattr(source, "close", None)
         if callable(close):
             close()
+
+
+def _gym_target(config: EvalConfig):
+    """(GymRobot, policy source) for `--env <gymnasium id> --obs-map cfg.yaml`."""
+    from tether.app.eval.gym_target import load_obs_map, make_gym_robot, twin_robot_in
+
+    obs_map = load_obs_map(config.obs_map)
+    if config.policy == "scripted":
+        robot = make_gym_robot(config.env, obs_map, max_steps=config.max_steps)
+        return robot, ExpertPolicy(twin_robot_in(robot))
+    source = _policy_source(config)
+    return make_gym_robot(config.env, obs_map, _spec_of(source), config.max_steps), source
 
 
 def twin_overrides_for(spec: PolicySpec) -> list[str]:
@@ -148,6 +162,7 @@ def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
             inference_ms=[float(v) for v in result.inference_ms],
             safety={k: int(v) for k, v in result.safety.items()}, stalls=result.stalls,
             joints=result.joints, actions=result.actions,
+            episode_return=getattr(robot, "episode_return", None),  # a gymnasium env's rewards
         )
         if record_video and result.frames and videos_left[success] > 0:
             record.video = _write_video(video_dir, seed, success, result.frames, robot.fps)
