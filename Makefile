@@ -42,6 +42,13 @@ test: setup
 test-slow: setup
 	MUJOCO_GL=egl $(BIN)/python -m pytest -m slow -q
 
+# diffusion_policy's own ReplayBuffer (zarr<3, its own venv in ~/.cache/tether/venvs/dp-zarr2)
+# loads `tether export --format diffusion_policy` output. Offline: set
+# TETHER_DIFFUSION_POLICY_SRC to a clone of github.com/real-stanford/diffusion_policy.
+.PHONY: test-replay-buffer-real
+test-replay-buffer-real: setup
+	$(BIN)/python -m pytest -m slow -q tests/data/test_replay_buffer_real_slow.py
+
 # The default suite while two busy loops load both cores: tests must check behaviour, not how
 # fast the machine is, so this must pass exactly like `make test`.
 test-stress: setup
