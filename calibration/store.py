@@ -220,6 +220,7 @@ class CalibrationStore:
         For the recorder and the rollout: they log these and carry on (a missing calibration
         degrades a feature, it does not stop a robot).
         """
+        needs = list(needs)
         messages = []
         for status in self.status(needs):
             if status.state == "ok" or (status.kind, status.name) not in set(needs):

@@ -124,3 +124,22 @@ def test_calibrate_board_writes_a_printable_board_at_real_size(tmp_path):
     pdf = tmp_path / "board.pdf"
     assert CliRunner().invoke(_app(), ["calibrate", "board", "--out", str(pdf)]).exit_code == 0
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_record_and_rollout_warnings_for_missing_and_stale(tmp_path):
+    from tether.app.calibration_check import warn_calibrations
+    from tether.robot.factory import load_robot_config
+
+    config_path = _config(tmp_path)
+    config = load_robot_config(config_path)
+    said: list[str] = []
+    messages = warn_calibrations(str(config_path), config, said.append)
+    assert len(messages) == 2 and all("tether calibrate camera" in m for m in messages)
+    assert len(said) == 2
+    store = CalibrationStore.for_robot(config_path)
+    store.save(_record("wrist"))
+    store.save(_record("top"))
+    assert warn_calibrations(str(config_path), config) == []
+    os.utime(config_path, None)
+    assert len(warn_calibrations(str(config_path), config)) == 2  # both older than the config
+    assert warn_calibrations("twin:lift", load_robot_config("twin:lift")) == []  # twin: exact truth

@@ -118,6 +118,7 @@ def calibrate_show(
 
     Example: tether calibrate show --robot configs/so101.yaml
     """
+    from tether.app.calibration_check import needed_calibrations
     from tether.calibration.store import KINDS, CalibrationStore
     from tether.robot.factory import load_robot_config
 
@@ -126,7 +127,7 @@ def calibrate_show(
     table = Table(title=f"Calibrations of {config.name} ({store.root})")
     for column in ("kind", "name", "state", "created", "tether", "residual"):
         table.add_column(column)
-    rows = store.status(expected_calibrations(config))
+    rows = store.status(needed_calibrations(config))
     for status in rows:
         record = status.record
         colour = {"ok": "green", "stale": "yellow", "missing": "red"}[status.state]
@@ -140,12 +141,6 @@ def calibrate_show(
         if status.state != "ok":
             fix = KINDS.get(status.kind, "the calibration command").format(robot=robot, name=status.name)
             console.print(f"{status.kind} '{status.name}' is {status.state}: {fix}")
-
-
-def expected_calibrations(config) -> list[tuple[str, str]]:
-    """The calibrations a robot config needs: intrinsics for every camera (for now)."""
-    names = [c.name for c in config.cameras] or list(config.twin_params.get("cameras", []))
-    return [("camera_intrinsics", name) for name in names]
 
 
 def run_session(

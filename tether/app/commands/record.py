@@ -207,6 +207,9 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     if is_twin and realtime:
         config = load_robot_config(robot_spec, [*overrides, "twin_params.realtime=true"])
     _check_out(out, append, overwrite)
+    from tether.app.calibration_check import warn_calibrations
+
+    warn_calibrations(robot_spec, config, console.print)  # missing/stale: warn, keep recording
     base_params = dict(config.teleop.params) if teleop_name == configured else {}
     params = apply_overrides(base_params, teleop_params)
     rate = float(config.fps)

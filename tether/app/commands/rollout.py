@@ -113,6 +113,10 @@ def _run(
 
     config = RolloutConfig(**options)
     robot = make_robot(robot_spec, overrides)
+    from tether.app.calibration_check import warn_calibrations
+    from tether.robot.factory import load_robot_config
+
+    warn_calibrations(robot_spec, load_robot_config(robot_spec, overrides), console.print)
     if not config.realtime:  # before a server is contacted or a checkpoint loaded
         robot.require_simulated_time("--lockstep")
     summaries = []
