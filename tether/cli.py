@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "tether.app.commands.rollout",  # tether rollout
     "tether.app.commands.hardware",  # tether find-ports, find-cameras
     "tether.app.commands.calibrate",  # tether calibrate ...
+    "tether.app.commands.calibrate_units",  # tether calibrate units
     "tether.app.commands.calibrate_hand_eye",  # tether calibrate hand-eye
     "tether.app.commands.eval",  # tether eval, demo
     "tether.app.commands.exchange",  # tether export, import

@@ -27,6 +27,12 @@ whose fps differs is refused before anything moves, unless `resample=True`, whic
 time-interpolates every chunk onto the robot's ticks (linear per joint; observations are still
 taken at the robot's rate, so a policy with an observation history sees it at that spacing).
 
+Joint conventions: a policy whose spec names the convention it was trained in
+(`spec.extra["convention"]`, e.g. "twin") runs on a robot in another convention (a real arm's own
+radians) only through that robot's units calibration (`units=`, see tether.robot.convention):
+observed states are mapped into the policy's convention and its actions back. Without one the
+rollout is refused before anything moves.
+
 `realtime=True` paces the loop to the wall clock (deployment, latency tests). With
 `realtime=False` (lockstep, for batch evaluation on the twin) the loop runs as fast as it can and
 waits for every chunk it asks for, so results do not depend on machine speed; it is refused on a
@@ -44,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tether.core.errors import ConfigError, PolicyError, TetherError
-from tether.core.schema import PolicySpec
+from tether.core.schema import PolicySpec, state_key
 from tether.policies.base import Policy
 from tether.robot.control import ControlStep
 from tether.robot.episodic import as_episodic, episode_ended
@@ -168,8 +174,12 @@ def run_episode(
     config: RolloutConfig | None = None,
     seed: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    units=None,
 ) -> EpisodeResult:
     """Run one episode of `source` (a Policy or a PolicyClient) on `robot`; see the module doc.
+
+    `units`: the robot's units calibration (a UnitsCalibration, or the path where it should be;
+    a missing path is only named in the refusal) for a policy trained in another convention.
 
     The robot is connected if needed; a robot with `reset(seed)` (the twin) is reset first.
     Raises PolicyError before anything moves when the policy does not fit the robot (inputs,
@@ -178,7 +188,7 @@ def run_episode(
     """
     config = config or RolloutConfig()
     chunk_source = as_chunk_source(source, config.steps)
-    return _Episode(robot, chunk_source, config, seed, on_progress).run()
+    return _Episode(robot, chunk_source, config, seed, on_progress, units).run()
 
 
 def resample_chunk(actions: np.ndarray, policy_fps: float, robot_fps: float) -> np.ndarray:
@@ -331,6 +341,75 @@ def as_chunk_source(source, steps: int | None = None) -> ChunkSource:
     raise TypeError(f"expected a Policy or a PolicyClient, got {type(source).__name__}")
 
 
+class ConventionSource(ChunkSource):
+    """Another source seen through a joint-convention map: states go to the policy's
+    convention, action chunks come back in the robot's (see tether.robot.convention)."""
+
+    def __init__(self, inner: ChunkSource, mapping) -> None:
+        self.inner = inner
+        self.mapping = mapping
+        self.synchronous = inner.synchronous
+
+    @property
+    def spec(self) -> PolicySpec:  # type: ignore[override]
+        return self.inner.spec
+
+    def check(self, robot) -> None:
+        self.inner.check(robot)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
+        mapped = dict(observation)
+        mapped[state_key()] = self.mapping.to_target(observation[state_key()])
+        self.inner.request(mapped, step, wait_s)
+
+    def poll(self, timeout_s: float) -> Chunk | None:
+        chunk = self.inner.poll(timeout_s)
+        if chunk is None or chunk.actions.ndim != 2 or chunk.actions.shape[1] != len(self.mapping.base):
+            return chunk  # the episode rejects a malformed chunk itself
+        return Chunk(chunk.step, self.mapping.from_target(chunk.actions), chunk.latency_ms,
+                     chunk.inference_ms)
+
+    def in_flight_s(self) -> float | None:
+        return self.inner.in_flight_s()
+
+    def abandon(self) -> None:
+        self.inner.abandon()
+
+    def abandon_quietly(self) -> None:
+        self.inner.abandon_quietly()
+
+
+def adapt_convention(source: ChunkSource, robot, units=None) -> ChunkSource:
+    """`source` as it must run on `robot`: unchanged when the policy names no convention or the
+    robot's, mapped through the robot's units calibration otherwise; PolicyError if there is
+    none (or it leads elsewhere)."""
+    from pathlib import Path
+
+    from tether.robot.convention import UnitsCalibration, robot_convention
+
+    wanted = source.spec.extra.get("convention")
+    have = robot_convention(robot)
+    if not wanted or wanted == have:
+        return source
+    where = None
+    if isinstance(units, (str, Path)):
+        where = Path(units)
+        units = UnitsCalibration.load(where) if where.is_file() else None
+    if units is None or units.convention != wanted:
+        found = (f"its units calibration maps to '{units.convention}'" if units is not None
+                 else f"it has no units calibration{f' at {where}' if where else ''}")
+        raise PolicyError(
+            f"the {source.spec.policy_type} policy was trained in the '{wanted}' joint convention "
+            f"but robot '{robot.name}' reads and is commanded in '{have}', and {found}; joint "
+            "zeros, directions and the gripper range would be wrong. Run `tether calibrate units "
+            "--robot <config>` to measure the map, or use a policy trained on this robot."
+        )
+    return ConventionSource(source, units.compile(robot))
+
+
 def _raise_unless_retryable(exc: Exception, source: ChunkSource) -> None:
     """Re-raise errors no retry can fix: a request the server rejected (bad steps, shape, spec;
     `retryable` False) or anything an in-process policy raised. Timeouts and `busy` pass."""
@@ -384,8 +463,10 @@ class _Episode:
         config: RolloutConfig,
         seed: int | None,
         on_progress: Callable[[int, int], None] | None = None,
+        units=None,
     ) -> None:
         self.robot = robot
+        self.units = units
         self.source = source
         self.config = config
         self.seed = seed
@@ -428,6 +509,7 @@ class _Episode:
         if not robot.is_connected:
             robot.connect()
         self.source.check(robot)
+        self.source = adapt_convention(self.source, robot, self.units)
         self._check_rate()
         if self.episodic is not None:
             self.episodic.reset(self.seed if self.seed is not None else 0)

@@ -117,6 +117,7 @@ def _run(
     from tether.robot.factory import load_robot_config
 
     warn_calibrations(robot_spec, load_robot_config(robot_spec, overrides), console.print)
+    units = _units_for(robot_spec)
     if not config.realtime:  # before a server is contacted or a checkpoint loaded
         robot.require_simulated_time("--lockstep")
     summaries = []
@@ -148,7 +149,8 @@ def _run(
             for episode in range(episodes):
                 on_progress = None if progress is None else progress.step_callback(episode)
                 result = run_episode(
-                    robot, source, config, seed=seed + episode, on_progress=on_progress
+                    robot, source, config, seed=seed + episode, on_progress=on_progress,
+                    units=units,
                 )
                 summaries.append(result.summary())
                 if progress is not None:
@@ -159,6 +161,16 @@ def _run(
         if server is not None:
             source.close()
     return summaries
+
+
+def _units_for(robot_spec):
+    """The robot's units calibration path (a policy in another joint convention maps through
+    it, or is refused naming it); None for the twin."""
+    if str(robot_spec).startswith("twin:"):
+        return None
+    from tether.robot.convention import units_path
+
+    return units_path(robot_spec)
 
 
 def _say_estop(latched: bool) -> None:

@@ -1,0 +1,239 @@
+"""Units and joint maps between the twin and a real arm (issue 15 item 4).
+
+A policy in the twin's convention (joint zeros/signs of the MJCF, gripper 0 closed .. 1 open)
+drives an emulated SO-101 (Feetech pty bus emulator, the SO-101 config's motors and limits)
+whose joint zeros, directions and gripper range differ from the twin's. `tether calibrate
+units` measures the map by hand-posing the (emulated) arm; the rollout then sends exactly the
+twin trajectory mapped through the true map (to within one servo tick), and refuses to run the
+policy at all without the calibration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tether.core.config import load_mapping
+from tether.core.errors import ConfigError, PolicyError
+from tether.core.schema import ArraySpec, PolicySpec
+from tether.policies.base import Policy
+from tether.robot.convention import (
+    TWIN,
+    GripperMap,
+    JointConvention,
+    JointOffset,
+    UnitsCalibration,
+    convention_for,
+    units_path,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+
+# The "real" arm's truth: robot_rad = offset + direction * twin_rad; gripper servo radians.
+OFFSET = np.array([0.30, -0.45, 0.40, 0.25, -0.35])
+DIRECTION = np.array([-1, -1, 1, -1, -1])
+CLOSED, OPEN = 0.15, 1.45
+SECOND_POSE = [0.5, 0.5, 0.5, 0.5, 0.5, 0.0]  # twin pose where every joint moved: signs them
+
+
+def truth_to_robot(twin: np.ndarray) -> np.ndarray:
+    twin = np.atleast_2d(twin)
+    arm = OFFSET + DIRECTION * twin[:, :5]
+    grip = CLOSED + twin[:, 5:] * (OPEN - CLOSED)
+    return np.concatenate([arm, grip], axis=1)
+
+
+def twin_trajectory(steps: int = 45, hold: int = 10) -> np.ndarray:
+    """A smooth twin-convention reach-and-open, then a hold (what a twin policy outputs)."""
+    q0 = np.array([0.1, -0.2, 0.3, 0.5, -0.1, 0.2])
+    q1 = np.array([0.4, -0.6, 0.7, 0.9, 0.3, 0.9])
+    s = np.linspace(0.0, 1.0, steps - hold)
+    s = s * s * (3 - 2 * s)  # smoothstep: zero speed at both ends
+    moving = q0 + s[:, None] * (q1 - q0)
+    return np.concatenate([moving, np.repeat(q1[None], hold, axis=0)]).astype(np.float32)
+
+
+class ReplayPolicy(Policy):
+    """Plays a fixed twin-convention trajectory as one chunk; keeps the states it was shown."""
+
+    policy_type = "replay"
+
+    def __init__(self, trajectory: np.ndarray, fps: float, convention: str | None = TWIN) -> None:
+        super().__init__()
+        self.trajectory = np.asarray(trajectory, dtype=np.float32)
+        extra = {"convention": convention} if convention else {}
+        self.spec = PolicySpec("replay", (ArraySpec("state", "float32", (6,)),), 6,
+                               len(self.trajectory), fps, "none", extra)
+        self.seen: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        pass
+
+    def _predict_chunk(self, observation, **options) -> np.ndarray:
+        self.seen.append(np.array(observation["state"], dtype=np.float64))
+        return self.trajectory
+
+
+@pytest.fixture
+def so101(tmp_path):
+    """An emulated SO-101 follower bus and a robot config in the repository's SO-101 terms."""
+    pytest.importorskip("scservo_sdk")
+    from tether.robot.emulators import FeetechBusEmulator
+
+    data = load_mapping(REPO / "configs" / "so101_leader.yaml")
+    follower = data["arms"][0]
+    with FeetechBusEmulator(list(range(1, 7))) as bus:
+        follower["params"] |= {"port": bus.port, "packet_timeout_ms": 150.0}
+        config = {"name": "so101", "fps": data["fps"], "arms": [follower], "safety": data["safety"]}
+        path = tmp_path / "so101.yaml"
+        path.write_text(yaml.safe_dump(config))
+        yield bus, path
+
+
+def _ticks(config: Path, radians: np.ndarray) -> np.ndarray:
+    from tether.robot.factory import make_robot
+
+    arm = make_robot(config).raw_arms["follower"]
+    return arm.to_ticks(np.asarray(radians, dtype=np.float64))
+
+
+def _pose(bus, ticks) -> None:
+    for servo_id, tick in enumerate(np.asarray(ticks).ravel().astype(int), start=1):
+        bus.servo(servo_id).move_to(int(tick))
+
+
+def _calibrate_with_cli(bus, config: Path, monkeypatch) -> Path:
+    """`tether calibrate units` where the operator's hands are the emulator's move_to."""
+    import tether.app.commands.calibrate_units as command
+    from tether.cli import build_app
+
+    def operator(message: str) -> None:
+        if "reference pose" in message:
+            _pose(bus, _ticks(config, truth_to_robot(np.r_[np.zeros(5), 0.5])))
+        elif "second pose" in message:
+            _pose(bus, _ticks(config, truth_to_robot(np.array(SECOND_POSE))))
+        elif "Open the gripper" in message:
+            bus.servo(6).move_to(int(_ticks(config, truth_to_robot(np.r_[np.zeros(5), 1.0]))[0, 5]))
+        elif "Close the gripper" in message:
+            bus.servo(6).move_to(int(_ticks(config, truth_to_robot(np.zeros(6)))[0, 5]))
+        else:
+            raise AssertionError(f"unexpected prompt {message!r}")
+
+    monkeypatch.setattr(command, "_ask", operator)
+    result = CliRunner().invoke(build_app(), [
+        "calibrate", "units", "--robot", str(config),
+        "--second-pose", ",".join(str(v) for v in SECOND_POSE),
+    ])
+    assert result.exit_code == 0, result.output
+    return units_path(config)
+
+
+def _the_calibration_store_lists_it(config: Path) -> None:
+    """The record is one of the robot's calibration records (`tether calibrate show`)."""
+    try:
+        from tether.calibration.store import CalibrationStore
+    except ImportError:  # the store lands with another part of issue 15
+        return
+    record = CalibrationStore.for_robot(config).get("joint_units", TWIN)
+    assert record is not None and record.data["robot"] == "so101"
+
+
+def test_twin_policy_drives_an_emulated_so101_through_the_measured_map(so101, monkeypatch,
+                                                                       wait_until):
+    from tether.app.rollout import RolloutConfig, run_episode
+    from tether.robot.factory import make_robot
+
+    bus, config = so101
+    path = _calibrate_with_cli(bus, config, monkeypatch)
+    assert path == config.with_name("so101.calibration") / "joint_units.twin.yaml"
+    _the_calibration_store_lists_it(config)
+    units = UnitsCalibration.load(path)
+    assert units.convention == TWIN and units.robot == "so101" and units.created
+    fitted = units.arms["follower"]
+    tick = 2 * np.pi / 4096
+    np.testing.assert_allclose([j.offset for j in fitted.joints], OFFSET, atol=tick)
+    assert [j.direction for j in fitted.joints] == DIRECTION.tolist()  # signed from two poses
+    assert fitted.gripper.closed == pytest.approx(CLOSED, abs=tick)
+    assert fitted.gripper.open == pytest.approx(OPEN, abs=tick)
+
+    trajectory = twin_trajectory()
+    expected = _ticks(config, truth_to_robot(trajectory))  # the truth, not the fitted map
+    _pose(bus, expected[0])  # the arm starts where the twin trajectory does
+    policy = ReplayPolicy(trajectory, fps=30.0)
+    robot = make_robot(config)
+    rollout = RolloutConfig(max_steps=len(trajectory), blend="switch", request_threshold=0,
+                            stop_on_success=False)
+    with robot:
+        arm = robot.raw_arms["follower"]
+        result = run_episode(robot, policy, rollout, units=path)
+        # the last command is the twin's final pose in the arm's ticks (the goal registers)
+        wait_until(lambda: np.abs(np.array([bus.servo(i).get(bus.servo(i).layout.goal_position)
+                                            for i in range(1, 7)]) - expected[-1]).max() <= 1,
+                   what=f"the goal registers to reach {expected[-1].astype(int).tolist()}")
+        # what the rollout commanded each tick (the safety layer may still rate-limit a
+        # tick that ran late on a loaded machine; the goal registers above are what arrived)
+        commanded = arm.to_ticks(result.targets.astype(np.float64))
+    # the policy saw its own (twin) convention
+    np.testing.assert_allclose(policy.seen[0], trajectory[0], atol=3 * tick / (OPEN - CLOSED))
+    # every tick's command is a row of the mapped twin trajectory, in order, within one tick
+    assert result.length > len(trajectory) // 2 and not result.held.any()
+    rows = [int(np.argmin(np.abs(expected - row).max(axis=1))) for row in commanded]
+    errors = [np.abs(expected[k] - row).max() for k, row in zip(rows, commanded, strict=True)]
+    assert max(errors) <= 1, f"commanded ticks differ from the mapped trajectory by {max(errors)}"
+    assert rows == sorted(rows) and np.abs(commanded[-1] - expected[-1]).max() <= 1
+
+
+def test_without_a_calibration_the_rollout_refuses_before_anything_moves(so101):
+    from tether.app.rollout import RolloutConfig, run_episode
+    from tether.robot.factory import make_robot
+
+    bus, config = so101
+    start = [bus.servo(i).get(bus.servo(i).layout.goal_position) for i in range(1, 7)]
+    robot = make_robot(config)
+    policy = ReplayPolicy(twin_trajectory(), fps=30.0)
+    with robot, pytest.raises(PolicyError) as refused:
+        run_episode(robot, policy, RolloutConfig(max_steps=10), units=units_path(config))
+    message = str(refused.value)
+    assert "'twin' joint convention" in message and "'so101'" in message
+    assert str(units_path(config)) in message and "tether calibrate units" in message
+    assert [bus.servo(i).get(bus.servo(i).layout.goal_position) for i in range(1, 7)] == start
+    # a calibration that leads to another convention is no better
+    other = UnitsCalibration({"follower": JointConvention([JointOffset(n) for n in JOINTS[:5]],
+                                                          GripperMap("gripper", 0.0, 1.0))},
+                             convention="aloha")
+    with robot, pytest.raises(PolicyError, match="maps to 'aloha'"):
+        run_episode(robot, policy, RolloutConfig(max_steps=10), units=other)
+    # a policy in the robot's own convention (or naming none) needs no map
+    assert policy.spec.extra["convention"] != "so101"
+
+
+def test_map_round_trips_and_the_file_is_versioned(tmp_path):
+    convention = JointConvention(
+        [JointOffset(n, float(o), int(d)) for n, o, d in zip(JOINTS[:5], OFFSET, DIRECTION, strict=True)],
+        GripperMap("gripper", closed=CLOSED, open=OPEN),
+    )
+    twin = twin_trajectory()
+    robot = convention.from_twin(twin, JOINTS)
+    np.testing.assert_allclose(robot, truth_to_robot(twin), atol=1e-6)
+    np.testing.assert_allclose(convention.to_twin(robot, JOINTS), twin, atol=1e-6)
+    path = UnitsCalibration({"follower": convention}, robot="so101").save(tmp_path / "units.yaml")
+    saved = yaml.safe_load(path.read_text())
+    assert saved["kind"] == "joint_units" and saved["name"] == TWIN and saved["format_version"] == 1
+    assert saved["created"] and saved["tether_version"]
+    loaded = UnitsCalibration.load(path).arms["follower"]
+    np.testing.assert_allclose(loaded.from_twin(twin, JOINTS), robot, atol=1e-5)
+    with pytest.raises(ConfigError, match="missing"):
+        convention.affine(JOINTS[:5] + ["jaw"])
+    with pytest.raises(ConfigError, match="must differ"):
+        GripperMap("gripper", 0.4, 0.4)
+
+
+def test_datasets_carry_their_convention():
+    assert convention_for({"name": "twin-lift", "twin_task": "lift"}) == TWIN
+    assert convention_for({"name": "so101", "arms": []}) == "so101"
+    assert convention_for({}) is None
