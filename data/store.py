@@ -602,8 +602,8 @@ def check_format(path: Path, attrs: Mapping[str, Any]) -> None:
     if fmt != FORMAT_NAME:
         raise StoreError(
             f"{path} is a zarr group but not a tether episode store (attribute tether_format "
-            f"is {fmt!r}). If it is a diffusion_policy replay buffer, import it with "
-            "tether.data.converters.import_replay_buffer()."
+            f"is {fmt!r}). If it is a diffusion_policy / UMI replay buffer, import it with "
+            f"`tether import {path} --format diffusion_policy --out new.zarr --fps N`."
         )
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise StoreError(
