@@ -44,6 +44,8 @@ EXTRA_OF: dict[str, str] = {
     "zarr": "data",
     "numcodecs": "data",
     "imagecodecs": "data",
+    "pyarrow": "lerobot",  # LeRobotDataset parquet files
+    "av": "lerobot",  # PyAV: LeRobotDataset mp4 videos
     "matplotlib": "viz",
     "PIL": "viz",
     "cv2": "opencv",  # also in viz (episode videos)

@@ -24,6 +24,7 @@ from tether.core.errors import ConfigError
 # format name -> module defining export_store / import_dataset (imported lazily).
 FORMATS: dict[str, str] = {
     "diffusion_policy": "tether.data.replay_buffer",  # diffusion_policy / UMI ReplayBuffer zarr
+    "lerobot": "tether.data.lerobot",  # LeRobotDataset v3.0 (parquet + mp4)
 }
 
 
