@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from tether.robot.interfaces import Camera, CameraSpec, Frame
 from tether.robot.twin.sim import release_gl_context
 
 
@@ -185,3 +186,33 @@ def _rot_y(deg: float) -> np.ndarray:
 def _rot_z(deg: float) -> np.ndarray:
     c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+class BoardCamera(Camera):
+    """A Camera whose every `read()` shows the board at the next of `poses` (cycling): the twin
+    stand-in for a person moving a board in front of a real camera during `tether calibrate
+    camera`. Frames are rendered on demand; `t_host`/`t_device` count frames at `fps`."""
+
+    def __init__(self, scene: BoardScene, poses: list[BoardPose], name: str = "board_cam", fps: float = 30.0) -> None:
+        self.spec = CameraSpec(name, scene.width, scene.height, fps)
+        self._scene = scene
+        self._poses = list(poses)
+        self._index = -1
+        self._connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def close(self) -> None:
+        self._connected = False
+
+    def read(self) -> Frame:
+        self._require_connected()
+        self._index += 1
+        image = self._scene.render(self._poses[self._index % len(self._poses)])
+        t = self._index / self.spec.fps
+        return Frame(image=image, t_device=t, t_host=t, index=self._index)

@@ -102,13 +102,20 @@ def calibrate_camera(
     rig = make_robot(config)
     if camera not in rig.cameras:
         raise ConfigError(f"Robot '{config.name}' has no camera '{camera}'; it has {sorted(rig.cameras)}.")
-    cam = rig.cameras[camera]
-    console.print(f"Show the {spec.squares_x}x{spec.squares_y} board to '{camera}'; Ctrl-C to stop early.")
+    calibrate_device(rig.cameras[camera], robot, spec, views, timeout, fix_k3)
+
+
+def calibrate_device(cam, robot: str, spec, views: int = DEFAULT_VIEWS, timeout: float = 300.0,
+                     fix_k3: bool = False, out: Console | None = None, clock=time.monotonic) -> Path:
+    """The live procedure on one connected-on-demand Camera: collect, solve, report, save."""
+    out = out or console
+    out.print(f"Show the {spec.squares_x}x{spec.squares_y} board to '{cam.name}'; Ctrl-C to stop early.")
     with cam:
-        deadline = time.monotonic() + timeout
-        result = run_session(_frames(cam.read, lambda: time.monotonic() > deadline), spec, views, fix_k3, console)
-    path = save_intrinsics(robot, camera, spec, result)
-    console.print(f"Saved {path}")
+        deadline = clock() + timeout
+        result = run_session(_frames(cam.read, lambda: clock() > deadline), spec, views, fix_k3, out)
+    path = save_intrinsics(robot, cam.name, spec, result)
+    out.print(f"Saved {path}")
+    return path
 
 
 def calibrate_show(
