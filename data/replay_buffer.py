@@ -125,7 +125,12 @@ def export_store(store_path: Path, out: Path, **options: Any) -> ExportReport:
         _check_unique(names)
         n_steps = int(store.n_steps)
         report = ExportReport(FORMAT, store_path, out, store.n_episodes, n_steps, store.fps)
-        tmp = out.with_name(f".partial-{out.name}")  # same suffix: a .zip stays a ZipStore
+        # Built as a folder beside `out`, then renamed (or zipped) into place: a crash never
+        # leaves a half-written `out`, and a .zip gets each file once (zarr's ZipStore appends
+        # a new entry whenever metadata is rewritten).
+        tmp = out.with_name(f".partial-{out.name}.zarr")
+        tmp_zip = out.with_name(f".partial-{out.name}")
+        out.parent.mkdir(parents=True, exist_ok=True)
         _remove(tmp)
         try:
             with _open_root(tmp, "w") as root:
@@ -139,10 +144,15 @@ def export_store(store_path: Path, out: Path, **options: Any) -> ExportReport:
                 )
                 report.keys["meta/episode_ends"] = "episode boundaries"
                 root.attrs[ATTRS_KEY] = _jsonable(_tether_attrs(store, names))
+            if _is_zip(out):
+                _zip_folder(tmp, tmp_zip)
+                _remove(tmp)
+                tmp = tmp_zip
             _remove(out)
             os.replace(tmp, out)
         except BaseException:
             _remove(tmp)
+            _remove(tmp_zip)
             raise
     image_note = (
         "images: Blosc(zstd, 5, bit-shuffle), lossless: plain zarr 2.x + numcodecs decodes them"
@@ -347,6 +357,13 @@ def _open_root(path: Path, mode: str) -> Iterator[Any]:
                 zip_store.close()
         else:
             yield zarr.open_group(str(path), mode=mode, zarr_format=2 if mode == "w" else None)
+
+
+def _zip_folder(folder: Path, zip_path: Path) -> None:
+    """Zip a zarr folder as zarr's ZipStore does (entries stored, names relative to the root)."""
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(file, file.relative_to(folder).as_posix())
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

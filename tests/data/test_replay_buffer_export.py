@@ -39,7 +39,9 @@ def make_store(path, lengths=LENGTHS):
                 {
                     "image.top": camera_frames(n, 24, 32, seed=i),
                     "state": rng.normal(size=(n, 6)).astype(np.float32),
+                    "state.left": rng.normal(size=(n, 3)).astype(np.float32),
                     "action": rng.normal(size=(n, 6)).astype(np.float32),
+                    "timestamp": np.arange(n) / FPS,
                     timing_key("top", "t_host"): np.arange(n) / FPS + 100.0,
                     timing_key("top", "index"): np.arange(n, dtype=np.int64),
                 },
@@ -81,6 +83,9 @@ def test_export_is_a_zarr2_replay_buffer_a_plain_reader_decodes(tmp_path):
     rb = tmp_path / "rb.zarr"
     assert report.n_episodes == 2 and report.n_steps == 12 and report.fps == FPS
     assert report.keys["data/camera_top"] == "image.top" and report.keys["data/robot_joint"] == "state"
+    assert report.keys["data/robot_joint_left"] == "state.left"
+    assert report.keys["data/timestamp"] == "timestamp"
+    assert report.keys["data/timing_top_t_host"] == "timing/top/t_host"
     assert any("fps" in line for line in report.not_carried)
     assert json.loads((rb / ".zgroup").read_text())["zarr_format"] == 2
     ends_meta = json.loads((rb / "meta/episode_ends/.zarray").read_text())
