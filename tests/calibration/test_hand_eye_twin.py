@@ -297,6 +297,9 @@ def test_command_refuses_a_mode_mismatch_and_a_missing_box(tmp_path):
     result = CliRunner().invoke(build_app(), ["calibrate", "hand-eye", "--robot", "twin:lift", "--camera", "wrist",
                                               "--box", "0,0,0,1,1"])
     assert result.exit_code != 0 and "six numbers" in result.output
+    result = CliRunner().invoke(build_app(), ["calibrate", "hand-eye", "--robot", "twin:lift", "--camera", "nope",
+                                              "--box", "0,0,0,1,1,1"])
+    assert result.exit_code != 0 and "no camera 'nope'" in result.output
 
 
 # --------------------------------------------------------------------------------------------

@@ -326,6 +326,9 @@ def calibrate_hand_eye(
     marker: float = typer.Option(0.022, "--marker", help="Printed marker side (m)."),
     dictionary: str = typer.Option("DICT_5X5_100", "--dictionary", help="ArUco dictionary of the board."),
     method: str = typer.Option("auto", "--method", help="auto, tsai, park, horaud, andreff, daniilidis, shah or li."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Robot config override a.b=value (repeatable), e.g. twin_params.cameras=[wrist]."
+    ),
 ) -> None:
     """Calibrate a wrist camera (eye-in-hand) or a fixed camera (eye-to-hand) against the arm.
 
@@ -350,7 +353,12 @@ def calibrate_hand_eye(
         raise ConfigError("--box is needed to move the arm (x0,y0,z0,x1,y1,z1 in metres), or use --manual.")
     workspace = None if manual else he.WorkspaceBox.parse(box)  # type: ignore[arg-type]
     board = CharucoSpec(squares_x, squares_y, square, marker, dictionary)
-    bot = make_robot(robot)
+    bot = make_robot(robot, overrides)
+    if camera not in bot.cameras:
+        raise ConfigError(
+            f"Robot '{bot.name}' has no camera '{camera}' (cameras: {', '.join(bot.cameras) or 'none'}); "
+            "fix --camera, or on the twin add it with --set twin_params.cameras=[<names>]."
+        )
     arm_name = arm or next(iter(bot.arms))
     arm_slice(bot, arm_name)
     fk = flange_kinematics(bot, arm_name, mjcf, flange, base)
