@@ -20,7 +20,7 @@ from tether.core.optional import missing_extra
 
 try:
     import cv2
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra(__name__, "cv2") from exc
 
 MM_PER_INCH = 25.4

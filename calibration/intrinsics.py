@@ -19,7 +19,7 @@ from tether.core.optional import missing_extra
 
 try:
     import cv2
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra(__name__, "cv2") from exc
 
 # Tilt classes of a view: frontal, or leaning left/right/up/down (from the board homography).
