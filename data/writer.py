@@ -128,6 +128,7 @@ def create_files(path: Path, fps: float, zarr_format: int, image_codec: str, ima
         "robot_config": jsonable(robot_config or {}),
         "calibration": jsonable(calibration),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **_convention(robot_config),
         **jsonable(dict(attrs or {})),
     }
     try:
@@ -142,6 +143,15 @@ def create_files(path: Path, fps: float, zarr_format: int, image_codec: str, ima
         root.attrs.update(root_attrs)
     except OSError as exc:
         raise os_error(exc, f"creating {path}") from exc
+
+
+def _convention(robot_config: Mapping[str, Any] | None) -> dict[str, str]:
+    """`convention`: the joint convention the data is in (tether.robot.convention), when known;
+    a policy trained on it carries it, and rollout maps or refuses on a robot in another."""
+    from tether.robot.convention import convention_for
+
+    convention = convention_for(robot_config or {})
+    return {"convention": convention} if convention else {}
 
 
 # ---------------------------------------------------------------------- recovery

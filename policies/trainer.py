@@ -352,6 +352,7 @@ class _Trainer:
             for cam in cameras:
                 if cam not in keys:
                     raise ConfigError(f"camera key '{cam}' is not in {c.dataset} (keys: {keys})")
+            convention = _convention(store.attrs)
             state_dim = int(store.array("state").shape[1])
             action_dim = int(store.array("action").shape[1])
             image_shapes = {k: list(store.array(k).shape[1:]) for k in cameras}
@@ -367,7 +368,7 @@ class _Trainer:
         stats = get_stats(c.dataset)
         self.normalizer = Normalizer.from_stats(stats, family.normalizer_modes).to(self.device)
         self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, horizons.chunk, fps,
-                              self.normalizer, horizons.extra)
+                              self.normalizer, {**(horizons.extra or {}), **convention})
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.use_ema else None
         self.optimizer = torch.optim.AdamW(self.model.parameter_groups(c.lr, c.weight_decay))
         for group in self.optimizer.param_groups:
@@ -594,6 +595,14 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
+
+
+def _convention(attrs: dict) -> dict[str, str]:
+    """{"convention": ...} of a dataset for the spec: rollout maps or refuses on another robot."""
+    from tether.robot.convention import dataset_convention
+
+    convention = dataset_convention(attrs)
+    return {"convention": convention} if convention else {}
 
 
 def format_duration(seconds: float) -> str:

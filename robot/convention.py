@@ -65,6 +65,7 @@ __all__ = [
     "UnitsCalibration",
     "calibration_folder",
     "convention_for",
+    "dataset_convention",
     "robot_convention",
     "units_path",
 ]
@@ -89,8 +90,8 @@ def units_path(robot_config: str | Path, convention: str = TWIN) -> Path:
 def convention_for(robot_config: Any) -> str | None:
     """The convention data recorded with this robot config is in (a RobotConfig or its dict).
 
-    The twin is "twin"; a real robot is its config's name (its drivers' radians, whatever their
-    zeros). None when nothing is known (an empty config).
+    The twin is "twin"; a real robot (a config with arms) is its config's name (its drivers'
+    radians, whatever their zeros). None when nothing is known (no arms, e.g. synthetic data).
     """
     get = robot_config.get if isinstance(robot_config, Mapping) else (
         lambda key, default=None: getattr(robot_config, key, default)
@@ -98,7 +99,17 @@ def convention_for(robot_config: Any) -> str | None:
     if get("twin_task", None):
         return TWIN
     name = get("name", None)
-    return str(name) if name else None
+    return str(name) if name and get("arms", None) else None
+
+
+def dataset_convention(attrs: Mapping[str, Any]) -> str | None:
+    """A dataset's convention from its store attributes: `convention`, else derived from its
+    `robot_config` (stores written before the attribute existed). The trainer copies it into
+    the policy's `spec.extra["convention"]`."""
+    explicit = attrs.get("convention")
+    if explicit:
+        return str(explicit)
+    return convention_for(attrs.get("robot_config") or {})
 
 
 def robot_convention(robot) -> str:

@@ -28,6 +28,7 @@ from tether.robot.convention import (
     JointOffset,
     UnitsCalibration,
     convention_for,
+    dataset_convention,
     units_path,
 )
 
@@ -233,7 +234,20 @@ def test_map_round_trips_and_the_file_is_versioned(tmp_path):
         GripperMap("gripper", 0.4, 0.4)
 
 
-def test_datasets_carry_their_convention():
+def test_datasets_and_the_policies_trained_on_them_carry_their_convention(tmp_path):
+    pytest.importorskip("zarr")
+    from tether.data.store import EpisodeStore
+
+    with EpisodeStore.create(tmp_path / "twin.zarr", 30.0,
+                             robot_config={"name": "twin-lift", "twin_task": "lift"}) as store:
+        assert store.attrs["convention"] == TWIN
+    real = {"name": "so101", "arms": [{"name": "follower", "driver": "feetech"}]}
+    with EpisodeStore.create(tmp_path / "real.zarr", 30.0, robot_config=real) as store:
+        assert store.attrs["convention"] == "so101"
+    # what the trainer copies into spec.extra["convention"] (stores older than the attribute too)
+    assert dataset_convention({"robot_config": real}) == "so101"
+    assert dataset_convention({"convention": TWIN, "robot_config": real}) == TWIN
+    assert dataset_convention({"robot_config": {"name": "memory"}}) is None
     assert convention_for({"name": "twin-lift", "twin_task": "lift"}) == TWIN
-    assert convention_for({"name": "so101", "arms": []}) == "so101"
-    assert convention_for({}) is None
+    assert convention_for({"name": "so101", "arms": [{"name": "follower"}]}) == "so101"
+    assert convention_for({"name": "memory"}) is None and convention_for({}) is None
