@@ -131,11 +131,11 @@ def _run_subprocesses(config: EvalConfig, seeds: list[int], out: Path, show_prog
     if show_progress and not sys.stdout.isatty():
         from tether.app.eval.progress import PlainProgress
 
-        plain = PlainProgress(f"eval {config.task}", len(seeds))
+        plain = PlainProgress(f"eval {config.env or config.task}", len(seeds))
     with Progress(TextColumn("[bold]eval {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
                   disable=not show_progress or plain is not None, transient=False) as progress:
-        bar = progress.add_task("eval", total=len(seeds), name=config.task, rate="-")
+        bar = progress.add_task("eval", total=len(seeds), name=config.env or config.task, rate="-")
         try:
             while any(p.poll() is None for p, _ in procs):
                 if time.monotonic() > deadline:
