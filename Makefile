@@ -49,6 +49,13 @@ test-slow: setup
 test-replay-buffer-real: setup
 	$(BIN)/python -m pytest -m slow -q tests/data/test_replay_buffer_real_slow.py
 
+# lerobot 0.4.4 itself (installed --no-deps beside CPU torch in its own venv,
+# ~/.cache/tether/venvs/lerobot-0.4.4, or $TETHER_LEROBOT_VENV) loads our LeRobotDataset export,
+# and tether import reads a dataset lerobot's own writer made.
+.PHONY: lerobot-check
+lerobot-check: setup
+	$(BIN)/python -m pytest -m slow -q -s tests/data/test_lerobot_real_slow.py
+
 # The default suite while two busy loops load both cores: tests must check behaviour, not how
 # fast the machine is, so this must pass exactly like `make test`.
 test-stress: setup

@@ -119,7 +119,7 @@ def _write(store: EpisodeStore, out: Path, options: dict[str, Any], report: Expo
                     row[f"stats/{name}/{stat}"] = np.asarray(value).tolist()
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
             row[fmt.TETHER_METADATA] = json.dumps(meta, default=str)
-            dropped_meta.update(k for k in meta if k != "task")
+            dropped_meta.update(k for k in meta if k not in ("task", "index", "length"))
             episode_rows.append(row)
             all_stats.append(stats)
             index += n

@@ -133,7 +133,8 @@ def _metadata(row: dict[str, Any], part: pa.Table, tasks: dict[int, str]) -> dic
     """Episode metadata: tether's own (if exported by tether) else the task strings."""
     if row.get(fmt.TETHER_METADATA):
         try:
-            return dict(json.loads(row[fmt.TETHER_METADATA]))
+            meta = dict(json.loads(row[fmt.TETHER_METADATA]))
+            return {k: v for k, v in meta.items() if k not in ("index", "length")}  # the store's own
         except (TypeError, ValueError):
             pass
     names = list(row.get("tasks") or [])

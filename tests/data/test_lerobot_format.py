@@ -160,3 +160,26 @@ def test_errors_name_the_fix(exported, tmp_path):
     (old / "meta/info.json").write_text(json.dumps({"codebase_version": "v2.1"}))
     with pytest.raises(StoreError, match="convert_dataset_v21_to_v30"):
         import_dataset(old, tmp_path / "w.zarr")
+
+
+def test_cli_export_import_and_inspect(exported, tmp_path):
+    """`tether export/import --format lerobot` end to end; `tether inspect` reads the import."""
+    from typer.testing import CliRunner
+
+    from tether.cli import build_app
+
+    store_path, _, _ = exported
+    runner, app = CliRunner(), build_app()
+    result = runner.invoke(app, ["export", str(store_path), "--format", "lerobot", "--out",
+                                 str(tmp_path / "ds"), "--vcodec", "h264", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n_episodes"] == 3 and report["keys"]["observation.images.top"] == "image.top"
+    result = runner.invoke(app, ["import", str(tmp_path / "ds"), "--format", "lerobot", "--out",
+                                 str(tmp_path / "back.zarr")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["inspect", str(tmp_path / "back.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(store_path), "--format", "lerobot", "--out",
+                                 str(tmp_path / "ds2"), "--vcodec", "vp9"])
+    assert result.exit_code == 2 and "vp9" in result.output
