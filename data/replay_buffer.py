@@ -237,8 +237,11 @@ def _import(src: Path, out: Path, fps: float | None = None, rename: Mapping[str,
 
     register_codecs()  # tether's JPEG (zarr 3 too), then every other imagecodecs codec
     _register_image_codecs()
-    if isinstance(rename, str):
-        rename = json.loads(rename)
+    if rename is not None and not isinstance(rename, Mapping):
+        raise ConfigError(
+            f"rename must map source keys to store keys, got {rename!r}: e.g. "
+            "--option 'rename={robot0_eef_pos: state, camera0_rgb: wrist}'."
+        )
     with _open_root(src, "r") as root:
         try:
             ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)

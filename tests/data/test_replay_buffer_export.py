@@ -174,5 +174,8 @@ def test_cli_export_import_inspect_and_errors(tmp_path):
     typo = runner.invoke(app, ["export", str(src), "-f", "diffusion_policy", "-o", str(tmp_path / "y"),
                                "--option", "image_codek=jpeg"])
     assert typo.exit_code == 2 and "image_codec" in typo.output
+    bad = runner.invoke(app, ["import", str(tmp_path / "rb.zarr"), "-f", "diffusion_policy", "-o",
+                              str(tmp_path / "b2.zarr"), "--option", "rename=a:b"])
+    assert bad.exit_code == 2 and "rename must map" in bad.output
     with pytest.raises(StoreError, match="not a ReplayBuffer-layout"):
         import_dataset(src / "data", tmp_path / "z.zarr", fps=10)
