@@ -194,3 +194,38 @@ def test_shapes_that_cannot_match_are_refused_with_the_fix(tmp_path, cartpole_ma
                         episodes=1, out=str(tmp_path / "scripted"))
     with pytest.raises(TetherError, match="needs a tether twin env"):
         evaluate(config, show_progress=False)
+
+
+class PixelBalancer(CartPoleBalancer):
+    """The balancer, also asking for a camera (it reads the state; the pixels must arrive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = PolicySpec(policy_type="pixels", action_dim=1, chunk_size=1, fps=50.0, observation=(
+            ArraySpec("state", "float32", (4,)), ArraySpec("image.front", "uint8", (100, 150, 3))))
+        self.seen: list[np.ndarray] = []
+
+    def _predict_chunk(self, observation, **options) -> np.ndarray:
+        self.seen.append(observation["image.front"].copy())
+        return super()._predict_chunk(observation, **options)
+
+
+def test_cartpole_rendered_to_pixels_is_a_camera():
+    """An outside env's render() output (gymnasium classic-control, drawn by pygame) reaches the
+    policy as image.front at the obs-map's size, and the same seed gives the same pixels."""
+    pytest.importorskip("pygame")  # tether[twin] installs it
+    obs_map = ObsMap.from_mapping({"state": ["obs"], "max_steps": 15,
+                                   "cameras": {"front": {"key": "render", "size": [100, 150]}}})
+    policy = PixelBalancer()
+    robot = make_gym_robot("CartPole-v1", obs_map, policy.spec)
+    runs = []
+    with robot:
+        for _ in range(2):
+            policy.seen.clear()
+            result = run_episode(robot, policy, RolloutConfig(realtime=False, record_frames=True), seed=5)
+            runs.append(np.stack(policy.seen))
+            assert result.length == 15 and len(result.frames["front"]) == 15
+    first, second = runs
+    assert first.shape[1:] == (100, 150, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, second)
+    assert first.std() > 5 and len({f.tobytes() for f in first}) > 1  # a picture that moves

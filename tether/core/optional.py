@@ -40,6 +40,7 @@ EXTRA_OF: dict[str, str] = {
     "safetensors": "train",
     "mujoco": "twin",
     "gymnasium": "twin",
+    "pygame": "twin",  # gymnasium classic-control rendering (eval on gymnasium envs with pixels)
     "OpenGL": "twin",  # PyOpenGL, a mujoco dependency (MUJOCO_GL=osmesa)
     "zarr": "data",
     "numcodecs": "data",
