@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from tether.app.eval.gym_target import load_obs_map, make_gym_robot
 from tether.app.eval.records import EpisodeRecord
 from tether.app.eval.runner import EvalConfig, evaluate
-from tether.app.eval.worker import run_episodes
+from tether.app.eval.worker import _gym_target, run_episodes
 from tether.app.rollout import RolloutConfig, run_episode
 from tether.cli import build_app
 from tether.core.errors import ConfigError, PolicyError, TetherError
@@ -93,9 +93,12 @@ def test_served_policy_on_cartpole_same_seeds_same_report(tmp_path, cartpole_map
     where gymnasium terminates them."""
     out = tmp_path / "report"
     with PolicyServer(CartPoleBalancer(), ServerConfig("tcp://127.0.0.1:0")) as server:
-        config = EvalConfig(obs_map=str(cartpole_map), server=server.endpoint, episodes=2,
-                            workers=0, seed=7, out=str(out), videos=0)
-        summary = evaluate(config, show_progress=False)
+        result = runner.invoke(build_app(), [
+            "eval", "--obs-map", str(cartpole_map), "--server", server.endpoint, "--episodes", "2",
+            "--workers", "0", "--seed", "7", "--out", str(out), "--videos", "0", "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        config = EvalConfig(obs_map=str(cartpole_map), server=server.endpoint, episodes=2, seed=7)
         again = list(gym_records(config, server.endpoint))
     assert summary["task"] == "CartPole-v1" and summary["seeds"] == [7, 8]
     assert summary["successes"] == 2 and summary["episode_return"]["mean"] == 50.0
@@ -116,8 +119,6 @@ def test_served_policy_on_cartpole_same_seeds_same_report(tmp_path, cartpole_map
 
 def gym_records(config: EvalConfig, endpoint: str):
     """The evaluation worker's episode loop on the config's env, without writing a report."""
-    from tether.app.eval.worker import _gym_target
-
     robot, client = _gym_target(replace(config, server=endpoint))
     try:
         with robot:
@@ -143,7 +144,7 @@ def test_box_actions_are_clipped_to_the_action_space_and_counted(tmp_path):
     assert robot.safety_counts()["clipped"] > 0
 
 
-def test_twin_env_with_camera_and_render_through_the_cli(tmp_path):
+def test_twin_env_with_camera_and_render(tmp_path):
     """tether's own registered gymnasium env, its camera and its render() output as two policy
     cameras, driven by the twin's scripted expert; success is the env's info["is_success"]."""
     obs_map = write(tmp_path / "lift.yaml", """
@@ -153,23 +154,18 @@ cameras:
   top: image.top
   overview: {key: render, size: [24, 32]}
 """)
-    out = tmp_path / "report"
-    result = runner.invoke(build_app(), [
-        "eval", "--env", "tether/TwinLift-v0", "--obs-map", str(obs_map), "--policy", "scripted",
-        "--episodes", "1", "--workers", "0", "--videos", "1", "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["task"] == "tether/TwinLift-v0" and summary["successes"] == 1
-    (row,) = read_csv(out / "episodes.csv")
-    # The env terminates once success has held for the task's hold time, after the first success.
-    assert int(row["first_success_step"]) < int(row["length"]) < int(row["max_steps"])
-    assert row["video"].endswith("_top.webm") and (out / row["video"]).stat().st_size > 1000
-
-    robot = make_gym_robot("tether/TwinLift-v0", load_obs_map(obs_map))
+    config = EvalConfig(env="tether/TwinLift-v0", obs_map=str(obs_map), policy="scripted",
+                        episodes=1, videos=1)
+    robot, expert = _gym_target(config)
     with robot:
-        assert as_episodic(robot) is robot
+        assert as_episodic(robot) is robot and robot.max_steps == 400  # the twin task's length
         frames = robot.reset(3).frames
         assert frames["top"].image.shape == (48, 64, 3) and frames["overview"].image.shape == (24, 32, 3)
+        (record,) = run_episodes(robot, expert, config.seeds(), config, video_dir=tmp_path)
+    assert record.success and record.episode_return is not None
+    # The env terminates once success has held for the task's hold time, after the first success.
+    assert record.first_success_step < record.length < record.max_steps
+    assert record.video.endswith("_top.webm") and (tmp_path / record.video).stat().st_size > 1000
 
 
 def test_shapes_that_cannot_match_are_refused_with_the_fix(tmp_path, cartpole_map):
