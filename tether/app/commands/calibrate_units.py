@@ -52,7 +52,7 @@ def calibrate_units(
     pose), then open and close the gripper fully. A twin-trained policy then runs on this robot
     (`tether rollout` maps through the file); without the file such a rollout is refused.
 
-    Example: tether calibrate units --robot configs/so101.yaml --second-pose home
+    Example: tether calibrate units --robot configs/so101_leader.yaml --second-pose home
     """
     import numpy as np
 
