@@ -251,3 +251,73 @@ def test_datasets_and_the_policies_trained_on_them_carry_their_convention(tmp_pa
     assert convention_for({"name": "twin-lift", "twin_task": "lift"}) == TWIN
     assert convention_for({"name": "so101", "arms": [{"name": "follower"}]}) == "so101"
     assert convention_for({"name": "memory"}) is None and convention_for({}) is None
+
+
+class _Recording(Policy):
+    """A policy whose every raw chunk (in its own convention) is kept, to check the mapping."""
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__()
+        self.inner, self.spec, self.chunks = inner, inner.spec, []
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def _predict_chunk(self, observation, **options) -> np.ndarray:
+        chunk = np.asarray(self.inner.predict_chunk(observation, **options), dtype=np.float64)
+        self.chunks.append(chunk)
+        return chunk
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_act_trained_on_twin_data_drives_the_emulated_so101_through_the_map(
+        so101, monkeypatch, tmp_path):
+    """The full version: scripted twin demos -> `tether record` -> a tiny ACT (its spec says
+    "twin") -> rollout on the emulated SO-101 with the measured map: every commanded tick is a
+    row the policy planned in the twin convention, mapped through the true map (+-1 tick)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from tether.app.rollout import RolloutConfig, run_episode
+    from tether.policies.checkpoint import find_checkpoint, load_policy
+    from tether.policies.trainer import TrainConfig, train
+    from tether.robot.factory import make_robot
+
+    torch.set_num_threads(1)
+    bus, config = so101
+    store = tmp_path / "twin.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "record", "--robot", "twin:lift", "--teleop",
+         "scripted", "--episodes", "2", "--out", str(store), "--seed", "100", "--set",
+         "twin_params.width=80", "--set", "twin_params.height=60", "--set", "fps=10"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = train(TrainConfig(dataset=str(store), policy="act", preset="tiny", steps=20,
+                            batch_size=8, out=str(tmp_path / "run"), progress=False,
+                            model={"dim": 32, "n_heads": 2, "ff_dim": 64, "vision_width": 8,
+                                   "image_size": None}))
+    policy = _Recording(load_policy(find_checkpoint(run), device="cpu"))
+    assert policy.spec.extra["convention"] == TWIN
+
+    # the emulated arm at 10 Hz with a camera shaped like the twin's
+    data = yaml.safe_load(config.read_text())
+    data["fps"] = 10
+    data["cameras"] = [{"name": "top", "driver": "memory", "width": 80, "height": 60, "fps": 10}]
+    config.write_text(yaml.safe_dump(data))
+    path = _calibrate_with_cli(bus, config, monkeypatch)
+    _pose(bus, _ticks(config, truth_to_robot(np.array([0.0, -0.19, -0.21, 1.17, 0.0, 1.0]))))
+    robot = make_robot(config)
+    with robot:
+        result = run_episode(robot, policy, RolloutConfig(max_steps=30, blend="switch",
+                                                          request_threshold=0), units=path)
+        arm = robot.raw_arms["follower"]
+        planned = _ticks(config, truth_to_robot(np.concatenate(policy.chunks)))
+        commanded = arm.to_ticks(result.targets[~np.isnan(result.targets).any(axis=1)]
+                                 .astype(np.float64))
+    errors = [np.abs(planned - row).max(axis=1).min() for row in commanded]
+    print({"chunks": len(policy.chunks), "ticks": len(commanded), "max_error_ticks": max(errors)})
+    assert len(commanded) > 10 and max(errors) <= 1
