@@ -209,8 +209,16 @@ def test_without_a_calibration_the_rollout_refuses_before_anything_moves(so101):
                              convention="aloha")
     with robot, pytest.raises(PolicyError, match="maps to 'aloha'"):
         run_episode(robot, policy, RolloutConfig(max_steps=10), units=other)
-    # a policy in the robot's own convention (or naming none) needs no map
-    assert policy.spec.extra["convention"] != "so101"
+    # a policy in the robot's own convention, or naming none, runs unmapped
+    from tether.app.rollout import adapt_convention, as_chunk_source
+
+    for convention in ("so101", None):
+        source = as_chunk_source(ReplayPolicy(twin_trajectory(), 30.0, convention))
+        assert adapt_convention(source, robot, units=None) is source
+    # `tether rollout --robot <config>` looks for the file there (the twin needs none)
+    from tether.app.commands.rollout import _units_for
+
+    assert _units_for(str(config)) == units_path(config) and _units_for("twin:lift") is None
 
 
 def test_map_round_trips_and_the_file_is_versioned(tmp_path):

@@ -73,6 +73,8 @@ def rollout(
     """Run a policy on a robot: async chunks, latency alignment, blending, stall watchdog.
 
     The policy must run at the robot's fps (--set fps=N changes the robot's) unless --resample.
+    A policy trained in another joint convention (e.g. on the twin) runs on a real arm only
+    through its units calibration (tether calibrate units); without one it is refused.
 
     Keys (terminal): e E-STOP (every arm holds its last safe command; latched), x release it.
 
