@@ -54,6 +54,8 @@ test-replay-buffer-real: setup
 # and tether import reads a dataset lerobot's own writer made.
 .PHONY: lerobot-check
 lerobot-check: setup
+	@dpkg -s ffmpeg >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get install -y -qq --no-install-recommends ffmpeg; }  # torchcodec's libraries
 	$(BIN)/python -m pytest -m slow -q -s tests/data/test_lerobot_real_slow.py
 
 # The default suite while two busy loops load both cores: tests must check behaviour, not how

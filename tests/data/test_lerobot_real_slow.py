@@ -36,13 +36,17 @@ pytestmark = pytest.mark.slow
 
 VENV = Path(os.environ.get("TETHER_LEROBOT_VENV",
                           Path.home() / ".cache/tether/venvs/lerobot-0.4.4"))
-TORCH_WHEEL = "/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
 #: pip install steps into the lerobot venv (each a list of arguments after `pip install -q`).
+#: lerobot 0.4.4 asks for torch<2.11 / torchvision<0.26; the PyPI torchvision wheels only load
+#: beside the torch they were built with, and torchvision >= 0.24 has no video reader, so
+#: frames decode through torchcodec (which needs Debian's ffmpeg libraries: `make
+#: lerobot-check` installs them).
 RECIPE = [
-    [TORCH_WHEEL if Path(TORCH_WHEEL).exists() else "torch==2.13.0", "torchvision==0.28.0"],
+    ["torch==2.14.1", "torchvision==0.29.1", "torchcodec==0.17.0"],
     ["--no-deps", "lerobot==0.4.4"],
     ["datasets>=4.0,<5", "huggingface-hub>=0.34.2,<0.36", "pandas", "pyarrow", "av>=15,<16",
-     "packaging", "pillow", "draccus==0.10.0", "einops", "jsonlines", "termcolor", "deepdiff",
+     "packaging<26", "pillow", "draccus==0.10.0", "einops", "jsonlines", "termcolor",
+     "deepdiff<9", "accelerate>=1.10,<2",
      "imageio", "numpy<2.3"],
 ]
 MIN_PSNR_DB = 29.0
@@ -74,13 +78,13 @@ def run_lerobot(script: str, *args: str) -> str:
 READ = """
     import sys, json, numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    root, out, backend = sys.argv[1], sys.argv[2], sys.argv[3]
-    ds = LeRobotDataset("tether/test", root=root, video_backend=backend)
+    root, out = sys.argv[1], sys.argv[2]
+    ds = LeRobotDataset("tether/test", root=root)  # lerobot's default decoder (torchcodec)
     items = [ds[i] for i in range(len(ds))]
     arrays = {k: np.stack([it[k].numpy() for it in items]) for k in items[0]
               if hasattr(items[0][k], "numpy")}
     np.savez(out, **arrays)
-    print(json.dumps({"fps": ds.fps, "episodes": ds.num_episodes, "frames": ds.num_frames,
+    print(json.dumps({"backend": ds.video_backend, "fps": ds.fps, "episodes": ds.num_episodes, "frames": ds.num_frames,
                       "tasks": [it["task"] for it in items], "camera_keys": ds.meta.camera_keys}))
 """
 
@@ -88,7 +92,8 @@ READ = """
 def test_lerobot_loads_our_export(tmp_path):
     store_path = make_store(tmp_path / "data.zarr")
     export_store(store_path, tmp_path / "ds", repo_id="tether/test")
-    summary = json.loads(run_lerobot(READ, str(tmp_path / "ds"), str(tmp_path / "x.npz"), "pyav"))
+    summary = json.loads(run_lerobot(READ, str(tmp_path / "ds"), str(tmp_path / "x.npz")))
+    print("lerobot video backend:", summary["backend"])
     assert summary["fps"] == FPS and summary["episodes"] == 3 and summary["frames"] == sum(LENGTHS)
     got = np.load(tmp_path / "x.npz")
     with EpisodeStore.open(store_path) as store:
@@ -147,3 +152,62 @@ def test_tether_imports_a_dataset_lerobot_wrote(tmp_path):
         print(f"lerobot-written video imported: PSNR {value:.2f} dB")
         assert value >= MIN_PSNR_DB
         assert [store.episode_metadata(i)["task"] for i in range(2)] == ["task 0", "task 1"]
+
+
+WRITE_FROM_NPZ = """
+    import sys, numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    src, root = sys.argv[1], sys.argv[2]
+    data = np.load(src)
+    cams = [k[len("image."):] for k in data.files if k.startswith("image.")]
+    d = data["state"].shape[1]
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (d,), "names": [f"j{i}" for i in range(d)]},
+        "action": {"dtype": "float32", "shape": (d,), "names": [f"j{i}" for i in range(d)]},
+    }
+    for cam in cams:
+        features[f"observation.images.{cam}"] = {"dtype": "video", "shape": data["image." + cam].shape[1:],
+                                                "names": ["height", "width", "channels"]}
+    ds = LeRobotDataset.create("lab/lift", fps=10, features=features, root=root, use_videos=True,
+                               vcodec="h264")
+    start = 0
+    for end in data["ends"]:
+        for t in range(start, end):
+            frame = {"observation.state": data["state"][t], "action": data["action"][t], "task": "lift"}
+            frame.update({f"observation.images.{c}": data["image." + c][t] for c in cams})
+            ds.add_frame(frame)
+        ds.save_episode()
+        start = end
+    ds.finalize()
+"""
+
+
+def test_train_and_evaluate_on_a_dataset_lerobot_wrote(tmp_path):
+    """Twin demos written by lerobot's writer -> tether import -> tiny training -> twin eval."""
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+
+    def tether(*args: str, timeout: float = 600) -> str:
+        proc = subprocess.run([sys.executable, "-m", "tether.cli", *args], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    tether("record", "--robot", "twin:lift", "--teleop", "scripted", "--episodes", "4", "--out",
+           str(tmp_path / "demos.zarr"), "--seed", "100", "--set", "twin_params.width=80",
+           "--set", "twin_params.height=60", "--set", "fps=10")
+    with EpisodeStore.open(tmp_path / "demos.zarr") as store:
+        steps = store.read_steps(0, store.n_steps, ["state", "action", *store.image_keys])
+        np.savez(tmp_path / "demos.npz", ends=store.episode_ends, **steps)
+    run_lerobot(WRITE_FROM_NPZ, str(tmp_path / "demos.npz"), str(tmp_path / "lift_lerobot"))
+    tether("import", str(tmp_path / "lift_lerobot"), "--format", "lerobot", "--out",
+           str(tmp_path / "lift.zarr"))
+    with EpisodeStore.open(tmp_path / "lift.zarr") as store:
+        np.testing.assert_array_equal(store.read_steps(0, store.n_steps, ["state"])["state"],
+                                      steps["state"])
+    tether("train", "--dataset", str(tmp_path / "lift.zarr"), "--preset", "tiny", "--steps", "30",
+           "--out", str(tmp_path / "run"), "--no-progress")
+    out = tether("eval", "--task", "lift", "--checkpoint", str(tmp_path / "run"), "--episodes", "2",
+                 "--workers", "0", "--videos", "0", "--out", str(tmp_path / "report"), "--json")
+    summary = json.loads(out[out.index("{"):])
+    print("twin eval of a policy trained on a lerobot-written dataset:", summary)
+    assert summary["episodes"] == 2 and 0.0 <= summary["success_rate"] <= 1.0
