@@ -161,6 +161,8 @@ def test_twin_policy_drives_an_emulated_so101_through_the_measured_map(so101, mo
     assert [j.direction for j in fitted.joints] == DIRECTION.tolist()  # signed from two poses
     assert fitted.gripper.closed == pytest.approx(CLOSED, abs=tick)
     assert fitted.gripper.open == pytest.approx(OPEN, abs=tick)
+    print({"max_offset_error_rad": float(np.abs([j.offset for j in fitted.joints] - OFFSET).max()),
+           "gripper_error_rad": [fitted.gripper.closed - CLOSED, fitted.gripper.open - OPEN]})
 
     trajectory = twin_trajectory()
     expected = _ticks(config, truth_to_robot(trajectory))  # the truth, not the fitted map
@@ -185,6 +187,7 @@ def test_twin_policy_drives_an_emulated_so101_through_the_measured_map(so101, mo
     assert result.length > len(trajectory) // 2 and not result.held.any()
     rows = [int(np.argmin(np.abs(expected - row).max(axis=1))) for row in commanded]
     errors = [np.abs(expected[k] - row).max() for k, row in zip(rows, commanded, strict=True)]
+    print({"ticks": len(commanded), "max_error_ticks": float(max(errors))})
     assert max(errors) <= 1, f"commanded ticks differ from the mapped trajectory by {max(errors)}"
     assert rows == sorted(rows) and np.abs(commanded[-1] - expected[-1]).max() <= 1
 
