@@ -183,3 +183,30 @@ def test_cli_export_import_and_inspect(exported, tmp_path):
     result = runner.invoke(app, ["export", str(store_path), "--format", "lerobot", "--out",
                                  str(tmp_path / "ds2"), "--vcodec", "vp9"])
     assert result.exit_code == 2 and "vp9" in result.output
+
+
+def test_import_reads_image_features_embedded_as_png(exported, tmp_path):
+    """Datasets made with use_videos=False keep frames as PNG bytes in the frame table."""
+    import imagecodecs
+
+    store_path, ds, _ = exported
+    import shutil
+
+    copy = tmp_path / "png"
+    shutil.copytree(ds, copy)
+    info = json.loads((copy / "meta/info.json").read_text())
+    info["features"]["observation.images.top"]["dtype"] = "image"
+    info["features"]["observation.images.top"].pop("info")
+    del info["features"]["observation.images.wrist"]
+    (copy / "meta/info.json").write_text(json.dumps(info))
+    with EpisodeStore.open(store_path) as store:
+        frames = store.read_steps(0, store.n_steps, ["image.top"])["image.top"]
+    path = copy / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    images = pa.array([{"bytes": imagecodecs.png_encode(f), "path": None} for f in frames],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(table.append_column("observation.images.top", images), path)
+    import_dataset(copy, tmp_path / "b.zarr", image_codec="zstd")  # lossless
+    with EpisodeStore.open(tmp_path / "b.zarr") as b:
+        assert b.image_keys == ["image.top"]
+        np.testing.assert_array_equal(b.read_steps(0, b.n_steps, ["image.top"])["image.top"], frames)
