@@ -15,7 +15,8 @@ utils.py, video_utils.py, compute_stats.py), laid out under one folder:
 
 Names: `state` <-> `observation.state`, `state.<arm>` <-> `observation.state.<arm>`, `action`,
 `image.<cam>` <-> `observation.images.<cam>`; other data keys keep their names. Needs the
-`lerobot` extra (pyarrow, PyAV); `tether export/import --format lerobot` is the front end.
+`lerobot` extra (pyarrow, PyAV). The front end: `tether export --format lerobot`
+and `tether import --format lerobot`.
 """
 
 from tether.data.lerobot.exporter import export_store
