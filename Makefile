@@ -36,8 +36,12 @@ $(STAMP): pyproject.toml setup.py Makefile
 demo: setup
 	MUJOCO_GL=egl $(BIN)/tether demo
 
+# Two pytest workers (pytest-xdist), one test file each at a time: the suite is CPU-bound on
+# 2 cores, and its tests hold under load (`make test-stress`), so a second worker is safe.
+PYTEST_WORKERS := -n 2 --dist loadfile
+
 test: setup
-	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q
+	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_WORKERS)
 
 test-slow: setup
 	MUJOCO_GL=egl $(BIN)/python -m pytest -m slow -q
@@ -62,7 +66,7 @@ lerobot-check: setup
 # fast the machine is, so this must pass exactly like `make test`.
 test-stress: setup
 	@for i in 1 2; do (timeout 3600 bash -c "while :; do :; done") & echo $$! >> .stress-pids; done; \
-	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
+	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_WORKERS); rc=$$?; \
 	kill $$(cat .stress-pids) 2>/dev/null; rm -f .stress-pids; exit $$rc
 
 # The default suite in a random order (prints the seed; rerun with --random-order-seed=N).
