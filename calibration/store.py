@@ -11,12 +11,16 @@ Layout, next to the robot config `configs/so101.yaml`:
         history/camera_intrinsics.wrist.2026-12-02T16-10-56Z.yaml   # the ones it replaced
 
 Records are plain YAML (JSON is read too), never pickle: `format_version`, `kind`, `name`,
-`created` (UTC, ISO 8601), `tether_version`, `data` and `residuals`. A record is *stale* when
-its robot config was modified after it was made: the cameras or arms it describes may have moved.
+`created` (UTC, ISO 8601), `tether_version`, `data`, `residuals` and `robot_config_sha256`. A
+record is *stale* when its robot config's content changed after it was made (the cameras or arms
+it describes may have moved). Content, not modification time: a fresh `git clone` or a copy
+touches every file's mtime without changing the robot. Records without the hash (written before
+it existed) fall back to comparing the config's mtime with `created`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -66,6 +70,7 @@ class CalibrationRecord:
     tether_version: str = field(default_factory=_tether_version)
     format_version: int = FORMAT_VERSION
     notes: dict[str, Any] = field(default_factory=dict)
+    robot_config_sha256: str | None = None  # the robot config it was made for (set by save)
 
     def __post_init__(self) -> None:
         for label, value in (("kind", self.kind), ("name", self.name)):
@@ -93,6 +98,7 @@ class CalibrationRecord:
             "residuals": _plain(self.residuals),
             "data": _plain(self.data),
             "notes": _plain(self.notes),
+            "robot_config_sha256": self.robot_config_sha256,
         }
 
     @classmethod
@@ -113,6 +119,7 @@ class CalibrationRecord:
             residuals=dict(raw.get("residuals") or {}), created=str(raw["created"]),
             tether_version=str(raw.get("tether_version", "unknown")), format_version=version,
             notes=dict(raw.get("notes") or {}),
+            robot_config_sha256=raw.get("robot_config_sha256"),
         )
 
 
@@ -122,7 +129,7 @@ class Status:
 
     kind: str
     name: str
-    state: str  # "ok", "stale" (older than the robot config) or "missing"
+    state: str  # "ok", "stale" (made for an earlier robot config) or "missing"
     record: CalibrationRecord | None
 
 
@@ -155,6 +162,8 @@ class CalibrationStore:
     def save(self, record: CalibrationRecord) -> Path:
         """Write `record` atomically; the record it replaces moves to `history/`."""
         self.root.mkdir(parents=True, exist_ok=True)
+        if record.robot_config_sha256 is None:
+            record.robot_config_sha256 = self._config_sha256()
         path = self.root / record.filename
         if path.exists():
             history = self.root / "history"
@@ -197,11 +206,20 @@ class CalibrationStore:
         return sorted(folder.glob(f"{kind}.{name}.*")) if folder.is_dir() else []
 
     def is_stale(self, record: CalibrationRecord) -> bool:
-        """True when the robot config changed after `record` was made."""
-        if self.config_path is None or not self.config_path.exists():
+        """True when the robot config's content changed after `record` was made."""
+        current = self._config_sha256()
+        if current is None:
             return False
+        if record.robot_config_sha256 is not None:
+            return record.robot_config_sha256 != current
+        assert self.config_path is not None
         changed = datetime.fromtimestamp(self.config_path.stat().st_mtime, UTC)
         return record.created_at < changed
+
+    def _config_sha256(self) -> str | None:
+        if self.config_path is None or not self.config_path.is_file():
+            return None
+        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
 
     def status(self, expected: Iterable[tuple[str, str]]) -> list[Status]:
         """One Status per expected (kind, name), then every other record found."""
@@ -215,7 +233,7 @@ class CalibrationStore:
         return out
 
     def warnings(self, needs: Iterable[tuple[str, str]]) -> list[str]:
-        """One message per needed calibration that is missing or older than the robot config.
+        """One message per needed calibration that is missing or made for an earlier robot config.
 
         For the recorder and the rollout: they log these and carry on (a missing calibration
         degrades a feature, it does not stop a robot).
@@ -231,8 +249,8 @@ class CalibrationStore:
                 messages.append(f"No {status.kind} calibration for '{status.name}' in {self.root}; run: {fix}")
             else:
                 messages.append(
-                    f"The {status.kind} calibration for '{status.name}' ({status.record.created}) is older "
-                    f"than {self.config_path}; if the hardware moved, re-run: {fix}")
+                    f"The {status.kind} calibration for '{status.name}' ({status.record.created}) was made "
+                    f"for an earlier version of {self.config_path}; if the hardware moved, re-run: {fix}")
         return messages
 
     def _robot_label(self) -> str:

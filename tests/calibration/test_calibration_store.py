@@ -84,9 +84,11 @@ def test_status_says_ok_stale_and_missing(tmp_path):
     warnings = store.warnings(needs)
     assert len(warnings) == 1 and "top" in warnings[0] and "tether calibrate camera" in warnings[0]
 
-    os.utime(config, None)  # the robot config was edited after the calibration
+    os.utime(config, None)  # touched (a fresh clone, a copy) but not changed: still current
+    assert {s.name: s.state for s in store.status(needs)}["wrist"] == "ok"
+    config.write_text(config.read_text() + "\n# the wrist camera moved\n")  # edited
     assert {s.name: s.state for s in store.status(needs)}["wrist"] == "stale"
-    assert any("older than" in w and "wrist" in w for w in store.warnings(needs))
+    assert any("earlier version" in w and "wrist" in w for w in store.warnings(needs))
 
 
 def test_missing_and_unreadable_records_name_the_fix(tmp_path):
@@ -140,6 +142,6 @@ def test_record_and_rollout_warnings_for_missing_and_stale(tmp_path):
     store.save(_record("wrist"))
     store.save(_record("top"))
     assert warn_calibrations(str(config_path), config) == []
-    os.utime(config_path, None)
-    assert len(warn_calibrations(str(config_path), config)) == 2  # both older than the config
+    config_path.write_text(config_path.read_text() + "\n# a camera moved\n")
+    assert len(warn_calibrations(str(config_path), config)) == 2  # both made for the old config
     assert warn_calibrations("twin:lift", load_robot_config("twin:lift")) == []  # twin: exact truth

@@ -1,4 +1,4 @@
-"""Warn when a robot's calibrations are missing or older than its config (record, rollout).
+"""Warn when a robot's calibrations are missing or were made for an earlier robot config.
 
 Layer: app. Reads the robot's calibration folder (tether.calibration.store) and turns what is
 missing or stale into warnings; it never stops a robot: an uncalibrated camera degrades a
