@@ -61,6 +61,10 @@ def ramp(servo, t0: float) -> None:
     servo.update = update
 
 
+# Records in real time from two emulators on a shared host: margins hold under `make test-stress`.
+pytestmark = pytest.mark.realtime
+
+
 @pytest.fixture
 def realsense():
     device = SoftwareRealSense(W, H, FPS, serial="832112070009", depth=False)
