@@ -5,6 +5,7 @@ drivers, safety, the policy client). Everything else comes with an extra (pyproj
 
     train  torch, safetensors (+ data)     twin  mujoco, gymnasium
     data   zarr, numcodecs, imagecodecs    viz   matplotlib, pillow, opencv
+    calibrate  scipy (+ twin, data)
     hardware: opencv, realsense, dynamixel, feetech, ur, spacemouse
 
 Three ways a part says what it needs, all raising MissingExtraError (a TetherError: the CLI
@@ -45,6 +46,7 @@ EXTRA_OF: dict[str, str] = {
     "zarr": "data",
     "numcodecs": "data",
     "imagecodecs": "data",
+    "scipy": "calibrate",  # twin system identification (least_squares)
     "pyarrow": "lerobot",  # LeRobotDataset parquet files
     "av": "lerobot",  # PyAV: LeRobotDataset mp4 videos
     "matplotlib": "viz",
