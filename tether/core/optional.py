@@ -4,7 +4,7 @@ The core install is what a robot computer needs (numpy, pyzmq, msgpack, pyyaml, 
 drivers, safety, the policy client). Everything else comes with an extra (pyproject.toml):
 
     train  torch, safetensors (+ data)     twin  mujoco, gymnasium
-    data   zarr, numcodecs, imagecodecs    viz   matplotlib, pillow, opencv
+    data   zarr, numcodecs, imagecodecs    viz   matplotlib, pillow, opencv, rerun-sdk
     calibrate  scipy (+ twin, data)
     hardware: opencv, realsense, dynamixel, feetech, ur, spacemouse
 
@@ -51,6 +51,7 @@ EXTRA_OF: dict[str, str] = {
     "av": "lerobot",  # PyAV: LeRobotDataset mp4 videos
     "matplotlib": "viz",
     "PIL": "viz",
+    "rerun": "viz",  # rerun-sdk: live view (--view) and `tether view`
     "cv2": "opencv",  # also in viz (episode videos)
     "pyrealsense2": "realsense",
     "dynamixel_sdk": "dynamixel",
@@ -77,6 +78,7 @@ PART_PACKAGES: dict[str, tuple[str, ...]] = {
 DISTRIBUTION: dict[str, str] = {
     "PIL": "pillow",
     "cv2": "opencv-python-headless",
+    "rerun": "rerun-sdk",
     "OpenGL": "PyOpenGL",
     "serial": "pyserial",
     "dynamixel_sdk": "dynamixel-sdk",
