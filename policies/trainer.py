@@ -23,8 +23,10 @@ Periodic evaluation: pass `evaluate(policy) -> success rate` and set `eval_every
 checkpoint by success rate is kept in `checkpoints/best`, because training loss predicts
 closed-loop success poorly.
 
-Multi-process: launched under torchrun (`WORLD_SIZE` > 1) the trainer uses DDP (gloo on CPU);
-each rank reads its own shard of every global batch and rank 0 writes checkpoints and logs.
+Multi-process: launched under torchrun (`WORLD_SIZE` > 1) the trainer wraps the model in
+DistributedDataParallel (nccl on CUDA, gloo on CPU); each rank reads its own part of every global
+batch and rank 0 alone writes checkpoints and logs (`tether.policies.distributed`). A run resumes
+on any number of processes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ except ImportError as exc:  # a robot-side install has no torch: name the extra 
 from tether.core.config import from_dict, save_config
 from tether.core.errors import ConfigError, PolicyError
 from tether.policies.base import Policy
+from tether.policies.distributed import BatchOrder, Distributed, per_rank_batch
 from tether.policies.normalizer import Normalizer
 from tether.policies.registry import get_family
 
@@ -155,7 +158,7 @@ def train(config: TrainConfig, evaluate: Callable[[Policy], float] | None = None
     """
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
-    dist = _Distributed.from_env()
+    dist = Distributed.from_env(_device_of(config, resume))
     try:
         return _Trainer(config, evaluate, resume, dist, overwrite).run()
     finally:
@@ -218,74 +221,19 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, remove: bool = True) -> None
 # ----------------------------------------------------------------------------------------------
 
 
-class _Distributed:
-    def __init__(self, rank: int, world: int, active: bool) -> None:
-        self.rank, self.world, self.active = rank, world, active
-
-    @classmethod
-    def from_env(cls) -> _Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls(0, 1, False)
-        import torch.distributed as tdist
-
-        if not tdist.is_initialized():
-            tdist.init_process_group("gloo")
-        return cls(tdist.get_rank(), tdist.get_world_size(), True)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as tdist
-
-            tdist.barrier()
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank if `flag` is true on any (so all ranks stop at the same step)."""
-        if not self.active:
-            return flag
-        import torch.distributed as tdist
-
-        t = torch.tensor([1.0 if flag else 0.0])
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
-    def close(self) -> None:
-        if self.active:
-            import torch.distributed as tdist
-
-            if tdist.is_initialized():
-                tdist.destroy_process_group()
-
-
-class _BatchOrder:
-    """Batch indices as a pure function of (seed, step): a resumed run sees the same batches."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int) -> None:
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        global_batch = batch_size * world
-        self.per_epoch = max(1, n // global_batch)
-        self._epoch = -1
-        self._perm: torch.Tensor | None = None
-
-    def batch(self, step: int) -> list[int]:
-        epoch, pos = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)
-            need = self.per_epoch * self.batch_size * self.world
-            if need > self.n:  # tiny datasets: wrap around so every batch is full
-                perm = perm.repeat(math.ceil(need / self.n))
-            self._perm, self._epoch = perm, epoch
-        start = (pos * self.world + self.rank) * self.batch_size
-        return self._perm[start:start + self.batch_size].tolist()
+def _device_of(config: TrainConfig, resume: bool) -> str:
+    """The device the run trains on (it picks the process group's backend before the build)."""
+    device = config.device
+    if resume:
+        try:
+            device = load_run_config(config.out).device
+        except PolicyError:
+            pass  # the trainer reports the broken run directory itself
+    return resolve_device(device)
 
 
 class _StepSampler(torch.utils.data.Sampler[list[int]]):
-    def __init__(self, order: _BatchOrder, start: int, stop: int) -> None:
+    def __init__(self, order: BatchOrder, start: int, stop: int) -> None:
         self.order, self.start, self.stop = order, start, stop
 
     def __len__(self) -> int:
@@ -304,7 +252,7 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, evaluate, resume: bool, dist: _Distributed,
+    def __init__(self, config: TrainConfig, evaluate, resume: bool, dist: Distributed,
                  overwrite: bool = False) -> None:
         self.dist = dist
         self.evaluate = evaluate
@@ -312,11 +260,14 @@ class _Trainer:
         self.resume = resume
         self.overwrite = overwrite
         self.preset_note = ""
+        self.world_note: str | None = None
         if resume:
             saved = load_run_config(self.run_dir)
             if config.steps is not None:
                 saved.steps = config.steps  # allow extending a finished run
             saved.progress = config.progress
+            saved.batch_size, self.world_note = per_rank_batch(
+                saved.batch_size, _saved_world_size(self.run_dir), dist.world)
             self.config = saved
         else:
             if config.preset is None:
@@ -326,7 +277,7 @@ class _Trainer:
         c = self.config
         self.device = torch.device(resolve_device(c.device))
         if self.device.type == "cuda" and self.dist.active and self.device.index is None:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.dist.rank)))
+            self.device = torch.device("cuda", self.dist.local_rank)
         if c.threads > 0:
             torch.set_num_threads(c.threads)
         self.progress_ui = _ProgressUI(c.steps, enabled=c.progress and dist.is_main,
@@ -379,7 +330,7 @@ class _Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.order = _BatchOrder(len(self.dataset), c.batch_size, c.seed, self.dist.rank, self.dist.world)
+        self.order = BatchOrder(len(self.dataset), c.batch_size, c.seed, self.dist.rank, self.dist.world)
         self.step = 0
         self.best_score: float | None = None
 
@@ -393,6 +344,8 @@ class _Trainer:
             self.dist.barrier()
         if self.preset_note:
             self.progress_ui.say(self.preset_note)
+        if self.world_note:
+            self.progress_ui.say(self.world_note)
         self._build()
         if self.resume:
             self._load_train_state()
@@ -504,6 +457,8 @@ class _Trainer:
         info = {
             "step": self.step,
             "best_score": self.best_score,
+            "world_size": self.dist.world,  # with batch_size: the global batch, for a resume
+            "batch_size": self.config.batch_size,  # on another number of processes
             "param_groups": opt["param_groups"],
             "opt_scalars": scalars,
             "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -588,6 +543,15 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+def _saved_world_size(run_dir: Path) -> int:
+    """Processes of the run that wrote checkpoints/last (1 for runs saved before this was kept)."""
+    path = run_dir / "checkpoints" / "last" / "train_state.json"
+    try:
+        return int(json.loads(path.read_text()).get("world_size", 1))
+    except (OSError, ValueError, AttributeError):
+        return 1  # missing or broken: _load_train_state reports it
 
 
 def _seed_everything(seed: int) -> None:
