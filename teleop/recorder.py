@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from tether.core.errors import DeviceError, StoreError, TetherError
+from tether.core.telemetry import NullTelemetry, Telemetry
 from tether.data.layout import timing_key
 from tether.data.store import EpisodeStore, EpisodeWriter
 from tether.robot.control import ControlRow, ControlStep
@@ -100,8 +101,10 @@ class Recorder:
         operator: str = "",
         flush_every: int = 16,
         on_status: Callable[[dict], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.robot = robot
+        self.telemetry = telemetry or NullTelemetry()  # --view: a live view, off the loop thread
         self.teleop = teleop
         self.store = store
         self.fps = float(fps if fps is not None else store.fps)
@@ -202,7 +205,9 @@ class Recorder:
         )
 
         def step(tick: Tick) -> bool:
-            sample = control(tick).reading
+            row = control(tick)
+            sample = row.reading
+            self.telemetry.tick(tick, sample.observation, row.target, row.sent, self.robot)
             spans.track(state["steps"], bool(getattr(self.teleop, "intervening", False)))
             if writer.backlog > 2 * self.fps:
                 monitor.warn("writer", f"the disk is falling behind: {writer.backlog} ticks queued")
@@ -258,6 +263,8 @@ class Recorder:
             decision = DISCARDED
         index = writer.finish(meta if decision == SAVED else None)
         result = EpisodeResult(decision, index, state["steps"], stats, success, rerecord)
+        self.telemetry.event("episode", f"{episode_label or index}: {decision}, {state['steps']} steps, "
+                             f"success {success}")
         log.info(
             "episode %s: %s, %d steps, %.1f Hz, skew p99 %.1f ms, drops %s",
             index if index is not None else "-", decision, state["steps"], loop_stats.achieved_hz,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tether.core.errors import DeviceError
+from tether.core.telemetry import NullTelemetry, Telemetry
 from tether.robot.control import ControlStep
 from tether.robot.interfaces import Robot
 from tether.robot.runtime import LoopStats, RateLoop, Tick
@@ -48,6 +49,7 @@ def run_teleop(
     realtime: bool = True,
     on_tick: Callable[[Tick], None] | None = None,
     stop: threading.Event | None = None,
+    telemetry: Telemetry | None = None,
 ) -> TeleopReport:
     """Drive `robot` from `device` until `duration_s`, `max_ticks`, `stop` is set, or the
     device reports `episode_done`. Robot and device must be connected.
@@ -56,8 +58,10 @@ def run_teleop(
     whose read fails (DeviceError: a leader's bus times out, a cable is pulled) gives no target
     that tick: the arm holds through the watchdog instead of the loop dying with the arm in an
     unknown state; the errors are counted and logged. A device that was closed
-    (DeviceClosedError) ends the loop with that error: it will not come back.
+    (DeviceClosedError) ends the loop with that error: it will not come back. `telemetry`
+    (a live view, --view) is told every tick without the loop waiting on it.
     """
+    view = telemetry or NullTelemetry()
     if not realtime:
         robot.require_simulated_time("--fast (realtime=False)")
     last_log = -1e9
@@ -79,7 +83,8 @@ def run_teleop(
     )
 
     def step(tick: Tick) -> bool:
-        control(tick)
+        row = control(tick)
+        view.tick(tick, row.reading, row.target, row.sent, robot)
         if on_tick is not None:
             on_tick(tick)
         return not device.episode_done and not (stop is not None and stop.is_set())

@@ -51,6 +51,7 @@ import numpy as np
 
 from tether.core.errors import ConfigError, PolicyError, TetherError
 from tether.core.schema import PolicySpec, state_key
+from tether.core.telemetry import NullTelemetry, Telemetry
 from tether.policies.base import Policy
 from tether.robot.control import ControlStep
 from tether.robot.episodic import as_episodic, episode_ended
@@ -175,6 +176,7 @@ def run_episode(
     seed: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     units=None,
+    telemetry: Telemetry | None = None,
 ) -> EpisodeResult:
     """Run one episode of `source` (a Policy or a PolicyClient) on `robot`; see the module doc.
 
@@ -184,11 +186,12 @@ def run_episode(
     The robot is connected if needed; a robot with `reset(seed)` (the twin) is reset first.
     Raises PolicyError before anything moves when the policy does not fit the robot (inputs,
     action size, or rate without `resample`). `on_progress(step, max_steps)` is called every
-    tick (the caller rate-limits what it shows).
+    tick (the caller rate-limits what it shows). `telemetry` (a live view, --view) is told every
+    tick and every chunk received, without the loop waiting on it.
     """
     config = config or RolloutConfig()
     chunk_source = as_chunk_source(source, config.steps)
-    return _Episode(robot, chunk_source, config, seed, on_progress, units).run()
+    return _Episode(robot, chunk_source, config, seed, on_progress, units, telemetry).run()
 
 
 def resample_chunk(actions: np.ndarray, policy_fps: float, robot_fps: float) -> np.ndarray:
@@ -464,9 +467,11 @@ class _Episode:
         seed: int | None,
         on_progress: Callable[[int, int], None] | None = None,
         units=None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.robot = robot
         self.units = units
+        self.telemetry = telemetry or NullTelemetry()
         self.source = source
         self.config = config
         self.seed = seed
@@ -612,6 +617,7 @@ class _Episode:
             return False
         row = self.control(tick)
         observation = row.reading
+        self.telemetry.tick(tick, observation, row.target, row.sent, self.robot)
         self.last_command = np.asarray(row.sent, dtype=np.float64)
         target = row.target if row.target is not None else np.full(self.robot.action_dim, np.nan)
         self.records["actions"].append(np.asarray(row.sent, dtype=np.float32))
@@ -759,6 +765,7 @@ class _Episode:
         self.last_error = None
         start = chunk.step + late
         self.blender.add_chunk(start, actions[late:])
+        self.telemetry.chunk(chunk.step, actions)  # the whole prediction, past rows included
         self.newest_end = max(self.newest_end, end)
 
     def _stalling(self, step: int) -> None:
