@@ -276,9 +276,12 @@ def read_rrd(path: str | Path) -> dict[str, Any]:
         for name in chunk.timeline_names:
             if name == "log_time":
                 continue
-            values = batch.column(name).to_pylist()
-            if name == TIME:
-                values = [v.total_seconds() for v in values]
+            column = batch.column(name)
+            if name == TIME:  # duration[ns] -> seconds (pyarrow's timedelta drops nanoseconds)
+                column = column.cast("int64")
+                values = [v / 1e9 for v in column.to_pylist()]
+            else:
+                values = column.to_pylist()
             timelines.setdefault(entity, {}).setdefault(name, []).extend(values)
     for per_entity in timelines.values():
         for name in per_entity:
