@@ -16,6 +16,9 @@ import typer
 from tether.core.errors import ConfigError
 
 SCRIPTED = "scripted"  # the only device that is not a person, so the only one that may run fast
+VIEW_HELP = ("Live view in rerun (tether[viz]): spawn (a viewer here), FILE.rrd, tcp://HOST:PORT "
+             "(serve for a viewer elsewhere: rerun rerun+http://HOST:PORT/proxy), web[:PORT] (also "
+             "the web viewer), or rerun+http://HOST:PORT/proxy. Logged off the control loop.")
 
 
 def register(app: typer.Typer) -> None:
@@ -60,6 +63,7 @@ def record_command(
     ),
     teleop_param: list[str] = typer.Option([], "--teleop-param", help="Device option key=value."),
     overrides: list[str] = typer.Option([], "--set", help="Robot config override, e.g. fps=50."),
+    view: str | None = typer.Option(None, "--view", help=VIEW_HELP),
 ) -> None:
     """Record teleoperated episodes into a Zarr episode store.
 
@@ -75,7 +79,7 @@ def record_command(
     _record(
         console, out, robot, teleop, episodes, fps, episode_time, reset_time, realtime, task,
         operator, append, overwrite, zarr_format, image_quality, seed, keyboard, teleop_param,
-        overrides, sys.stdin.isatty(),
+        overrides, sys.stdin.isatty(), view=view,
     )
 
 
@@ -92,6 +96,7 @@ def teleop_command(
         help="Read the e-stop keys from stdin (default: when stdin is a terminal).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    view: str | None = typer.Option(None, "--view", help=VIEW_HELP),
 ) -> None:
     """Teleoperate a robot live, without recording: check calibration, axes and limits first.
 
@@ -143,7 +148,13 @@ def teleop_command(
             if keys is not None:
                 console.print(legend(ESTOP_HELP + "  [q] quit"))
                 keys.start()
-            report = run_teleop(the_robot, the_device, duration_s=duration or None, stop=stop)
+            telemetry = _live_view(view, the_robot, f"teleop {name}")
+            try:
+                report = run_teleop(the_robot, the_device, duration_s=duration or None, stop=stop,
+                                    telemetry=telemetry)
+            finally:
+                if telemetry is not None:
+                    telemetry.close()
     finally:
         if keys is not None:
             keys.stop()
@@ -157,6 +168,15 @@ def teleop_command(
         f"{loop.jitter_p99_ms:.1f} ms, overruns {loop.overruns}, holds {report.holds}, "
         f"safety {report.safety or 'clean'}"
     )
+
+
+def _live_view(view: str | None, robot, name: str):
+    """The live view's telemetry for `--view SPEC`, or None without it."""
+    if view is None:
+        return None
+    from tether.app.live_view import live_view
+
+    return live_view(view, robot, name=name)
 
 
 def _say_estop(console, latched: bool) -> None:
@@ -173,7 +193,7 @@ def _shares_terminal(device: str, params: dict) -> bool:
 
 def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, reset_time,
             realtime, task, operator, append, overwrite, zarr_format, image_quality, seed,
-            keyboard, teleop_params, overrides, is_tty) -> None:
+            keyboard, teleop_params, overrides, is_tty, view=None) -> None:
     from tether.robot.twin.render import configure_backend
 
     configure_backend()  # before anything imports mujoco
@@ -241,7 +261,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
                     console.print(f"[yellow]warning:[/yellow] seed {seed} was already recorded in "
                                   f"{out}; episodes from it repeat earlier ones on the twin.")
                 _session(console, store, robot, device, episodes, rate, realtime, task, operator,
-                         episode_time, reset_time, seed, keyboard, out)
+                         episode_time, reset_time, seed, keyboard, out, view=view)
         finally:
             if created and _is_empty(out):
                 import shutil
@@ -313,16 +333,17 @@ def _is_empty(out: Path) -> bool:
 
 
 def _session(console, store, robot, device, episodes, rate, realtime, task, operator,
-             episode_time, reset_time, seed, keyboard, out) -> None:
+             episode_time, reset_time, seed, keyboard, out, view=None) -> None:
     from rich.live import Live
 
     from tether.teleop.recorder import SAVED, Recorder
     from tether.teleop.recorder_keys import legend
     from tether.teleop.recorder_view import PlainProgress, StatusView
 
+    telemetry = _live_view(view, robot, f"record {out}")
     view = StatusView(episodes)
     recorder = Recorder(robot, device, store, fps=rate, realtime=realtime, task=task,
-                        operator=operator, on_status=view.update)
+                        operator=operator, on_status=view.update, telemetry=telemetry)
     run = dict(
         num_episodes=episodes, episode_time_s=episode_time if realtime else None,
         max_steps=None if realtime else int(round(episode_time * rate)),
@@ -331,15 +352,19 @@ def _session(console, store, robot, device, episodes, rate, realtime, task, oper
     )
     if keyboard:
         console.print(legend())
-    if console.is_terminal:
-        with Live(view, console=console, refresh_per_second=5, transient=False) as live:
-            view.live = live
-            results = recorder.run(**run, on_episode=view.finished)
-    else:  # a pipe, nohup, CI: plain lines, a few per minute, instead of a live display
-        plain = PlainProgress(episodes, write=lambda line: console.print(
-            line, markup=False, highlight=False, soft_wrap=True))
-        recorder.on_status = plain.update
-        results = recorder.run(**run, on_episode=plain.finished)
+    try:
+        if console.is_terminal:
+            with Live(view, console=console, refresh_per_second=5, transient=False) as live:
+                view.live = live
+                results = recorder.run(**run, on_episode=view.finished)
+        else:  # a pipe, nohup, CI: plain lines, a few per minute, instead of a live display
+            plain = PlainProgress(episodes, write=lambda line: console.print(
+                line, markup=False, highlight=False, soft_wrap=True))
+            recorder.on_status = plain.update
+            results = recorder.run(**run, on_episode=plain.finished)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
     saved = [r for r in results if r.outcome == SAVED]
     if store.n_episodes:  # normalizer statistics, computed once and saved with the store
         from tether.data.stats import compute_stats
