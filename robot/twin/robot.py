@@ -45,6 +45,9 @@ class TwinParams:
     command_latency_s / command_jitter_s: delay before a command reaches the actuators.
     camera_latency_s / camera_jitter_s: delay between capture and delivery of a frame.
     seed: the first episode's seed (reset(seed) chooses later ones).
+    dynamics: a twin dynamics file (`tether calibrate twin`, robot/twin/params.py): per-joint
+        gains, damping, armature, friction; its command latency applies unless
+        command_latency_s is set here.
     """
 
     cameras: list[str] | None = None
@@ -58,6 +61,7 @@ class TwinParams:
     camera_latency_s: float = 0.0
     camera_jitter_s: float = 0.0
     seed: int = 0
+    dynamics: str | None = None
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> TwinParams:
@@ -80,6 +84,8 @@ class TwinParams:
                 raise ConfigError(f"twin_params.{label} must be a number, got {value!r}")
         if params.get("camera_fps") is not None and not params["camera_fps"] > 0:
             raise ConfigError("twin_params.camera_fps must be positive")
+        if params.get("dynamics") is not None and not isinstance(params["dynamics"], str):
+            raise ConfigError(f"twin_params.dynamics must be a file path, got {params['dynamics']!r}")
         if not isinstance(params.get("seed", 0), int) or params.get("seed", 0) < 0:
             raise ConfigError(f"twin_params.seed must be a non-negative integer, got {params['seed']!r}")
         out = cls(**params)
@@ -131,6 +137,10 @@ class TwinRobot(Robot):
             control_hz=fps,
             command_delay=Delay(params.command_latency_s, params.command_jitter_s),
         )
+        if params.dynamics:  # a twin fitted to a real arm (robot/twin/params.py)
+            from tether.robot.twin.params import apply_to_sim
+
+            apply_to_sim(self.sim, params.dynamics, latency_set=params.command_latency_s > 0)
         task.bind(self.sim)
         arms = {
             arm_name: TwinArm(self.sim, i, arm_name)
@@ -316,6 +326,11 @@ class TwinRobot(Robot):
             raise DeviceError(
                 f"The twin's realtime physics thread stopped: {self.physics_error!r}"
             ) from self.physics_error
+
+    def add_step_hook(self, hook) -> None:
+        """Call `hook()` after every physics step: sub-tick timing for device wrappers such as
+        tether.robot.latency (it runs in the thread that steps, under the sim lock)."""
+        self.sim.add_after_step_hook(hook)
 
     def privileged_state(self) -> dict[str, np.ndarray]:
         """Object poses (for experts and debugging; policies never see this)."""
