@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tether.app.commands.record import VIEW_HELP
 from tether.core.progress import PlainLines
 
 console = Console()
@@ -69,6 +70,7 @@ def rollout(
     keys: Path | None = typer.Option(None, "--keys", help="CURVE key directory (see tether keys)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write per-episode summaries here."),
     overrides: list[str] = typer.Option([], "--set", help="Robot config override key=value."),
+    view: str | None = typer.Option(None, "--view", help=VIEW_HELP),
 ) -> None:
     """Run a policy on a robot: async chunks, latency alignment, blending, stall watchdog.
 
@@ -95,7 +97,7 @@ def rollout(
             dict(max_steps=max_steps, blend=blend, ensemble_m=ensemble_m,
                  request_threshold=threshold, steps=steps, realtime=realtime,
                  request_timeout_s=timeout, resample=resample),
-            keyboard,
+            keyboard, view,
         )  # fmt: skip
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -108,7 +110,7 @@ def rollout(
 
 def _run(
     robot_spec, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout, options,
-    keyboard=False,
+    keyboard=False, view=None,
 ) -> list[dict]:
     from tether.app.rollout import RolloutConfig, run_episode
     from tether.robot.factory import make_robot
@@ -144,20 +146,27 @@ def _run(
 
         reader = KeyReader(estop_bindings(robot, _say_estop))
         console.print(legend(ESTOP_HELP))
+    telemetry = None
     try:
         with robot:
+            if view is not None:  # a live view (rerun), fed off the control loop
+                from tether.app.live_view import live_view
+
+                telemetry = live_view(view, robot, name=f"rollout {server or policy}")
             if reader is not None:
                 reader.start()
             for episode in range(episodes):
                 on_progress = None if progress is None else progress.step_callback(episode)
                 result = run_episode(
                     robot, source, config, seed=seed + episode, on_progress=on_progress,
-                    units=units,
+                    units=units, telemetry=telemetry,
                 )
                 summaries.append(result.summary())
                 if progress is not None:
                     progress.finished(episode, summaries[-1])
     finally:
+        if telemetry is not None:
+            telemetry.close()
         if reader is not None:
             reader.stop()
         if server is not None:
