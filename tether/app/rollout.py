@@ -53,7 +53,7 @@ from tether.core.errors import ConfigError, PolicyError, TetherError
 from tether.core.schema import PolicySpec, state_key
 from tether.core.telemetry import NullTelemetry, Telemetry
 from tether.policies.base import Policy
-from tether.robot.control import ControlStep
+from tether.robot.control import ControlRow, ControlStep
 from tether.robot.episodic import as_episodic, episode_ended
 from tether.robot.interfaces import Observation
 from tether.robot.runtime import RateLoop, Tick
@@ -143,6 +143,9 @@ class EpisodeResult:
     stall_events: list[Stall]
     loop: dict[str, float | int]  # RateLoop statistics
     frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # (T,) bool: ticks that executed the operator's own target (a takeover, tether.app.takeover)
+    intervention: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    takeover: dict[str, Any] = field(default_factory=dict)  # Takeover.summary(): spans, handovers
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly scalars (no per-tick arrays)."""
@@ -166,6 +169,8 @@ class EpisodeResult:
             "safety": dict(self.safety),
             "loop": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.loop.items()},
             "stall_events": [asdict(s) for s in self.stall_events],
+            "intervention_steps": int(self.intervention.sum()),
+            "handovers": len(self.takeover.get("handovers", [])),
         }
 
 
@@ -177,6 +182,8 @@ def run_episode(
     on_progress: Callable[[int, int], None] | None = None,
     units=None,
     telemetry: Telemetry | None = None,
+    takeover=None,
+    on_row: Callable[[ControlRow, int], None] | None = None,
 ) -> EpisodeResult:
     """Run one episode of `source` (a Policy or a PolicyClient) on `robot`; see the module doc.
 
@@ -188,10 +195,17 @@ def run_episode(
     action size, or rate without `resample`). `on_progress(step, max_steps)` is called every
     tick (the caller rate-limits what it shows). `telemetry` (a live view, --view) is told every
     tick and every chunk received, without the loop waiting on it.
+
+    `takeover` (a tether.app.takeover.Takeover) lets an operator take over with a teleop
+    device: it decides each tick's target from the policy's action and the device's, with
+    handovers limited in speed; the result's `intervention` flags the ticks the human drove.
+    `on_row(row, step)` is called with every tick's ControlRow (the rollout recorder).
     """
     config = config or RolloutConfig()
     chunk_source = as_chunk_source(source, config.steps)
-    return _Episode(robot, chunk_source, config, seed, on_progress, units, telemetry).run()
+    return _Episode(
+        robot, chunk_source, config, seed, on_progress, units, telemetry, takeover, on_row
+    ).run()
 
 
 def resample_chunk(actions: np.ndarray, policy_fps: float, robot_fps: float) -> np.ndarray:
@@ -468,8 +482,12 @@ class _Episode:
         on_progress: Callable[[int, int], None] | None = None,
         units=None,
         telemetry: Telemetry | None = None,
+        takeover=None,
+        on_row: Callable[[ControlRow, int], None] | None = None,
     ) -> None:
         self.robot = robot
+        self.takeover = takeover
+        self.on_row = on_row
         self.units = units
         self.telemetry = telemetry or NullTelemetry()
         self.source = source
@@ -488,7 +506,9 @@ class _Episode:
         self.blender = _make_blender(config)
         self.newest_end = -1  # first step not covered by any chunk received so far
         self.t_origin = 0.0
-        self.records: dict[str, list] = {"actions": [], "targets": [], "joints": [], "held": []}
+        self.records: dict[str, list] = {
+            "actions": [], "targets": [], "joints": [], "held": [], "intervention": []
+        }
         self.frames: dict[str, list[np.ndarray]] = {}
         self.latency_ms: list[float] = []
         self.inference_ms: list[float] = []
@@ -518,6 +538,8 @@ class _Episode:
         self._check_rate()
         if self.episodic is not None:
             self.episodic.reset(self.seed if self.seed is not None else 0)
+        if self.takeover is not None:  # after the robot's reset: a scripted operator reads the scene
+            self.takeover.reset(self.seed)
         self.source.reset()
         self.blender.reset()
         safety_before = dict(robot.safety_counts())
@@ -565,6 +587,8 @@ class _Episode:
             stall_events=self.stalls,
             loop=stats.as_dict(),
             frames=self.frames,
+            intervention=np.asarray(self.records["intervention"], dtype=bool),
+            takeover=self.takeover.summary() if self.takeover is not None else {},
         )
 
     def _check_rate(self) -> None:
@@ -624,6 +648,9 @@ class _Episode:
         self.records["targets"].append(np.asarray(target, dtype=np.float32))
         self.records["joints"].append(observation.state)
         self.records["held"].append(row.held)
+        self.records["intervention"].append(self.takeover is not None and self.takeover.intervening)
+        if self.on_row is not None:
+            self.on_row(row, step)
         if self.on_progress is not None:
             self.on_progress(step, self.max_steps)
         if self._check_success(step) and self.config.stop_on_success:
@@ -650,6 +677,8 @@ class _Episode:
             self._stalling(step)
         elif self.stall is not None:
             self._end_stall(step)
+        if self.takeover is not None:  # the operator may be driving, or taking over / handing back
+            return self.takeover.decide(observation, action, self.last_command)
         return action
 
     def _meant_for(self, tick: Tick) -> float:
