@@ -1,0 +1,249 @@
+"""The quality score of a take, with the parts that need more than the data layer.
+
+tether.data.quality computes smoothness, coverage and consistency from the arrays alone. This
+module adds what needs a robot or a policy, and wires the result to its users:
+
+- which action dimensions are grippers (from the robot, or the twin task a store was recorded on);
+- compatibility with a base policy (`--base-policy`): the policy's action error on the take in
+  the states it knows (near the states of the store it was trained on, else of the store being
+  recorded), after *Eliciting Compatible Demonstrations* (Gandhi et al. 2022); a take the
+  policy would act very differently on is flagged `low_compatibility`, with the step and joint;
+- `TakeScorer`: scores each take right after it is saved (`tether record` calls it through
+  the recorder's `on_episode` callback), judged against the takes before it, and stores the
+  result in the episode's metadata under `quality` (one durable metadata-file rewrite);
+- `rank_store`: every episode judged against all the others (`tether data quality`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tether.core.errors import ConfigError
+from tether.data.quality import (
+    QUALITY_KEY,
+    QualityConfig,
+    Reference,
+    episode_quality,
+    reference_from,
+    store_quality,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BaseCompatibility", "TakeScorer", "gripper_dims", "gripper_dims_of_store",
+           "keep_episodes", "quality_line", "rank_store"]
+
+
+# ---------------------------------------------------------------------------------- grippers
+def gripper_dims(robot) -> list[int]:
+    """Action indices of the robot's grippers (arms in robot order, as Robot.act lays them out)."""
+    dims, offset = [], 0
+    for arm in robot.arms.values():
+        spec = arm.spec
+        if spec.gripper_index is not None:
+            dims.append(offset + int(spec.gripper_index))
+        offset += int(spec.dof)
+    return dims
+
+
+def gripper_dims_of_store(store) -> list[int]:
+    """Gripper action indices of the robot a store was recorded on, from its saved config.
+
+    Twin stores name their task (its arm models say where the grippers are); hardware configs
+    would need their drivers, so they get [] (no chatter metric) and a debug log."""
+    config = store.attrs.get("robot_config") or {}
+    task = config.get("twin_task") if isinstance(config, Mapping) else None
+    if not task:
+        log.debug("%s: no twin task in the robot config; gripper chatter is not measured", store.path)
+        return []
+    from tether.robot.twin.tasks import make_task
+
+    dims, offset = [], 0
+    for _, model, _ in make_task(str(task)).sim_arms():
+        dims.append(offset + len(model.joints))
+        offset += len(model.joints) + 1
+    return dims
+
+
+# ---------------------------------------------------------------------------------- base policy
+class BaseCompatibility:
+    """A base policy's judgement of takes: action error in the states it knows.
+
+    policy: a loaded tether Policy (tether.policies.checkpoint.load_policy).
+    familiar_reference: states the policy was trained on (None: use the caller's familiar mask).
+    max_steps: evaluate at most this many evenly spaced familiar steps per take (inference cost).
+    """
+
+    def __init__(self, policy, store, familiar_reference: Reference | None = None,
+                 config: QualityConfig | None = None, max_steps: int = 60) -> None:
+        self.policy = policy
+        self.store = store
+        self.reference = familiar_reference
+        self.config = config or QualityConfig()
+        self.max_steps = int(max_steps)
+        names = [a.name for a in policy.spec.observation]
+        missing = [n for n in names if n not in store.keys]
+        if missing:
+            raise ConfigError(f"the base policy reads {', '.join(missing)}, which {store.path} does "
+                              f"not record (it has {', '.join(store.data_keys)}); give a policy "
+                              "trained on the same cameras and state.")
+        self.keys = names
+        if int(policy.spec.action_dim) != int(store.array("action").shape[1]):
+            raise ConfigError(f"the base policy acts in {policy.spec.action_dim} dimensions, the "
+                              f"store's actions have {store.array('action').shape[1]}; give a "
+                              "policy for this robot.")
+
+    @classmethod
+    def load(cls, path: str | Path, store, config: QualityConfig | None = None) -> BaseCompatibility:
+        """Load a checkpoint (run directory or checkpoint folder); its training store, when it is
+        still where the run says, defines which states the policy knows."""
+        from tether.policies.checkpoint import load_policy
+
+        policy = load_policy(path)
+        return cls(policy, store, _training_reference(Path(path), config), config)
+
+    def __call__(self, episode: int, state: np.ndarray, action: np.ndarray,
+                 familiar: np.ndarray, action_scale: np.ndarray | None = None) -> dict[str, Any]:
+        c = self.config
+        if self.reference is not None and self.reference.n_steps:
+            dists, _ = self.reference.neighbours(state)
+            familiar = dists[:, 0] < c.familiar_dist
+            scale = self.reference.scales()[1]
+            basis = "the base policy's training states"
+        else:
+            scale = action_scale if action_scale is not None else np.ones(action.shape[1])
+            basis = "states of earlier takes"
+        steps = np.flatnonzero(familiar)
+        note = ""
+        if len(steps) < c.min_familiar:  # nothing known yet: judge the whole take, say so
+            steps, note = np.arange(len(state)), " (no familiar states: judged on every step)"
+            basis = "every step"
+        if len(steps) > self.max_steps:
+            steps = steps[np.linspace(0, len(steps) - 1, self.max_steps).round().astype(int)]
+        start, _ = self.store.episode_range(episode)
+        self.policy.reset()
+        errors, worst_dims = [], []
+        for t in steps:
+            obs = self.store.read_steps(start + int(t), start + int(t) + 1, self.keys)
+            predicted = self.policy.predict_chunk({k: v[0] for k, v in obs.items()})[0]
+            diff = (np.asarray(action[t], np.float64) - predicted) / scale
+            errors.append(float(np.sqrt(np.mean(diff ** 2))))
+            worst_dims.append(int(np.argmax(np.abs(diff))))
+        err = np.asarray(errors)
+        mean = float(err.mean()) if len(err) else 0.0
+        out: dict[str, Any] = {
+            "score": float(np.exp(-((mean / c.compatibility_ref) ** 2))),
+            "metrics": {"action_error": mean, "steps": int(len(steps)), "basis": basis},
+            "flags": [], "reasons": [],
+        }
+        if mean > c.compatibility_max:
+            i = int(np.argmax(err))
+            out["flags"].append("low_compatibility")
+            out["reasons"].append(
+                f"low compatibility with the base policy: action error {mean:.2f} std in {basis} "
+                f"(limit {c.compatibility_max:g}){note}; worst at step {int(steps[i])}, action "
+                f"dimension {worst_dims[i]}: a different way of doing the task than the policy's")
+        return out
+
+
+def _training_reference(path: Path, config: QualityConfig | None) -> Reference | None:
+    """States/actions of the store a run was trained on (its config.json), if still there."""
+    import json
+
+    for run in (path, *path.parents[:3]):
+        cfg = run / "config.json"
+        if cfg.is_file():
+            try:
+                data = json.loads(cfg.read_text())
+            except (OSError, ValueError):
+                return None
+            dataset = data.get("dataset")
+            if not dataset or not Path(dataset).exists():
+                return None
+            from tether.data.store import EpisodeStore
+
+            with EpisodeStore.open(dataset, "r") as train_store:
+                chosen = data.get("episodes") or range(train_store.n_episodes)
+                episodes = [train_store.get_episode(int(e), ["state", "action"]) for e in chosen]
+            return reference_from(episodes, config) if episodes else None
+    return None
+
+
+# ---------------------------------------------------------------------------------- per take
+class TakeScorer:
+    """Scores each saved take against the takes before it and stores `quality` in its metadata.
+
+    Built once per recording session on the open (append-mode) store; `score(episode)` is what
+    the recorder's on_episode callback calls while the operator resets the scene.
+    """
+
+    def __init__(self, store, gripper: Sequence[int] = (), base_policy: BaseCompatibility | None = None,
+                 config: QualityConfig | None = None) -> None:
+        self.store = store
+        self.gripper = list(gripper)
+        self.base_policy = base_policy
+        self.config = config or QualityConfig()
+        self._reference: Reference | None = None
+
+    def score(self, episode: int) -> dict[str, Any]:
+        data = self.store.get_episode(episode, ["state", "action"])
+        ref = self._grow(episode)
+        compat = None
+        if self.base_policy is not None:
+            dists, _ = ref.neighbours(data["state"], before=episode) if ref.n_steps else (None, None)
+            familiar = (dists[:, 0] < self.config.familiar_dist if dists is not None and dists.shape[1]
+                        else np.zeros(len(data["state"]), bool))
+            compat = self.base_policy(episode, data["state"], data["action"], familiar,
+                                      ref.scales()[1] if ref.n_steps else None)
+        quality = episode_quality(data["state"], data["action"], self.store.fps, ref, before=episode,
+                                  gripper_dims=self.gripper, compatibility=compat, config=self.config)
+        self.store.update_episode_metadata(episode, **{QUALITY_KEY: quality})
+        ref.add(episode, data["state"], data["action"])
+        return quality
+
+    def _grow(self, episode: int) -> Reference:
+        """The reference of every episode before `episode` (read once, then grown per take)."""
+        if self._reference is None:
+            state_dim = int(self.store.array("state").shape[1])
+            action_dim = int(self.store.array("action").shape[1])
+            self._reference = Reference(state_dim, action_dim, self.config)
+        known = self._reference.episodes
+        for e in range(episode):
+            if e not in known:
+                d = self.store.get_episode(e, ["state", "action"])
+                self._reference.add(e, d["state"], d["action"])
+        return self._reference
+
+
+# ---------------------------------------------------------------------------------- a store
+def rank_store(store, base_policy: str | Path | None = None, config: QualityConfig | None = None,
+               progress=None) -> list[dict[str, Any]]:
+    """Every episode's quality, judged against all the others (and the base policy if given)."""
+    c = config or QualityConfig()
+    compat = BaseCompatibility.load(base_policy, store, c) if base_policy else None
+    call = None
+    if compat is not None:
+        def call(e, state, action, familiar):
+            return compat(e, state, action, familiar)
+    return store_quality(store, gripper_dims=gripper_dims_of_store(store), config=c,
+                         compatibility=call, progress=progress)
+
+
+def keep_episodes(reports: Sequence[Mapping[str, Any]], min_score: float = 0.0) -> list[int]:
+    """Episodes with no flag and a score of at least `min_score`."""
+    return [e for e, q in enumerate(reports) if not q["flags"] and q["score"] >= min_score]
+
+
+def quality_line(q: Mapping[str, Any]) -> str:
+    """One line for the operator: score, components, and why a take is flagged."""
+    parts = [f"{name} {q[name]:.2f}" for name in ("smoothness", "consistency", "compatibility",
+                                                   "coverage") if q.get(name) is not None]
+    text = f"quality {q['score']:.2f} ({', '.join(parts)})"
+    if q.get("flags"):
+        text += "  FLAGGED: " + "; ".join(q.get("reasons") or q["flags"])
+    return text
