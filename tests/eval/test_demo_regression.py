@@ -1,0 +1,61 @@
+"""Regression: `tether demo` records and evaluates at the speed its recipe was tuned at.
+
+Commit 1c48fe4 turned the safety layer's per-tick step limit (0.05 per tick: 0.5 rad/s at the
+demo's 10 Hz) into a per-second limit, 3 rad/s on the twin. The scripted expert still succeeded
+every time, so no fast test noticed, but its lift demonstrations changed: ~35 decisions with
+steps of up to 0.24 per action instead of ~46 smooth ones of at most 0.05, and the demo's ACT
+recipe fell from ~90% to ~50% success. These checks look at that cause directly, in seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+
+from tether.app.eval.config import EvalConfig
+from tether.app.eval.demo import DemoConfig, collect
+from tether.app.eval.records import EpisodeRecord
+from tether.app.eval.runner import evaluate
+from tether.data.store import EpisodeStore
+
+
+def _recipe(tmp_path, **changes) -> DemoConfig:
+    return DemoConfig(out=str(tmp_path / "demo"), **changes)
+
+
+def test_demo_records_at_the_recipe_speed(tmp_path):
+    config = _recipe(tmp_path, demos=3)
+    dataset = tmp_path / "data.zarr"
+    stats = collect(config, dataset, Console(quiet=True))
+    assert stats["success_rate"] == 1.0
+
+    step = config.max_velocity / config.fps  # the most one recorded action may move, per joint
+    with EpisodeStore.open(dataset) as store:
+        for episode in range(store.n_episodes):
+            actions = store.get_episode(episode, ["action"])["action"]
+            moved = np.abs(np.diff(actions, axis=0)).max()
+            assert moved <= step + 1e-5, (episode, moved)
+            # The recipe's ~46 decisions per episode (3 rad/s gives 35 on every seed).
+            assert 40 <= len(actions) <= 60, (episode, len(actions))
+            # The recorded action is the command the arms executed: the limit binds in the record.
+            rate_limited = store.episode_metadata(episode)["stats"]["safety"].get("rate_limited", 0)
+            assert rate_limited > 0, store.episode_metadata(episode)["stats"]["safety"]
+
+
+def test_demo_evaluates_on_a_twin_at_the_recording_speed(tmp_path):
+    config = _recipe(tmp_path)
+    assert config.speed_overrides(), "the recipe sets the twin's speed explicitly"
+    assert set(config.speed_overrides()) <= set(config.record_overrides())
+    assert config.eval_config("tcp://127.0.0.1:5555").robot == config.speed_overrides()
+
+    # The evaluation twin (built in a worker process from EvalConfig.robot) applies the limit:
+    # the scripted expert evaluated there moves at most max_velocity / fps per tick.
+    out = tmp_path / "report"
+    evaluate(EvalConfig(task="lift", policy="scripted", episodes=1, workers=1, seed=100_000,
+                        out=str(out), videos=0,
+                        robot=[f"fps={config.fps:g}", "twin_params.cameras=[]",
+                               *config.eval_config("tcp://127.0.0.1:5555").robot]),
+             show_progress=False)
+    (record_json,) = sorted((out / "episodes").glob("*.json"))
+    actions = EpisodeRecord.load(record_json).actions
+    assert np.abs(np.diff(actions, axis=0)).max() <= config.max_velocity / config.fps + 1e-5
