@@ -1,4 +1,4 @@
-"""`tether inspect` and `tether data verify|repair|migrate` (wired into `tether` by tether/cli.py).
+"""`tether inspect` and `tether data verify|repair|migrate|quality` (wired into `tether` by tether/cli.py).
 
 Every store problem (missing or damaged files, a store in use, a full or read-only disk) ends as
 one `error:` line naming the file and the fix, exit code 2, never a traceback.
@@ -19,6 +19,9 @@ data_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     """Add this part's commands to the `tether` app."""
     app.command(name="inspect")(inspect_command)
+    from tether.app.commands.quality import quality_command
+
+    data_app.command("quality")(quality_command)
     app.add_typer(data_app, name="data")
 
 
