@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "tether.app.commands.calibrate_hand_eye",  # tether calibrate hand-eye
     "tether.app.commands.eval",  # tether eval, demo
     "tether.app.commands.exchange",  # tether export, import
+    "tether.app.commands.view",  # tether view (episodes in rerun, or HTML pages)
 ]
 
 console = Console()
