@@ -41,7 +41,8 @@ def _register_train(app: typer.Typer) -> None:
             "Keep the checkpoint that succeeds most on the twin: --eval-task lift --eval-every 500\n\n"
             f"Any setting (keys of TrainConfig; model.* are model config keys): {TRAIN_EXAMPLES[2]}"
             "\n\nCheck a configuration without training: add --dry-run. "
-            "Multi-process: torchrun --nproc_per_node 2 -m tether.cli train ..."
+            "Multi-process on this host: --nproc 2 (execs torchrun); across hosts: torchrun "
+            "--nnodes N --rdzv-backend c10d ... -m tether.policies.train (docs/scaling.md)"
         ),
     )
     def train_command(
@@ -67,12 +68,24 @@ def _register_train(app: typer.Typer) -> None:
         eval_episodes: int = typer.Option(10, "--eval-episodes", help="Seeded twin episodes per evaluation."),
         keep_every: int | None = typer.Option(
             None, "--keep-every", help="Keep a checkpoint every N steps (for tether eval --sweep)."),
+        nproc: int | None = typer.Option(
+            None, "--nproc", min=1, help="Train with N processes on this host: execs torchrun "
+            "(batch_size is per process)."),
     ) -> None:
         from rich.console import Console
 
         from tether.policies.trainer import TrainingInterrupted
 
         console = Console(stderr=True)
+        if nproc is not None and not dry_run:
+            import os
+
+            argv = torchrun_argv(nproc, dataset=dataset, policy=policy, preset=preset, steps=steps,
+                                 out=out, resume=resume, overwrite=overwrite, config=config,
+                                 overrides=overrides, seed=seed, threads=threads,
+                                 no_progress=no_progress, keep_every=keep_every, eval_task=eval_task,
+                                 eval_every=eval_every, eval_episodes=eval_episodes)
+            os.execv(argv[0], argv)  # torchrun owns the processes (and Ctrl-C) from here
         try:
             if dry_run:
                 _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads,
@@ -96,6 +109,40 @@ def _register_train(app: typer.Typer) -> None:
             raise typer.Exit(130) from None
         console.print(f"[green]done:[/green] {run_dir}  (serve with: tether serve {run_dir})",
                       highlight=False, soft_wrap=True)
+
+
+def torchrun_argv(nproc: int, eval_task: str | None = None, eval_every: int | None = None,
+                  eval_episodes: int = 10, **options) -> list[str]:
+    """The torchrun command `tether train --nproc N ...` execs: N processes on this host, each
+    running the trainer with the same options (torchrun's own launcher, not ours).
+
+    `python -m tether.policies.train` starts fastest; periodic twin evaluation needs the app
+    layer, so with --eval-task each process runs `tether.cli train` instead."""
+    import os
+    import sys
+
+    from tether.core.errors import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--nproc starts torchrun, but this process already runs under torchrun "
+                          "(WORLD_SIZE is set); drop --nproc")
+    flags = {"--dataset": options.get("dataset"), "--policy": options.get("policy"),
+             "--preset": options.get("preset"), "--steps": options.get("steps"),
+             "--out": options.get("out"), "--resume": options.get("resume"),
+             "--config": options.get("config"), "--seed": options.get("seed"),
+             "--threads": options.get("threads"), "--keep-every": options.get("keep_every")}
+    args = [x for flag, value in flags.items() if value is not None for x in (flag, str(value))]
+    for item in options.get("overrides") or []:
+        args += ["--set", item]
+    args += [flag for flag, on in (("--overwrite", options.get("overwrite")),
+                                   ("--no-progress", options.get("no_progress"))) if on]
+    module = ["-m", "tether.policies.train"]
+    if eval_task:
+        module = ["-m", "tether.cli", "train"]
+        args += ["--eval-task", eval_task, "--eval-episodes", str(eval_episodes)]
+        args += ["--eval-every", str(eval_every)] if eval_every is not None else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            str(nproc), *module, *args]
 
 
 def _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,
