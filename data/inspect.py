@@ -46,6 +46,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
             "success": meta.get("success"),
             "task": meta.get("task", ""),
             "operator": meta.get("operator", ""),
+            "quality": _quality_score(meta.get("quality")),  # None until scored
             "achieved_hz": stats.get("loop", {}).get("achieved_hz"),
             "overruns": stats.get("loop", {}).get("overruns"),
             "skew_p50_ms": sync.get("skew_p50_ms"),
@@ -111,6 +112,15 @@ def write_episode_media(store: EpisodeStore, episode: int, out: Path, max_tiles:
     else:
         raise StoreError(f"Unsupported output '{out.name}': use .mp4, .avi or .png.")
     return out
+
+
+def _quality_score(quality: Any) -> float | None:
+    """The stored quality score (`quality: {"score": float, ...}` in the episode metadata)."""
+    if isinstance(quality, dict):
+        quality = quality.get("score")
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)):
+        return None
+    return float(quality)
 
 
 def _success_rate(episodes: list[dict]) -> float | None:

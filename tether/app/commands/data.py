@@ -198,13 +198,17 @@ def _print_summary(console, summary: dict) -> None:
                         f"{s['raw_bytes'] / mb:.2f}", f"{s['disk_bytes'] / mb:.2f}")
     console.print(streams)
     episodes = Table(title="episodes")
-    for col in ("#", "steps", "s", "success", "Hz", "overruns", "skew p50/p99 ms", "dropped", "dup"):
+    for col in ("#", "steps", "s", "success", "operator", "quality", "Hz", "overruns",
+                "skew p50/p99 ms", "dropped", "dup"):
         episodes.add_column(col)
     for e in summary["per_episode"]:
         hz = f"{e['achieved_hz']:.1f}" if e["achieved_hz"] is not None else "-"
         skew = (f"{e['skew_p50_ms']:.1f}/{e['skew_p99_ms']:.1f}" if e["skew_p99_ms"] is not None else "-")
         episodes.add_row(
-            str(e["episode"]), str(e["length"]), f"{e['duration_s']:.1f}", str(e["success"]), hz,
+            str(e["episode"]), str(e["length"]), f"{e['duration_s']:.1f}",
+            "-" if e["success"] is None else ("yes" if e["success"] else "no"),
+            e.get("operator") or "-",
+            "-" if e.get("quality") is None else f"{e['quality']:.3f}", hz,
             str(e["overruns"] if e["overruns"] is not None else "-"), skew,
             ",".join(f"{k}:{v}" for k, v in e["dropped"].items()) or "-",
             ",".join(f"{k}:{v}" for k, v in e["duplicated"].items()) or "-",
