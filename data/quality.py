@@ -65,6 +65,8 @@ class QualityConfig:
     weights: of smoothness, consistency (or compatibility when given) and coverage in `score`.
     neighbours: k of the k-nearest-neighbour action average; max_reference: states kept in the
         reference (evenly subsampled beyond it, so a big store stays fast).
+    min_familiar / min_reference_episodes: consistency is judged only on at least this many
+        familiar steps, against at least this many other takes (before that it is None).
     """
 
     jerk_ref: float = 1.5
@@ -84,6 +86,7 @@ class QualityConfig:
     neighbours: int = 5
     max_reference: int = 20000
     min_familiar: int = 3
+    min_reference_episodes: int = 5  # fewer other takes: too few to say what "usual" is
 
 
 # ---------------------------------------------------------------------------------- smoothness
@@ -365,7 +368,11 @@ def episode_quality(
         dists = np.full((len(state), 0), np.inf)
         nn_actions, a_scale = np.zeros((len(state), 0, action.shape[1])), np.ones(action.shape[1])
     cover = coverage(dists, c)
-    consist = consistency(state, action, dists, nn_actions, a_scale, c)
+    others = _reference_episodes(reference, episode, before)
+    if others >= c.min_reference_episodes:
+        consist = consistency(state, action, dists, nn_actions, a_scale, c)
+    else:
+        consist = _no_familiar("consistency", 0)
     components: dict[str, float | None] = {
         "smoothness": smooth["score"], "coverage": cover["score"], "consistency": consist["score"]}
     flags = smooth["flags"] + consist["flags"]
@@ -389,9 +396,16 @@ def episode_quality(
         "flags": flags,
         "reasons": reasons,
         "metrics": {k: _round(v) for k, v in metrics.items()},
-        "reference_episodes": len(reference.episodes - {episode}) if reference is not None else 0,
+        "reference_episodes": others,
         "config": {k: v for k, v in asdict(c).items() if k != "weights"},
     }
+
+
+def _reference_episodes(reference: Reference | None, episode: int | None, before: int | None) -> int:
+    if reference is None:
+        return 0
+    eps = reference.episodes - ({episode} if episode is not None else set())
+    return len([e for e in eps if before is None or e < before])
 
 
 def _round(v: Any) -> Any:

@@ -1,6 +1,7 @@
 """How a recording session shows itself: a rich live status on a terminal, plain lines elsewhere.
 
-StatusView is the live display (episode n of N, elapsed, fps, drops, skew, e-stop). On a pipe,
+StatusView is the live display (episode n of N, elapsed, fps, drops, skew, e-stop, and after
+each take its quality score, via `note`). On a pipe,
 under nohup or in CI a live display prints nothing until the end, so PlainProgress writes one
 line per finished episode and at most one progress line every `interval_s` meanwhile.
 """
@@ -33,6 +34,10 @@ class StatusView:
     def finished(self, result) -> None:
         self.done.append(episode_line(result))
 
+    def note(self, line: str, alert: bool = False) -> None:
+        """A line under the finished episodes (the take's quality score; red when `alert`)."""
+        self.done.append(Text(line, style="red" if alert else "cyan"))
+
     def __rich__(self):
         table = Table.grid(padding=(0, 2))
         line = status_line(self.status)
@@ -42,7 +47,7 @@ class StatusView:
             if s.get("stalled") or s.get("estop"):
                 style = "red"
             table.add_row(Text(line, style=style))
-        return Group(*(Text(line) for line in self.done[-10:]), table)
+        return Group(*(line if isinstance(line, Text) else Text(line) for line in self.done[-10:]), table)
 
 
 class PlainProgress:
@@ -70,6 +75,10 @@ class PlainProgress:
 
     def finished(self, result) -> None:
         self.lines.line(episode_line(result), force=True)
+
+    def note(self, line: str, alert: bool = False) -> None:
+        """A line that is always shown (the take's quality score)."""
+        self.lines.line(line, force=True)
 
 
 def status_line(s: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from tether.data.quality import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BaseCompatibility", "TakeScorer", "gripper_dims", "gripper_dims_of_store",
+__all__ = ["BaseCompatibility", "TakeFeedback", "TakeScorer", "gripper_dims", "gripper_dims_of_store",
            "keep_episodes", "quality_line", "rank_store"]
 
 
@@ -247,3 +247,29 @@ def quality_line(q: Mapping[str, Any]) -> str:
     if q.get("flags"):
         text += "  FLAGGED: " + "; ".join(q.get("reasons") or q["flags"])
     return text
+
+
+# ---------------------------------------------------------------------------------- recording
+class TakeFeedback:
+    """What `tether record` calls after every take: score a saved take, store the score in its
+    metadata, and show one line (`show(line, flagged)`). A scoring failure never costs the take:
+    it is logged and shown, and the session goes on."""
+
+    def __init__(self, store, robot, base_policy: str | Path | None = None,
+                 config: QualityConfig | None = None) -> None:
+        compat = BaseCompatibility.load(base_policy, store, config) if base_policy else None
+        self.scorer = TakeScorer(store, gripper_dims(robot), compat, config)
+        self.scores: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, result, show) -> dict[str, Any] | None:
+        if getattr(result, "episode", None) is None or result.outcome != "saved":
+            return None
+        try:
+            quality = self.scorer.score(int(result.episode))
+        except Exception as exc:  # noqa: BLE001 - feedback must never end a recording session
+            log.warning("episode %s: quality not scored: %s", result.episode, exc)
+            show(f"episode {result.episode}: quality not scored ({exc})", True)
+            return None
+        self.scores[int(result.episode)] = quality
+        show(f"episode {result.episode}: {quality_line(quality)}", bool(quality["flags"]))
+        return quality

@@ -64,6 +64,9 @@ def record_command(
     teleop_param: list[str] = typer.Option([], "--teleop-param", help="Device option key=value."),
     overrides: list[str] = typer.Option([], "--set", help="Robot config override, e.g. fps=50."),
     view: str | None = typer.Option(None, "--view", help=VIEW_HELP),
+    base_policy: Path | None = typer.Option(
+        None, "--base-policy", help="Checkpoint or run directory: each take's quality score also "
+        "rates its compatibility with this policy (a take it would do differently is flagged)."),
 ) -> None:
     """Record teleoperated episodes into a Zarr episode store.
 
@@ -79,7 +82,7 @@ def record_command(
     _record(
         console, out, robot, teleop, episodes, fps, episode_time, reset_time, realtime, task,
         operator, append, overwrite, zarr_format, image_quality, seed, keyboard, teleop_param,
-        overrides, sys.stdin.isatty(), view=view,
+        overrides, sys.stdin.isatty(), view=view, base_policy=base_policy,
     )
 
 
@@ -193,7 +196,7 @@ def _shares_terminal(device: str, params: dict) -> bool:
 
 def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, reset_time,
             realtime, task, operator, append, overwrite, zarr_format, image_quality, seed,
-            keyboard, teleop_params, overrides, is_tty, view=None) -> None:
+            keyboard, teleop_params, overrides, is_tty, view=None, base_policy=None) -> None:
     from tether.robot.twin.render import configure_backend
 
     configure_backend()  # before anything imports mujoco
@@ -261,7 +264,8 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
                     console.print(f"[yellow]warning:[/yellow] seed {seed} was already recorded in "
                                   f"{out}; episodes from it repeat earlier ones on the twin.")
                 _session(console, store, robot, device, episodes, rate, realtime, task, operator,
-                         episode_time, reset_time, seed, keyboard, out, view=view)
+                         episode_time, reset_time, seed, keyboard, out, view=view,
+                         base_policy=base_policy)
         finally:
             if created and _is_empty(out):
                 import shutil
@@ -333,13 +337,15 @@ def _is_empty(out: Path) -> bool:
 
 
 def _session(console, store, robot, device, episodes, rate, realtime, task, operator,
-             episode_time, reset_time, seed, keyboard, out, view=None) -> None:
+             episode_time, reset_time, seed, keyboard, out, view=None, base_policy=None) -> None:
     from rich.live import Live
 
+    from tether.app.quality import TakeFeedback
     from tether.teleop.recorder import SAVED, Recorder
     from tether.teleop.recorder_keys import legend
     from tether.teleop.recorder_view import PlainProgress, StatusView
 
+    quality = TakeFeedback(store, robot, base_policy)  # each saved take: score, metadata, a line
     telemetry = _live_view(view, robot, f"record {out}")
     view = StatusView(episodes)
     recorder = Recorder(robot, device, store, fps=rate, realtime=realtime, task=task,
@@ -356,12 +362,12 @@ def _session(console, store, robot, device, episodes, rate, realtime, task, oper
         if console.is_terminal:
             with Live(view, console=console, refresh_per_second=5, transient=False) as live:
                 view.live = live
-                results = recorder.run(**run, on_episode=view.finished)
+                results = recorder.run(**run, on_episode=lambda r: (view.finished(r), quality(r, view.note)))
         else:  # a pipe, nohup, CI: plain lines, a few per minute, instead of a live display
             plain = PlainProgress(episodes, write=lambda line: console.print(
                 line, markup=False, highlight=False, soft_wrap=True))
             recorder.on_status = plain.update
-            results = recorder.run(**run, on_episode=plain.finished)
+            results = recorder.run(**run, on_episode=lambda r: (plain.finished(r), quality(r, plain.note)))
     finally:
         if telemetry is not None:
             telemetry.close()
