@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import Any
 
 from tether.core.errors import StoreError
 from tether.data.durable import write_durable
+from tether.data.location import as_location, listdir
 
 EPISODES_DIR = "episodes"
 
+log = logging.getLogger(__name__)
+
 
 def episode_file(store_path: Path, episode: int) -> Path:
-    return Path(store_path) / EPISODES_DIR / f"{int(episode):06d}.json"
+    return as_location(store_path) / EPISODES_DIR / f"{int(episode):06d}.json"
 
 
 def write(store_path: Path, episode: int, metadata: Mapping[str, Any]) -> None:
@@ -35,12 +39,13 @@ def write(store_path: Path, episode: int, metadata: Mapping[str, Any]) -> None:
 
 def indices(store_path: Path) -> list[int]:
     """Episode indices that have a metadata file, sorted (reads the folder only)."""
+    folder = as_location(store_path) / EPISODES_DIR
     try:
-        entries = os.listdir(Path(store_path) / EPISODES_DIR)
+        entries = listdir(folder)
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StoreError(f"Cannot list {Path(store_path) / EPISODES_DIR}: {exc.strerror}.") from exc
+        raise StoreError(f"Cannot list {folder}: {exc.strerror}.") from exc
     out = []
     for entry in entries:
         stem, _, ext = entry.partition(".")
@@ -80,3 +85,77 @@ def remove_from(store_path: Path, first_episode: int) -> int:
                 os.unlink(episode_file(store_path, episode))
                 removed += 1
     return removed
+
+
+PLACEHOLDER = {"recovered": True, "notes": "metadata was lost"}
+
+
+class LazyMetadata:
+    """The committed episodes' metadata, each file read on first access, then kept.
+
+    Opening a store reads none of the files, so open time and memory do not grow with the
+    number of episodes (10,000 files took ~1.4 s to read eagerly). Which files exist is known
+    from one folder listing (`present`): a committed episode without a file is damage reported
+    at open; a file whose content is damaged is found when it is read (or by `check_all`, which
+    `tether data verify` and `EpisodeStore.recovery` run). Writable opens raise on a damaged file
+    they read, unless repairing; read-only ones log it and stand a placeholder in, so training
+    goes on.
+    """
+
+    def __init__(self, store_path: Any, count: int, present: set[int], *, strict: bool) -> None:
+        self._path = store_path
+        self._count = int(count)
+        self._strict = strict
+        self._cache: dict[int, dict[str, Any]] = {}
+        self.missing: set[int] = {e for e in range(self._count) if e not in present}
+        self.errors: dict[int, str] = {}
+        self.checked = False
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        for episode in range(self._count):
+            yield self[episode]
+
+    def __getitem__(self, episode: int) -> dict[str, Any]:
+        episode = int(episode)
+        if not 0 <= episode < self._count:
+            raise IndexError(episode)
+        cached = self._cache.get(episode)
+        if cached is not None:
+            return cached
+        meta = None
+        if episode not in self.missing:
+            try:
+                meta = load(self._path, episode)
+            except StoreError as exc:
+                if self._strict:
+                    raise
+                log.warning("Store %s: %s", self._path, exc)
+                self.errors[episode] = str(exc)
+            if meta is None:
+                self.missing.add(episode)
+        if meta is None:
+            meta = dict(PLACEHOLDER)
+        self._cache[episode] = meta
+        return meta
+
+    def __setitem__(self, episode: int, metadata: dict[str, Any]) -> None:
+        if not 0 <= episode < self._count:
+            raise IndexError(episode)
+        self._cache[int(episode)] = metadata
+        self.missing.discard(int(episode))
+        self.errors.pop(int(episode), None)
+
+    def append(self, metadata: dict[str, Any]) -> None:
+        self._cache[self._count] = metadata
+        self._count += 1
+
+    def check_all(self) -> tuple[int, tuple[str, ...]]:
+        """Read every file once: (episodes without readable metadata, what was wrong)."""
+        if not self.checked:
+            for episode in range(self._count):
+                self[episode]
+            self.checked = True
+        return len(self.missing), tuple(self.errors[e] for e in sorted(self.errors))

@@ -106,7 +106,9 @@ def array_path(key: str) -> str:
 
 
 def array_dir(store_path: Path, key: str) -> Path:
-    return Path(store_path) / array_path(key)
+    from tether.data.location import as_location
+
+    return as_location(store_path) / array_path(key)
 
 
 def is_framewise(key: str) -> bool:

@@ -32,13 +32,14 @@ import numpy as np
 
 from tether.core.errors import StoreError
 from tether.data.layout import array_dir
+from tether.data.location import as_location, listdir
 
 MANIFEST_DIR = "manifest"
 MANIFEST_VERSION = 2  # keys are store keys (data names or timing/<stream>/<field> paths)
 
 
 def manifest_file(store_path: Path, episode: int) -> Path:
-    return Path(store_path) / MANIFEST_DIR / f"{int(episode):06d}.json"
+    return as_location(store_path) / MANIFEST_DIR / f"{int(episode):06d}.json"
 
 
 def chunk_path(store_path: Path, key: str, array: Any, chunk_index: int) -> Path:
@@ -49,7 +50,7 @@ def chunk_path(store_path: Path, key: str, array: Any, chunk_index: int) -> Path
 def chunk_in(folder: Path, array: Any, chunk_index: int) -> Path:
     """File of chunk `chunk_index` (along time) of the zarr array stored in `folder`."""
     coords = (int(chunk_index),) + (0,) * (len(array.shape) - 1)
-    return Path(folder) / array.metadata.encode_chunk_key(coords)
+    return as_location(folder) / array.metadata.encode_chunk_key(coords)
 
 
 def is_framewise(array: Any) -> bool:
@@ -113,11 +114,11 @@ def load(store_path: Path, episode: int) -> dict[str, Any] | None:
 
 def remove_from(store_path: Path, first_episode: int) -> int:
     """Delete manifests of episodes >= `first_episode` (left by an uncommitted episode)."""
-    folder = Path(store_path) / MANIFEST_DIR
+    folder = as_location(store_path) / MANIFEST_DIR
     removed = 0
     if not folder.is_dir():
         return 0
-    for entry in os.listdir(folder):
+    for entry in listdir(folder):
         stem = entry.split(".", 1)[0]
         if entry.endswith(".json") and stem.isdigit() and int(stem) >= first_episode:
             with contextlib.suppress(FileNotFoundError):
@@ -138,9 +139,9 @@ def expected_frame(manifest: Mapping[str, Any] | None, key: str, frame: int) -> 
 
 def count_from(store_path: Path, first_episode: int) -> int:
     """How many manifests exist for episodes >= `first_episode` (reads the folder only)."""
-    folder = Path(store_path) / MANIFEST_DIR
+    folder = as_location(store_path) / MANIFEST_DIR
     try:
-        entries = os.listdir(folder)
+        entries = listdir(folder)
     except OSError:
         return 0
     return sum(

@@ -17,6 +17,7 @@ See data/layout.py for the on-disk format and data/writer.py for crash safety; d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ from tether.data.layout import (
     parse_timing_key,
     timing_key,
 )
+from tether.data.location import RemotePath, is_remote, is_url
 from tether.data.lock import StoreLock
 from tether.data.writer import EpisodeWriter, Recovery, jsonable, os_error
 
@@ -58,6 +60,11 @@ __all__ = [
 ]
 
 _MANAGED_ATTRS = ("tether_format", "format_version")
+_REMOTE_WRITE = (
+    "{url} is an object-store URL: remote stores are read-only here (object stores have no "
+    "rename or lock for the commit). Record to a local store and upload its committed episodes "
+    "with `tether data push LOCAL {url}` (`tether record --out URL` does both)."
+)
 
 
 class EpisodeStore:
@@ -75,14 +82,14 @@ class EpisodeStore:
                  lock: StoreLock | None = None) -> None:
         if not _internal:
             raise TypeError("use EpisodeStore.create(...) or EpisodeStore.open(...)")
-        self.path = Path(path)
+        self.path = path if is_remote(path) else Path(path)
         self.mode = mode
         self._repair = repair
         self._owns_lock = lock is None
         self._lock: StoreLock | None = lock
         self._writer: EpisodeWriter | None = None
         self._manifests: dict[int, dict[str, Any] | None] = {}
-        self.recovery = Recovery(0, 0, 0, False)
+        self._recovery = Recovery(0, 0, 0, False)
         try:
             self._load()
         except BaseException:
@@ -110,6 +117,8 @@ class EpisodeStore:
         Holds the writer lock from before `overwrite` removes anything until the returned store
         is closed, so a store another process is writing is never removed under it.
         """
+        if is_url(path):
+            raise StoreError(_REMOTE_WRITE.format(url=path))
         path = Path(path)
         if zarr_format not in (2, 3):
             raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format}.")
@@ -157,6 +166,11 @@ class EpisodeStore:
             raise StoreError(f"mode must be 'r' (read-only) or 'a' (append), got '{mode}'.")
         if repair and mode != "a":
             raise StoreError("repair=True needs mode='a' (repairing writes to the store).")
+        if is_url(path) or is_remote(path):
+            if mode != "r":
+                raise StoreError(_REMOTE_WRITE.format(url=path))
+            location = path if is_remote(path) else RemotePath.open(str(path))
+            return cls(location, "r", _internal=True)
         return cls(Path(path), mode, _internal=True, repair=repair)
 
     def close(self) -> None:
@@ -180,6 +194,23 @@ class EpisodeStore:
             self._release_lock()
 
     # ------------------------------------------------------------------ description
+    @property
+    def is_remote(self) -> bool:
+        """True when the store is read from an object-store URL (data/location.py)."""
+        return is_remote(self.path)
+
+    @property
+    def recovery(self) -> Recovery:
+        """What open found (see `Recovery`). Asking reads every episode's metadata file once
+        (open itself reads none), so damaged metadata is counted here, not at open."""
+        episodes = getattr(getattr(self, "_h", None), "episodes", None)
+        if isinstance(episodes, _episodes.LazyMetadata) and not episodes.checked:
+            missing, errors = episodes.check_all()
+            self._recovery = dataclasses.replace(
+                self._recovery, missing_metadata=max(missing, self._recovery.missing_metadata),
+                metadata_errors=tuple(dict.fromkeys((*self._recovery.metadata_errors, *errors))))
+        return self._recovery
+
     @property
     def fps(self) -> float:
         return float(self._root_attrs["fps"])
@@ -547,20 +578,24 @@ class EpisodeStore:
 
         register_codecs()
         path = self.path
+        remote = is_remote(path)
         if self.mode == "a" and self._lock is None:
             # Before recovery touches anything: nobody else may be writing or swapping.
             self._lock = StoreLock(path).acquire("open it for appending")
-        _editing.resolve_interrupted_swap(path, self.mode == "a")
-        if not path.exists():
-            raise StoreError(f"No episode store at {path}: the path does not exist.")
+        if not remote:  # a pushed store is never compacted in place (data/remote.py)
+            _editing.resolve_interrupted_swap(path, self.mode == "a")
         if not looks_like_store(path):
+            if remote or not path.exists():
+                raise StoreError(f"No episode store at {path}: the path does not exist.")
             raise StoreError(
                 f"{path} is not an episode store (no zarr group metadata found). Create one with "
                 "`tether record` or EpisodeStore.create()."
             )
-        check_metadata_files(path)
+        if not remote:
+            check_metadata_files(path)
         try:
-            root = zarr.open_group(str(path), mode="r" if self.mode == "r" else "r+")
+            target = path.zarr_store if remote else str(path)
+            root = zarr.open_group(target, mode="r" if self.mode == "r" else "r+")
             self._root_attrs = dict(root.attrs)
         except Exception as exc:
             raise damaged(path, path, exc) from exc
@@ -585,7 +620,7 @@ class EpisodeStore:
         except Exception as exc:
             raise damaged(path, path / EPISODE_ENDS, exc) from exc
         self._h = _writer.Handles(path, root, meta, ends_array, arrays)
-        self.recovery = _writer.recover(self._h, raw_ends, self.mode == "a", self._repair)
+        self._recovery = _writer.recover(self._h, raw_ends, self.mode == "a", self._repair)
 
     def _check_episode(self, episode: int) -> None:
         if not 0 <= episode < self.n_episodes:

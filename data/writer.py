@@ -55,7 +55,7 @@ from tether.data.layout import (
 log = logging.getLogger(__name__)
 
 _WRITE_BLOCK = 64  # frames per zarr write call
-PLACEHOLDER = {"recovered": True, "notes": "metadata was lost"}
+PLACEHOLDER = _episodes.PLACEHOLDER
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Handles:
     ends_array: Any  # zarr.Array `meta/episode_ends`
     arrays: dict[str, Any]  # store key -> zarr.Array (length may include an uncommitted tail)
     ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # committed ends
-    episodes: list[dict[str, Any]] = field(default_factory=list)  # committed metadata
+    episodes: Any = field(default_factory=list)  # committed metadata (episodes.LazyMetadata)
 
     @property
     def n_episodes(self) -> int:
@@ -155,33 +155,6 @@ def _convention(robot_config: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- recovery
-def load_episode_metadata(h: Handles, count: int, writable: bool,
-                          repair: bool) -> tuple[list[dict], int, tuple[str, ...]]:
-    """Metadata of episodes 0..count-1, how many are missing or unreadable (placeholders stand
-    in), and what was wrong with the unreadable ones.
-
-    An unreadable file stops a writable open (unless repairing, which resets it); a read-only
-    open reads on with a placeholder, so verify can report it and training still works.
-    """
-    out: list[dict] = []
-    missing = 0
-    errors: list[str] = []
-    for episode in range(count):
-        try:
-            meta = _episodes.load(h.path, episode)
-        except StoreError as exc:
-            if writable and not repair:
-                raise
-            log.warning("Store %s: %s", h.path, exc)
-            errors.append(str(exc))
-            meta = None
-        if meta is None:
-            missing += 1
-            meta = dict(PLACEHOLDER)
-        out.append(meta)
-    return out, missing, tuple(errors)
-
-
 def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> Recovery:
     """Keep the longest valid prefix of episode_ends; hide or truncate what follows it.
 
@@ -217,9 +190,20 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
     partial = max(lengths) - committed if lengths else 0
     if (lost or missing_keys) and writable and not repair:
         _refuse(h, lost, 0, valid, missing_keys)
-    h.episodes, missing_meta, meta_errors = load_episode_metadata(h, valid, writable, repair)
+    # Metadata files are read when used, not here (open time stays flat as the store grows):
+    # one listing tells which exist. A writable open reads the newest one (a writer's last
+    # commit); repairing reads all, to reset the damaged ones.
+    h.episodes = _episodes.LazyMetadata(h.path, valid, set(present), strict=writable and not repair)
+    meta_errors: tuple[str, ...] = ()
+    if repair:
+        h.episodes.check_all()
+    elif writable and valid:
+        h.episodes[valid - 1]
+    missing_meta = len(h.episodes.missing)
     if missing_meta and writable and not repair:
         _refuse(h, lost, missing_meta, valid, missing_keys)
+    if repair:
+        meta_errors = tuple(h.episodes.errors[e] for e in sorted(h.episodes.errors))
     repaired = False
     uncommitted_schema = valid == 0 and bool(h.arrays)
     if writable and (partial or dropped_meta or invalid or missing_meta or uncommitted_schema):
@@ -229,9 +213,8 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
             truncate_tail(h)
             shrink_ends(h, valid)
             _episodes.remove_from(h.path, valid)
-            for episode, meta in enumerate(h.episodes):
-                if meta == PLACEHOLDER:
-                    _episodes.write(h.path, episode, meta)
+            for episode in sorted(h.episodes.missing):  # all read when repairing
+                _episodes.write(h.path, episode, h.episodes[episode])
         except OSError as exc:
             raise os_error(exc, "truncating an interrupted episode") from exc
         repaired = True
@@ -456,7 +439,7 @@ def commit(h: Handles, n_steps: int, metadata: Mapping[str, Any]) -> int:
     h.ends_array.resize((len(new_ends),))  # 3. the commit point
     h.ends_array[len(new_ends) - 1 :] = new_ends[-1:]
     h.ends = new_ends
-    h.episodes = [*h.episodes, entry]
+    h.episodes.append(entry)
     try:
         _fsync_commit_point(h)
     except OSError as exc:

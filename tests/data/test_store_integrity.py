@@ -253,8 +253,10 @@ def test_truncated_metadata_file_is_named(path, relative):
 
 def test_wrong_episode_metadata_is_named_and_repair_resets_only_it(path):
     (path / "episodes" / "000001.json").write_text(json.dumps(["oops"]))
-    with pytest.raises(StoreError, match=r"episodes/000001.json is damaged.*tether data repair"):
-        EpisodeStore.open(path, "a")
+    # opening reads no metadata file (open time stays flat); a writer that reads it refuses
+    with EpisodeStore.open(path, "a") as writer, \
+            pytest.raises(StoreError, match=r"episodes/000001.json is damaged.*tether data repair"):
+        writer.episode_metadata(1)
     with EpisodeStore.open(path) as reader:  # readers go on (training needs no metadata)
         assert reader.recovery.damaged and reader.episode_metadata(1)["recovered"] is True
         assert reader.get_episode(1)["state"].shape == (7, 2)
