@@ -120,7 +120,7 @@ class LiveTelemetry:
         self._clock = clock
         self._queue: queue.Queue = queue.Queue(maxsize=self.max_queue)
         self._seq = 0
-        self._last_frames = -float("inf")
+        self._next_frames: float | None = None  # when the next tick may carry frames
         self.counts = {"ticks": 0, "dropped": 0, "frames_skipped": 0, "sink_errors": 0}
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
@@ -132,10 +132,8 @@ class LiveTelemetry:
         self._seq += 1
         self.counts["ticks"] += 1
         queued = self._queue.qsize()
-        with_frames = now - self._last_frames >= self.image_period and queued < self.max_queue // 2
-        if with_frames:
-            self._last_frames = now
-        else:
+        with_frames = queued < self.max_queue // 2 and self._frames_due(now)
+        if not with_frames:
             self.counts["frames_skipped"] += 1
         safety: Mapping[str, int] = {}
         estop = False
@@ -145,6 +143,20 @@ class LiveTelemetry:
         self._put(TickItem(self._seq, int(tick.index), float(tick.t_scheduled),
                            float(tick.t_start), now, observation, target, sent, with_frames,
                            safety, estop, queued))
+
+    def _frames_due(self, now: float) -> bool:
+        """On a fixed grid of image periods (10% early is on time, so a 30 Hz loop gives
+        10 Hz frames, not 7.5); after a gap the grid restarts rather than bursting."""
+        period = self.image_period
+        if period == float("inf"):
+            return False
+        if self._next_frames is not None and now < self._next_frames - 0.1 * period:
+            return False
+        if self._next_frames is None:
+            self._next_frames = now + period
+        else:
+            self._next_frames = max(self._next_frames + period, now + 0.5 * period)
+        return True
 
     def chunk(self, step: int, actions: Any) -> None:
         self._put(ChunkItem(self._seq, int(step), actions, self._clock()))
