@@ -42,6 +42,7 @@ from tether.data.store import EpisodeStore, EpisodeWriter
 from tether.robot.control import ControlRow, ControlStep
 from tether.robot.episodic import as_episodic
 from tether.robot.interfaces import ACTION_KEY, STATE_KEY, Robot, image_key
+from tether.robot.latency import LatencyOffsets
 from tether.robot.runtime import RateLoop, Tick
 from tether.robot.targets import TeleopDevice
 from tether.teleop.recorder_stats import SyncMonitor
@@ -102,8 +103,10 @@ class Recorder:
         flush_every: int = 16,
         on_status: Callable[[dict], None] | None = None,
         telemetry: Telemetry | None = None,
+        latency: LatencyOffsets | None = None,
     ) -> None:
         self.robot = robot
+        self.latency = latency  # calibrated camera latency: frame stamps moved to exposure time
         self.telemetry = telemetry or NullTelemetry()  # --view: a live view, off the loop thread
         self.teleop = teleop
         self.store = store
@@ -177,7 +180,8 @@ class Recorder:
         _reset_robot(self.robot, seed)
         self.teleop.reset(seed)
         streams = (
-            ThreadedStreams(self.robot, self.fps) if self.realtime else DirectStreams(self.robot)
+            ThreadedStreams(self.robot, self.fps, latency=self.latency) if self.realtime
+            else DirectStreams(self.robot, latency=self.latency)
         )
         monitor = SyncMonitor(self.fps, on_warning=self._warn)
         writer = _WriterThread(self.store.begin_episode(self.flush_every))
@@ -254,6 +258,7 @@ class Recorder:
             "t_start_utc": t_wall,
             "robot": getattr(self.robot, "name", "robot"),
             "stats": stats,
+            **({"camera_latency_s": dict(self.latency.cameras)} if self.latency else {}),
             **dict(metadata or {}),
         }
         if writer.error is not None:

@@ -16,6 +16,11 @@ devices' own stamps onto it (tether.core.clock); the raw stamps ride along in `d
 the record and are never compared, because device clocks differ in origin (a RealSense in
 global-time mode stamps Unix-epoch seconds, a UR controller counts from its boot, a servo bus
 has no clock at all).
+
+Camera latency (`latency`, a tether.robot.latency.LatencyOffsets from `tether calibrate
+latency`): a camera that stamps frames late (on receipt, not at exposure) has each stamp moved
+back by its measured latency as it is read, so selection and the stored `t_host` use the time
+the image was taken and each frame is paired with the joint state of that moment.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from tether.robot.interfaces import (
     Robot,
     image_key,
 )
+from tether.robot.latency import LatencyOffsets
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,9 @@ def arm_stream(name: str) -> str:
 class DirectStreams:
     """Synchronous sampling through `robot.observe()` (simulation / fast mode)."""
 
-    def __init__(self, robot: Robot) -> None:
+    def __init__(self, robot: Robot, latency: LatencyOffsets | None = None) -> None:
         self.robot = robot
+        self.latency = latency
 
     def start(self) -> None:
         pass
@@ -68,6 +75,8 @@ class DirectStreams:
 
     def sample(self, t_sched: float | None = None) -> Sample:
         obs = self.robot.observe()
+        if self.latency:
+            obs = self.latency.correct(obs)  # frames stamped at exposure, not receipt
         capture = obs.stream_times()
         return Sample(
             observation=obs,
@@ -134,7 +143,8 @@ class ThreadedStreams:
     time comes from the loop's monotonic clock and is translated onto it.
     """
 
-    def __init__(self, robot: Robot, fps: float, history: int = 8) -> None:
+    def __init__(self, robot: Robot, fps: float, history: int = 8,
+                 latency: LatencyOffsets | None = None) -> None:
         self.robot = robot
         self.fps = fps
         self._clock = robot.now
@@ -148,8 +158,9 @@ class ThreadedStreams:
             )
         for name, cam in robot.cameras.items():
             period = min(0.002, 1.0 / (8.0 * cam.spec.fps))
+            read = cam.read if not latency else _corrected(cam.read, name, latency)
             self._pollers[image_key(name)] = _Poller(
-                image_key(name), cam.read, _new_frame, period, history, self._clock
+                image_key(name), read, _new_frame, period, history, self._clock
             )
 
     def start(self) -> None:
@@ -225,6 +236,11 @@ class ThreadedStreams:
 
 def _device_times(obs: Observation) -> dict[str, float]:
     return {k: (np.nan if t is None else float(t)) for k, t in obs.device_times().items()}
+
+
+def _corrected(read, name: str, latency: LatencyOffsets):
+    """A camera read whose frames carry their exposure time (stamp minus measured latency)."""
+    return lambda: latency.correct_frame(name, read())
 
 
 def _new_frame(last: Frame, new: Frame) -> bool:

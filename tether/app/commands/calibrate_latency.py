@@ -46,7 +46,7 @@ def calibrate_latency(
     max_lag: float = typer.Option(0.4, "--max-lag", help="Largest latency looked for (s)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random pauses between moves."),
     inject_camera_ms: float = typer.Option(
-        0.0, "--inject-camera-ms", help="Rehearsal: delay every frame (and its stamp) by this much first."),
+        0.0, "--inject-camera-ms", help="Rehearsal (nothing is saved): delay every frame and its stamp by this much."),
     inject_command_ms: float = typer.Option(
         0.0, "--inject-command-ms", help="Rehearsal: apply every command this much late first."),
     inject_jitter_ms: float = typer.Option(
@@ -113,8 +113,9 @@ def calibrate_latency(
             results.append(("arm", name, fit_command_latency(log, name, max_lag)))
     truth = injection.stats() if injection is not None else {}
     _show(results, truth)
-    if dry_run:
-        console.print("--dry-run: nothing saved")
+    if dry_run or injection is not None:
+        console.print("nothing saved (" + ("--dry-run" if dry_run else
+                      "a rehearsal with injected latency describes the injection, not the robot") + ")")
         return
     _save(robot, results, config)
 

@@ -233,6 +233,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     from tether.app.calibration_check import warn_calibrations
 
     warn_calibrations(robot_spec, config, console.print)  # missing/stale: warn, keep recording
+    latency = _latency_offsets(robot_spec, console)  # calibrated camera latency: frames stamped at exposure
     base_params = dict(config.teleop.params) if teleop_name == configured else {}
     params = apply_overrides(base_params, teleop_params)
     rate = float(config.fps)
@@ -265,7 +266,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
                                   f"{out}; episodes from it repeat earlier ones on the twin.")
                 _session(console, store, robot, device, episodes, rate, realtime, task, operator,
                          episode_time, reset_time, seed, keyboard, out, view=view,
-                         base_policy=base_policy)
+                         base_policy=base_policy, latency=latency)
         finally:
             if created and _is_empty(out):
                 import shutil
@@ -336,8 +337,19 @@ def _is_empty(out: Path) -> bool:
         return False  # not readable as a store: leave it alone for the user to inspect
 
 
+def _latency_offsets(robot_spec: str, console):
+    """The robot's measured latencies (`tether calibrate latency`), or None when it has none."""
+    from tether.robot.latency import LatencyOffsets
+
+    offsets = LatencyOffsets.for_robot(robot_spec)
+    if offsets:
+        console.print(f"latency calibration: {offsets.describe()}")
+    return offsets or None
+
+
 def _session(console, store, robot, device, episodes, rate, realtime, task, operator,
-             episode_time, reset_time, seed, keyboard, out, view=None, base_policy=None) -> None:
+             episode_time, reset_time, seed, keyboard, out, view=None, base_policy=None,
+             latency=None) -> None:
     from rich.live import Live
 
     from tether.app.quality import TakeFeedback
@@ -349,7 +361,8 @@ def _session(console, store, robot, device, episodes, rate, realtime, task, oper
     telemetry = _live_view(view, robot, f"record {out}")
     view = StatusView(episodes)
     recorder = Recorder(robot, device, store, fps=rate, realtime=realtime, task=task,
-                        operator=operator, on_status=view.update, telemetry=telemetry)
+                        operator=operator, on_status=view.update, telemetry=telemetry,
+                        latency=latency)
     run = dict(
         num_episodes=episodes, episode_time_s=episode_time if realtime else None,
         max_steps=None if realtime else int(round(episode_time * rate)),
