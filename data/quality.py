@@ -51,8 +51,9 @@ __all__ = [
 class QualityConfig:
     """Limits and scales of the quality metrics (defaults measured on twin lift demos at 10-50 Hz).
 
-    jerk_ref / jerk_max: roughness = sum |third difference| / sum |first difference| of the
-        commanded arm joints. A smooth path gives ~0.1-0.5, white noise ~3.2 at any rate.
+    jerk_ref / jerk_max: roughness = median over the moving arm joints of sum |third difference|
+        / sum |first difference| of the command. A smooth path gives ~0.1-0.6, white noise ~3.2
+        at any rate.
     idle_speed: rad/s (per joint, state) below which the robot counts as still.
     pause_max_s: a still period in the middle of a take longer than this is a pause.
     gripper_deadband: fraction of the gripper command's range a move must exceed to count.
@@ -136,12 +137,18 @@ def smoothness(action: np.ndarray, state: np.ndarray, fps: float,
 
 
 def _roughness(x: np.ndarray) -> float:
+    """Median over the joints that move of sum |third difference| / sum |first difference|.
+
+    The median, not a pooled sum, so one joint with a legitimate step (a gripper nobody told us
+    about, a wrist flip) does not make a smooth take look jerky; shaking moves every joint."""
     if len(x) < 4:
         return 0.0
-    travel = float(np.abs(np.diff(x, axis=0)).sum())
-    if travel < 1e-9:
+    travel = np.abs(np.diff(x, axis=0)).sum(axis=0)
+    moving = travel > 1e-6 * max(1.0, float(np.abs(x).max()))
+    if not moving.any():
         return 0.0
-    return float(np.abs(np.diff(x, n=3, axis=0)).sum()) / travel
+    third = np.abs(np.diff(x, n=3, axis=0)).sum(axis=0)
+    return float(np.median(third[moving] / travel[moving]))
 
 
 def _pauses(state: np.ndarray, fps: float, idle_speed: float, dims: list[int]) -> list[int]:
