@@ -60,6 +60,7 @@ EXTRA_OF: dict[str, str] = {
     "rtde_receive": "ur",
     "rtde_control": "ur",
     "pyspacemouse": "spacemouse",
+    "ray": "cluster",  # tether eval --backend ray
     "pytest": "dev",  # tether.robot.testing: the driver contract suite, for tests only
 }
 
