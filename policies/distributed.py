@@ -23,7 +23,12 @@ import logging
 import math
 import os
 
-import torch
+try:
+    import torch
+except ImportError as exc:  # a robot-side install has no torch: name the extra to add
+    from tether.core.optional import missing_extra
+
+    raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import ConfigError
 
