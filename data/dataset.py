@@ -32,6 +32,7 @@ except ImportError as exc:  # a robot-side install has no torch: name the extra 
 
 from tether.core.errors import StoreError
 from tether.data.codecs import is_jpeg_array, jpeg_decode
+from tether.data.location import is_url
 from tether.data.store import EpisodeStore, chunk_file, is_image_key
 
 
@@ -45,12 +46,16 @@ class EpisodeDataset(Dataset):
         keys: Iterable[str] | None = None,
         episodes: Iterable[int] | None = None,
         frame_cache: int = 0,
+        repeats: np.ndarray | None = None,
     ) -> None:
+        """`repeats`: optional (n_steps,) count of windows anchored at each step of the store
+        (0 leaves a step out; tether.data.interventions.step_repeats weights corrections)."""
         if obs_horizon < 1:
             raise ValueError(f"obs_horizon must be >= 1, got {obs_horizon}")
         if action_horizon < 1:
             raise ValueError(f"action_horizon must be >= 1, got {action_horizon}")
-        self.store_path = Path(store_path)
+        # a URL stays a string (each DataLoader worker opens it with its own chunk cache)
+        self.store_path = str(store_path) if is_url(str(store_path)) else Path(store_path)
         self.obs_horizon = int(obs_horizon)
         self.action_horizon = int(action_horizon)
         self.action_start = int(action_start)
@@ -85,12 +90,20 @@ class EpisodeDataset(Dataset):
             self._lowdim = store.read_steps(0, n, ("action", *self.lowdim_keys))
             self.image_shapes = {k: tuple(store.array(k).shape[1:]) for k in self.image_keys}
         starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        if repeats is not None:
+            repeats = np.asarray(repeats, dtype=np.int64)
+            if repeats.shape != (int(ends[-1]) if len(ends) else 0,) or np.any(repeats < 0):
+                raise StoreError(f"repeats must be one count >= 0 per step of {self.store_path}")
         sample_step, sample_lo, sample_hi = [], [], []
         for e in chosen:
             lo, hi = int(starts[e]), int(ends[e])
-            sample_step.append(np.arange(lo, hi))
-            sample_lo.append(np.full(hi - lo, lo))
-            sample_hi.append(np.full(hi - lo, hi - 1))
+            steps = np.arange(lo, hi) if repeats is None else np.repeat(np.arange(lo, hi), repeats[lo:hi])
+            sample_step.append(steps)
+            sample_lo.append(np.full(len(steps), lo))
+            sample_hi.append(np.full(len(steps), hi - 1))
+        if not sum(len(s) for s in sample_step):
+            raise StoreError(f"No training windows left in {self.store_path} after weighting steps "
+                             "(every chosen step has weight 0).")
         self._step = np.concatenate(sample_step)
         self._lo = np.concatenate(sample_lo)
         self._hi = np.concatenate(sample_hi)

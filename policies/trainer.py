@@ -89,6 +89,10 @@ class TrainConfig:
     use_ema: bool = True
     seed: int = 0
     episodes: list[int] | None = None  # training episodes (default: all)
+    # Takeover corrections (tether.data.interventions): windows anchored at steps the operator
+    # drove count intervention_weight times, steps a policy drove policy_weight times (0: drop).
+    intervention_weight: float = 1.0
+    policy_weight: float = 1.0
     cameras: list[str] | None = None  # image keys to use (default: all in the store)
     model: dict[str, Any] = field(default_factory=dict)  # model config overrides
     num_workers: int = 0
@@ -307,6 +311,12 @@ class _Trainer:
             state_dim = int(store.array("state").shape[1])
             action_dim = int(store.array("action").shape[1])
             image_shapes = {k: list(store.array(k).shape[1:]) for k in cameras}
+            repeats = None
+            if c.intervention_weight != 1.0 or c.policy_weight != 1.0:
+                from tether.data.interventions import step_repeats
+
+                repeats = step_repeats(store, c.episodes, c.intervention_weight, c.policy_weight,
+                                       seed=c.seed)
         family = get_family(c.policy)
         model_cfg = family.dataset_fields(dict(c.model), fps)
         model_cfg.update(state_dim=state_dim, action_dim=action_dim, cameras=cameras)
@@ -315,7 +325,7 @@ class _Trainer:
         self.model = family.build(model_cfg, load_pretrained=not self.resume).to(self.device)
         horizons = family.horizons(self.model.config)
         self.dataset = EpisodeDataset(c.dataset, keys=["state", *cameras], episodes=c.episodes,
-                                      **horizons.dataset_kwargs())
+                                      repeats=repeats, **horizons.dataset_kwargs())
         stats = get_stats(c.dataset)
         self.normalizer = Normalizer.from_stats(stats, family.normalizer_modes).to(self.device)
         self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, horizons.chunk, fps,

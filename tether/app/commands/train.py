@@ -71,12 +71,21 @@ def _register_train(app: typer.Typer) -> None:
         nproc: int | None = typer.Option(
             None, "--nproc", min=1, help="Train with N processes on this host: execs torchrun "
             "(batch_size is per process)."),
+        intervention_weight: float | None = typer.Option(
+            None, "--intervention-weight", min=0.0, help="Takeover corrections: windows at steps the "
+            "operator drove count W times (tether rollout --record --takeover)."),
+        policy_weight: float | None = typer.Option(
+            None, "--policy-weight", min=0.0, help="Weight of steps a policy drove in recorded "
+            "rollouts (0 drops them, as HG-DAgger does; default 1)."),
     ) -> None:
         from rich.console import Console
 
         from tether.policies.trainer import TrainingInterrupted
 
         console = Console(stderr=True)
+        overrides = [*overrides, *(f"{key}={value}" for key, value in (
+            ("intervention_weight", intervention_weight), ("policy_weight", policy_weight))
+            if value is not None)]
         if nproc is not None and not dry_run:
             import os
 
