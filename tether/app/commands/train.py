@@ -77,6 +77,9 @@ def _register_train(app: typer.Typer) -> None:
         policy_weight: float | None = typer.Option(
             None, "--policy-weight", min=0.0, help="Weight of steps a policy drove in recorded "
             "rollouts (0 drops them, as HG-DAgger does; default 1)."),
+        episodes_from: Path | None = typer.Option(
+            None, "--episodes-from", help="Train on the episodes listed in this file (one index "
+            "per line; `tether data quality STORE --keep-out FILE` writes it)."),
     ) -> None:
         from rich.console import Console
 
@@ -86,6 +89,10 @@ def _register_train(app: typer.Typer) -> None:
         overrides = [*overrides, *(f"{key}={value}" for key, value in (
             ("intervention_weight", intervention_weight), ("policy_weight", policy_weight))
             if value is not None)]
+        if episodes_from is not None:
+            from tether.data.quality import read_episode_list
+
+            overrides.append(f"episodes={read_episode_list(episodes_from)}")
         if nproc is not None and not dry_run:
             import os
 
