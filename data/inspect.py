@@ -15,6 +15,7 @@ import numpy as np
 from tether.core.errors import StoreError
 from tether.core.schema import is_image_key
 from tether.data.codecs import is_jpeg_array
+from tether.data.location import is_remote
 from tether.data.store import EpisodeStore
 
 
@@ -129,6 +130,8 @@ def _success_rate(episodes: list[dict]) -> float | None:
 
 
 def _dir_size(path: Path) -> int:
+    if is_remote(path):  # one listing of the objects, no reads
+        return path.size_under()
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
 
 def inspect_command(
-    store: Path = typer.Argument(..., help="Path of the episode store (a .zarr directory)."),
+    store: str = typer.Argument(..., help="Episode store: a .zarr directory or an s3://... URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     episode: int | None = typer.Option(None, "--episode", "-e", help="Episode to render."),
     video: Path | None = typer.Option(
@@ -129,6 +129,54 @@ def repair_command(
                       f"them from a backup or run `tether data repair {escape(str(store))} "
                       "--drop-damaged`.", soft_wrap=True)
         raise typer.Exit(2)
+
+
+@data_app.command("push")
+def push_command(
+    store: Path = typer.Argument(..., help="The local episode store to upload."),
+    url: str = typer.Argument(..., help="Where: s3://bucket/name.zarr (or any fsspec URL)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Upload a store's committed episodes to object storage; resumes where the last push stopped.
+
+    Episodes appear remotely one by one, each only once all of it is up (a killed push leaves
+    no half-visible episode). Credentials: the standard AWS environment/config.
+    Example: tether data push data.zarr s3://bucket/lift.zarr
+    """
+    import json
+
+    from rich.console import Console
+
+    from tether.data.remote import push
+
+    report = push(store, url)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    Console().print(f"pushed {len(report.pushed)} episode(s) ({report.bytes / 1e6:.1f} MB) to "
+                    f"{url}: it now has {report.remote_after}.", soft_wrap=True, highlight=False)
+
+
+@data_app.command("merge")
+def merge_command(
+    out: Path = typer.Argument(..., help="The new local store to create."),
+    sources: list[str] = typer.Argument(..., help="Stores to merge, in order (paths or URLs)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Make one physical store of several (local or remote), episodes in order.
+
+    JPEG frames are copied as bytes when the settings match (never re-encoded). The stores
+    must share fps and streams (cameras are matched by name).
+    Example: tether data merge all.zarr a.zarr s3://bucket/b.zarr
+    """
+    from rich.console import Console
+
+    from tether.data.store import EpisodeStore
+
+    with EpisodeStore.merge(out, sources, overwrite=overwrite) as merged:
+        n = merged.n_episodes
+    Console().print(f"merged {len(sources)} store(s) into {out}: {n} episodes.", soft_wrap=True,
+                    highlight=False)
 
 
 @data_app.command("migrate")

@@ -71,7 +71,7 @@ _OPTION_HELP = "Extra format option key=value (repeatable), e.g. --option image_
 
 
 def export_command(
-    store: Path = typer.Argument(..., help="The episode store to export (a .zarr directory)."),
+    store: str = typer.Argument(..., help="The episode store to export (a .zarr directory or URL)."),
     fmt: str = typer.Option(..., "--format", "-f", help=_FORMAT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the exported dataset."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
@@ -86,14 +86,18 @@ def export_command(
     """
     module = format_module(fmt, "export_store")
     options = parse_options(option, repo_id=repo_id, vcodec=vcodec, overwrite=overwrite or None)
-    report = module.export_store(Path(store), Path(out), **options)
+    from tether.data.remote import local_copy
+
+    with local_copy(store) as local:  # a URL is read into a temporary local store first
+        report = module.export_store(local, Path(out), **options)
+    report.source = Path(store) if local == Path(store) else store
     _print_report(report, as_json)
 
 
 def import_command(
     src: Path = typer.Argument(..., help="The dataset to import (folder, .zarr or .zarr.zip)."),
     fmt: str = typer.Option(..., "--format", "-f", help=_FORMAT_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="The new episode store to create (.zarr)."),
+    out: str = typer.Option(..., "--out", "-o", help="The new episode store to create (.zarr or URL)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     fps: float | None = typer.Option(
         None, "--fps", help="Frame rate, for formats that do not record one (diffusion_policy)."
@@ -107,7 +111,11 @@ def import_command(
     """
     module = format_module(fmt, "import_dataset")
     options = parse_options(option, fps=fps, overwrite=overwrite or None)
-    report = module.import_dataset(Path(src), Path(out), **options)
+    from tether.data.remote import pushed_from_local
+
+    with pushed_from_local(out) as local:  # a URL: imported locally, then pushed
+        report = module.import_dataset(Path(src), local, **options)
+    report.out = out
     _print_report(report, as_json)
 
 
