@@ -30,12 +30,18 @@ def eval_command(
                                    "e.g. Pendulum-v1 or tether/TwinLift-v0."),
     obs_map: Path | None = typer.Option(None, "--obs-map", help="YAML mapping the env's observations "
                                         "to the policy's cameras/state (docs/evaluation.md)."),
+    backend: str = typer.Option("local", "--backend", help="local (worker processes) or ray (one Ray "
+                                "task per episode; pip install 'tether[cluster]')."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to use with --backend ray "
+                                       "(auto, host:6379, ray://head:10001); default: a local Ray."),
 ) -> None:
     """Evaluate a policy on seeded twin episodes and write a report (JSON, CSV, plots, videos, HTML).
 
     Example: tether eval --task lift --checkpoint runs/act-lift --episodes 50 --workers 2
 
     Example: tether eval --env Pendulum-v1 --obs-map pendulum.yaml --server tcp://127.0.0.1:5555
+
+    Example: tether eval --task lift --checkpoint /shared/runs/act-lift --episodes 500 --backend ray --address auto
     """
     import json
 
@@ -48,7 +54,9 @@ def eval_command(
     config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
                         checkpoint=checkpoint, server=server, policy=policy, out=str(out),
                         videos=videos, steps=steps, rollout={"blend": blend}, env=env,
-                        obs_map=None if obs_map is None else str(obs_map.resolve()))
+                        obs_map=None if obs_map is None else str(obs_map.resolve()),
+                        backend=backend, address=address)
+    config.check_backend()
     if obs_map is not None and not obs_map.is_file():
         raise TetherError(f"--obs-map {obs_map} does not exist; write one (docs/evaluation.md, "
                           "'Any gymnasium env').")

@@ -12,6 +12,8 @@ from typing import Any
 
 from tether.core.errors import ConfigError
 
+BACKENDS = ("local", "ray")
+
 
 @dataclass
 class EvalConfig:
@@ -31,6 +33,8 @@ class EvalConfig:
     env: str | None = None  # a gymnasium env id instead of the twin task (tether.app.eval.gym_target)
     obs_map: str | None = None  # the env's obs-map file (observation keys -> cameras/state, actions)
     timeout_s: float = 3600.0
+    backend: str = "local"  # local (worker processes) | ray (one Ray task per episode)
+    address: str | None = None  # ray: a cluster address (auto, host:6379, ray://...); None starts one
 
     def policy_source(self) -> dict[str, str]:
         chosen = {k: v for k, v in (("checkpoint", self.checkpoint), ("server", self.server),
@@ -41,6 +45,12 @@ class EvalConfig:
                 f"or --policy scripted (got {', '.join(chosen) or 'none'})."
             )
         return chosen
+
+    def check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if self.address and self.backend != "ray":
+            raise ConfigError("--address names a Ray cluster; add --backend ray")
 
     def seeds(self) -> list[int]:
         if self.episodes < 1:

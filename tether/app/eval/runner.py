@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run the evaluation and write the report; returns the summary dict."""
     config.policy_source()  # validate before starting anything
+    config.check_backend()
     if config.obs_map and not config.env:  # a gymnasium target named by its obs-map file
         from tether.app.eval.gym_target import load_obs_map
 
@@ -48,7 +49,11 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     save_config(config, out / "eval_config.yaml")
     seeds = config.seeds()
     t0 = time.monotonic()
-    if config.workers <= 0:
+    if config.backend == "ray":
+        from tether.app.eval.ray_backend import run_on_ray
+
+        run_on_ray(config, seeds, out, show_progress)
+    elif config.workers <= 0:
         from tether.app.eval.worker import EpisodeFailed, run_worker
 
         try:
@@ -79,6 +84,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         "task": config.env or config.task,
         "policy": " ".join(f"{k}={v}" for k, v in config.policy_source().items()),
         "workers": config.workers,
+        "backend": config.backend,
         "eval_wall_time_s": round(time.monotonic() - t0, 2),
     }
     return write_report(out, records, meta)
