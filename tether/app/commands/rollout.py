@@ -71,6 +71,27 @@ def rollout(
     json_out: Path | None = typer.Option(None, "--json", help="Write per-episode summaries here."),
     overrides: list[str] = typer.Option([], "--set", help="Robot config override key=value."),
     view: str | None = typer.Option(None, "--view", help=VIEW_HELP),
+    record: Path | None = typer.Option(
+        None, "--record",
+        help="Record every episode into this episode store (appended to when it exists), with "
+             "who was in control per step.",
+    ),
+    takeover: str | None = typer.Option(
+        None, "--takeover",
+        help="Let the operator take over with this teleop device (leader, spacemouse, keyboard; "
+             "scripted: the twin's scripted operator). Space toggles control.",
+    ),
+    takeover_param: list[str] = typer.Option(
+        [], "--takeover-param", help="Takeover device option key=value (repeatable)."
+    ),
+    handover: str = typer.Option(
+        "ramp", "--handover",
+        help="ramp: drive the arm from where it is to the new controller's target; align: hold "
+             "until the device is within tolerance of the arm (leader arms).",
+    ),
+    handover_speed: float = typer.Option(
+        0.25, "--handover-speed", help="Handover speed as a fraction of the safety speed limit."
+    ),
 ) -> None:
     """Run a policy on a robot: async chunks, latency alignment, blending, stall watchdog.
 
@@ -78,10 +99,12 @@ def rollout(
     A policy trained in another joint convention (e.g. on the twin) runs on a real arm only
     through its units calibration (tether calibrate units); without one it is refused.
 
-    Keys (terminal): e E-STOP (every arm holds its last safe command; latched), x release it.
+    Keys (terminal): e E-STOP (every arm holds its last safe command; latched), x release it;
+    with --takeover, space takes over / hands back.
 
     Example: tether rollout --robot twin:lift --server tcp://127.0.0.1:5555 --episodes 3
     Example: tether rollout --robot twin:lift --policy simple:hold --lockstep --max-steps 100
+    Example: tether rollout --robot twin:lift --policy runs/bc --lockstep --takeover scripted --record corrections.zarr
     """
     from tether.core.errors import ConfigError
 
@@ -98,6 +121,8 @@ def rollout(
                  request_threshold=threshold, steps=steps, realtime=realtime,
                  request_timeout_s=timeout, resample=resample),
             keyboard, view,
+            dict(record=record, takeover=takeover, takeover_param=takeover_param,
+                 handover=handover, handover_speed=handover_speed),
         )  # fmt: skip
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -110,7 +135,7 @@ def rollout(
 
 def _run(
     robot_spec, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout, options,
-    keyboard=False, view=None,
+    keyboard=False, view=None, session_options=None,
 ) -> list[dict]:
     from tether.app.rollout import RolloutConfig, run_episode
     from tether.robot.factory import make_robot
@@ -124,6 +149,7 @@ def _run(
     units = _units_for(robot_spec)
     if not config.realtime:  # before a server is contacted or a checkpoint loaded
         robot.require_simulated_time("--lockstep")
+    session = _session(robot, robot_spec, overrides, config.realtime, session_options or {})
     summaries = []
     if server is not None:
         from tether.policies.client import PolicyClient
@@ -144,8 +170,8 @@ def _run(
     if keyboard:
         from tether.teleop.recorder_keys import ESTOP_HELP, KeyReader, estop_bindings, legend
 
-        reader = KeyReader(estop_bindings(robot, _say_estop))
-        console.print(legend(ESTOP_HELP))
+        reader = KeyReader({**estop_bindings(robot, _say_estop), **session.bindings()})
+        console.print(legend(ESTOP_HELP + session.legend))
     telemetry = None
     try:
         with robot:
@@ -157,14 +183,20 @@ def _run(
                 reader.start()
             for episode in range(episodes):
                 on_progress = None if progress is None else progress.step_callback(episode)
-                result = run_episode(
-                    robot, source, config, seed=seed + episode, on_progress=on_progress,
-                    units=units, telemetry=telemetry,
-                )
+                try:
+                    result = run_episode(
+                        robot, source, config, seed=seed + episode, on_progress=on_progress,
+                        units=units, telemetry=telemetry, **session.episode_kwargs(),
+                    )
+                except BaseException:
+                    session.abort()
+                    raise
                 summaries.append(result.summary())
+                session.episode_done(result, summaries[-1])
                 if progress is not None:
                     progress.finished(episode, summaries[-1])
     finally:
+        session.close()
         if telemetry is not None:
             telemetry.close()
         if reader is not None:
@@ -172,6 +204,23 @@ def _run(
         if server is not None:
             source.close()
     return summaries
+
+
+def _session(robot, robot_spec, overrides, realtime, options):
+    """The takeover device and the recording store of this run (tether.app.takeover_session)."""
+    from tether.app.takeover_session import RolloutSession
+    from tether.core.config import apply_overrides
+    from tether.robot.factory import load_robot_config
+
+    return RolloutSession(
+        robot, load_robot_config(robot_spec, overrides), realtime,
+        takeover=options.get("takeover"),
+        takeover_params=apply_overrides({}, list(options.get("takeover_param") or [])),
+        handover=options.get("handover", "ramp"),
+        handover_speed=options.get("handover_speed", 0.25),
+        record=options.get("record"),
+        say=_plain,
+    )
 
 
 def _units_for(robot_spec):
