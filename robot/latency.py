@@ -390,8 +390,8 @@ class LatencyOffsets:
 
     def lead_s(self, robot: Robot) -> np.ndarray:
         """Per action entry, how early to send it: each arm's command latency over its joints."""
-        return np.concatenate([np.full(spec.dof, float(self.arms.get(spec.name, 0.0)))
-                               for spec in robot.arm_specs])
+        return np.concatenate([np.full(arm.spec.dof, float(self.arms.get(name, 0.0)))
+                               for name, arm in robot.arms.items()])
 
     def describe(self) -> str:
         parts = [f"camera {n} {v * 1e3:.0f} ms" for n, v in self.cameras.items()]

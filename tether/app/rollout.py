@@ -33,6 +33,12 @@ radians) only through that robot's units calibration (`units=`, see tether.robot
 observed states are mapped into the policy's convention and its actions back. Without one the
 rollout is refused before anything moves.
 
+Latency (`latency=`, a tether.robot.latency.LatencyOffsets from `tether calibrate latency`):
+camera frames are stamped at their exposure time (the measured camera latency taken off), and
+each arm is sent, at every tick, the plan for the moment its command will take effect: the
+action `lead = command latency` later (interpolated between steps), so the arm is where the
+policy meant it to be when it meant it. When the plan does not reach that far the tick holds.
+
 `realtime=True` paces the loop to the wall clock (deployment, latency tests). With
 `realtime=False` (lockstep, for batch evaluation on the twin) the loop runs as fast as it can and
 waits for every chunk it asks for, so results do not depend on machine speed; it is refused on a
@@ -184,6 +190,7 @@ def run_episode(
     telemetry: Telemetry | None = None,
     takeover=None,
     on_row: Callable[[ControlRow, int], None] | None = None,
+    latency=None,
 ) -> EpisodeResult:
     """Run one episode of `source` (a Policy or a PolicyClient) on `robot`; see the module doc.
 
@@ -200,11 +207,14 @@ def run_episode(
     device: it decides each tick's target from the policy's action and the device's, with
     handovers limited in speed; the result's `intervention` flags the ticks the human drove.
     `on_row(row, step)` is called with every tick's ControlRow (the rollout recorder).
+    `latency`: the robot's measured latencies (tether.robot.latency.LatencyOffsets) to
+    compensate, or None (see the module doc).
     """
     config = config or RolloutConfig()
     chunk_source = as_chunk_source(source, config.steps)
     return _Episode(
-        robot, chunk_source, config, seed, on_progress, units, telemetry, takeover, on_row
+        robot, chunk_source, config, seed, on_progress, units, telemetry, takeover, on_row,
+        latency,
     ).run()
 
 
@@ -484,8 +494,13 @@ class _Episode:
         telemetry: Telemetry | None = None,
         takeover=None,
         on_row: Callable[[ControlRow, int], None] | None = None,
+        latency=None,
     ) -> None:
         self.robot = robot
+        self.latency = latency if latency else None
+        # per action entry, how many ticks early to send it (each arm's command latency)
+        self.lead = None if self.latency is None or not self.latency.arms else (
+            self.latency.lead_s(robot) * float(config.fps or robot.fps))
         self.takeover = takeover
         self.on_row = on_row
         self.units = units
@@ -661,6 +676,8 @@ class _Episode:
 
     def _observe(self, tick: Tick) -> Observation:
         observation = self.robot.observe()
+        if self.latency is not None:
+            observation = self.latency.correct(observation)  # frames stamped at exposure time
         if self.config.record_frames:
             for name, frame in observation.frames.items():
                 self.frames.setdefault(name, []).append(frame.image.copy())
@@ -672,7 +689,7 @@ class _Episode:
         step = tick.slot
         self._collect(step, 0.0)
         self._maybe_request(observation.to_arrays(), step)
-        action = self.blender.action_at(step)
+        action = self.blender.action_at(step) if self.lead is None else self._led(step)
         if action is None:
             self._stalling(step)
         elif self.stall is not None:
@@ -680,6 +697,25 @@ class _Episode:
         if self.takeover is not None:  # the operator may be driving, or taking over / handing back
             return self.takeover.decide(observation, action, self.last_command)
         return action
+
+    def _led(self, step: int) -> np.ndarray | None:
+        """The plan for when this tick's command takes effect: step + lead, per arm, linearly
+        interpolated between steps; None (hold) when the plan does not reach that far.
+
+        Steps are asked for in increasing order (the ensembler forgets chunks that have ended)."""
+        assert self.lead is not None
+        wanted = sorted({step + int(np.floor(x)) + d for x in self.lead for d in (0, 1)})
+        rows = {s: self.blender.action_at(s) for s in wanted}
+        out = np.empty(self.robot.action_dim, dtype=np.float64)
+        for x in np.unique(self.lead):
+            k = int(np.floor(x))
+            frac = float(x - k)
+            cols = self.lead == x
+            a, b = rows[step + k], rows[step + k + 1]
+            if a is None:
+                return None
+            out[cols] = a[cols] if b is None else (1.0 - frac) * a[cols] + frac * b[cols]
+        return out.astype(np.float32)
 
     def _meant_for(self, tick: Tick) -> float:
         """When this tick's action is meant to run, on the robot's safety clock.
@@ -714,7 +750,8 @@ class _Episode:
             self._error("timeout")
             log.warning("no chunk within %.0f ms; abandoning the request", age * 1e3)
             self.source.abandon()
-        remaining = max(0, self.newest_end - step)
+        lead = 0 if self.lead is None else int(np.ceil(self.lead.max()))
+        remaining = max(0, self.newest_end - step - lead)
         if remaining > self.threshold:
             return
         try:
