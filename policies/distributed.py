@@ -104,6 +104,20 @@ class Distributed:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks (the logged loss is the global batch's, not rank 0's).
+
+        Every rank must call it at the same step with the same keys (the trainer logs in lockstep)."""
+        if not self.active or not values:
+            return values
+        import torch.distributed as tdist
+
+        keys = sorted(values)
+        device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+        tdist.all_reduce(t)
+        return dict(zip(keys, (t / self.world).tolist(), strict=True))
+
     def close(self) -> None:
         if self.active:
             import torch.distributed as tdist
