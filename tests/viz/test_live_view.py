@@ -50,11 +50,9 @@ def test_record_view_file_reads_back_with_every_stream(tmp_path):
     info = read_rrd(rrd)
     rows = info["entities"]
     # one row per tick (+1 static row naming the joint series)
-    for entity in ("/joints/position", "/joints/target", "/joints/command"):
+    for entity in ("/joints/position", "/joints/target", "/joints/command", "/timing/ms",
+                   "/timing/counts"):
         assert rows[entity] == steps + 1, (entity, rows)
-    for entity in ("/timing/step_ms", "/timing/jitter_ms", "/timing/skew_ms", "/timing/queue",
-                   "/timing/dropped", "/timing/safety_interventions"):
-        assert rows[entity] == steps, (entity, rows)
     assert 1 <= rows["/cameras/top"] <= steps  # frames are rate-limited, never more than ticks
     position = info["timelines"]["/joints/position"]
     assert position["step"] == list(range(1, steps + 1))
@@ -74,7 +72,7 @@ def test_rollout_view_logs_every_chunk_and_the_ticks(tmp_path):
     s = json.loads(summary.read_text())[0]
     info = read_rrd(rrd)
     assert info["entities"]["/policy/chunk"] == s["chunks"]  # the whole predicted chunk, each time
-    assert info["entities"]["/timing/step_ms"] == s["length"] == 20
+    assert info["entities"]["/timing/ms"] == s["length"] + 1 == 21
     assert info["entities"]["/joints/target"] == s["length"] + 1
 
 
