@@ -418,20 +418,28 @@ def _sopdt_grid(t_c, cmd, t_q, q, max_lag_s, max_tau_s):
     if total == 0:
         raise ConfigError("The arm did not move during the excitation; check torque, the e-stop "
                           "and the safety limits.")
+    pos = (t_q[None, :] - lags[:, None] - t0) / GRID_S  # sample times shifted by every L
+
+    def sse_for(staircase: np.ndarray, j: int, grid: np.ndarray) -> np.ndarray:
+        out = np.empty((len(grid), len(lags)))
+        for ti, tau in enumerate(grid):
+            pred = _lerp(_critically_damped(staircase, tau, GRID_S), pos)
+            out[ti] = ((np.diff(pred, axis=1) - vq[:, j][None, :]) ** 2).sum(axis=1)
+        return out
+
     for j in range(q.shape[1]):
         staircase = cmd[hold_idx, j]
-        per_tau = np.empty((len(taus), len(lags)))
-        for ti, tau in enumerate(taus):
-            model = _critically_damped(staircase, tau, GRID_S)
-            # predicted position at t - L for every L (rows: L, cols: samples)
-            pos = (t_q[None, :] - lags[:, None] - t0) / GRID_S
-            pred = _lerp(model, pos)
-            err = np.diff(pred, axis=1) - vq[:, j][None, :]
-            per_tau[ti] = (err ** 2).sum(axis=1)
+        coarse = sse_for(staircase, j, taus)
+        # L and tau trade off along a valley (L + 2 tau is what the data pins down best): a
+        # coarse tau grid would push its error into L, so refine tau around the best cell
+        ti = int(np.unravel_index(np.argmin(coarse), coarse.shape)[0])
+        fine_taus = np.linspace(taus[max(ti - 1, 0)], taus[min(ti + 1, len(taus) - 1)], 25)
+        grid = np.concatenate([taus, fine_taus])
+        per_tau = np.concatenate([coarse, sse_for(staircase, j, fine_taus)])
         sse += per_tau.min(axis=0)
-        per_joint.append(per_tau)
+        per_joint.append((grid, per_tau))
     i = int(np.argmin(sse))
-    tau_at_best = float(np.mean([taus[int(np.argmin(p[:, i]))] for p in per_joint]))
+    tau_at_best = float(np.mean([g[int(np.argmin(p[:, i]))] for g, p in per_joint]))
     return lags, sse, tau_at_best, math.sqrt(float(sse[i]) / total)
 
 
