@@ -147,6 +147,7 @@ def _run(
 
     warn_calibrations(robot_spec, load_robot_config(robot_spec, overrides), console.print)
     units = _units_for(robot_spec)
+    latency = _latency_for(robot_spec)
     if not config.realtime:  # before a server is contacted or a checkpoint loaded
         robot.require_simulated_time("--lockstep")
     session = _session(robot, robot_spec, overrides, config.realtime, session_options or {})
@@ -186,7 +187,8 @@ def _run(
                 try:
                     result = run_episode(
                         robot, source, config, seed=seed + episode, on_progress=on_progress,
-                        units=units, telemetry=telemetry, **session.episode_kwargs(),
+                        units=units, telemetry=telemetry, latency=latency,
+                        **session.episode_kwargs(),
                     )
                 except BaseException:
                     session.abort()
@@ -221,6 +223,17 @@ def _session(robot, robot_spec, overrides, realtime, options):
         record=options.get("record"),
         say=_plain,
     )
+
+
+def _latency_for(robot_spec):
+    """The robot's measured latencies (`tether calibrate latency`): frames are stamped at
+    exposure and each arm is sent its plan early by its command latency; None without any."""
+    from tether.robot.latency import LatencyOffsets
+
+    offsets = LatencyOffsets.for_robot(robot_spec)
+    if offsets:
+        console.print(f"latency compensation: {offsets.describe()}")
+    return offsets or None
 
 
 def _units_for(robot_spec):
