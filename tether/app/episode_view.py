@@ -98,17 +98,18 @@ def log_episode(rec, store, episode: int, jpeg_quality: int = 85) -> int:
     skew = _skew_ms(store.timing(episode), n)
     encode = jpeg_encoder(jpeg_quality)
     cameras = {key: camera_of(key) for key in store.image_keys}
+    indexes = [rr.TimeColumn(STEP, sequence=np.arange(n)), rr.TimeColumn(TIME, duration=t)]
+    columns = {JOINT_POSITION: data.get("state"), JOINT_COMMAND: data.get("action"),
+               f"{TIMING}/skew_ms": skew}
+    for entity, values in columns.items():  # one call per entity: all rows at once
+        if values is not None:
+            rec.send_columns(entity, indexes=indexes,
+                             columns=rr.Scalars.columns(scalars=np.asarray(values, np.float64)))
     for i in range(n):
         rec.set_time(STEP, sequence=i)
         rec.set_time(TIME, duration=float(t[i]))
-        if "state" in data:
-            rec.log(JOINT_POSITION, rr.Scalars(data["state"][i].astype(np.float64)))
-        if "action" in data:
-            rec.log(JOINT_COMMAND, rr.Scalars(data["action"][i].astype(np.float64)))
         for key, camera in cameras.items():
             rec.log(f"{CAMERAS}/{camera}", encode(data[key][i]))
-        if skew is not None:
-            rec.log(f"{TIMING}/skew_ms", rr.Scalars(float(skew[i])))
     for start, stop in meta.get("intervention_spans") or []:
         for step, text in ((start, "intervention: the human takes over"),
                            (stop, "intervention ends: back to the policy")):
