@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tether.core.errors import StoreError
+from tether.core.errors import ConfigError, StoreError
 from tether.core.schema import is_image_key
 from tether.data.location import is_url
 from tether.data.store import EpisodeStore
@@ -76,7 +76,7 @@ class StoreInfo:
 def describe(spec: DatasetSpec) -> StoreInfo:
     path = spec.path
     if not is_url(path) and not Path(path).exists():
-        raise StoreError(f"dataset {path} does not exist; record one with `tether record`")
+        raise ConfigError(f"dataset {path} does not exist; record one with `tether record`")
     with EpisodeStore.open(path, "r") as store:
         return StoreInfo(spec, float(store.fps), list(store.keys),
                          {k: tuple(int(d) for d in store.array(k).shape[1:]) for k in store.data_keys},
@@ -123,7 +123,7 @@ def reconcile(infos: Sequence[StoreInfo], cameras: Iterable[str] | None) -> list
     for cam in chosen:
         for info in infos:
             if cam not in info.keys:
-                raise StoreError(f"camera key '{cam}' is not in {info.spec.path} (keys: {info.keys}).")
+                raise ConfigError(f"camera key '{cam}' is not in {info.spec.path} (keys: {info.keys}).")
             if info.shapes[cam] != infos[0].shapes[cam]:
                 raise StoreError(
                     f"camera '{cam}' is {info.shapes[cam]} in {info.spec.path} but "

@@ -96,6 +96,7 @@ def push(local: str | Path, url: str, *, max_episodes: int | None = None,
             remote_ends = np.zeros(0, np.int64)
         report.remote_before = len(remote_ends)
         _check_prefix(local, url, ends, remote_ends)
+        _check_same_last(remote, local, url, len(remote_ends))
         stop = len(ends) if max_episodes is None else min(len(ends), len(remote_ends) + max_episodes)
         ends_array = _open_remote_ends(remote)
         for episode in range(len(remote_ends), stop):
@@ -119,6 +120,24 @@ def _check_prefix(local: Path, url: str, ends: np.ndarray, remote_ends: np.ndarr
             f"{len(ends)}); it was pushed from another store or the local one was edited since "
             "(delete/compaction). Push to a new URL, or remove the remote store first."
         )
+
+
+def _check_same_last(remote: Any, local: Path, url: str, n: int) -> None:
+    """The last remote episode's chunk checksums (its manifest) must be the local one's."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    if n == 0:
+        return
+    key = _manifest.manifest_file(local, n - 1).relative_to(local).as_posix()
+    theirs = sync(remote.get(key, default_buffer_prototype()))
+    mine = _manifest.load(local, n - 1)
+    if theirs is None or mine is None:
+        return  # stores from before manifests: the ends are all there is to compare
+    if json.loads(theirs.to_bytes()).get("keys") != mine.get("keys"):
+        raise StoreError(
+            f"{url} holds {n} episode(s) that are not the first episodes of {local}: episode "
+            f"{n - 1}'s data differs. Push to a new URL, or remove the remote store first.")
 
 
 def _remote_ends(remote: Any) -> np.ndarray | None:

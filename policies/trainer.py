@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a run needs. Unset (None) fields come from the preset."""
 
-    dataset: str = ""
+    dataset: str | list[str] = ""  # a store, or several (`path[:weight]`, paths or URLs)
     policy: str = "act"  # a registered family: act | diffusion | mlp (tether.policies.registry)
     preset: str | None = None  # tiny | cpu | default | full; None: chosen by device (choose_preset)
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
@@ -290,31 +290,22 @@ class _Trainer:
     # -- setup -----------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        from tether.data.dataset import EpisodeDataset
-        from tether.data.stats import get_stats
-        from tether.data.store import EpisodeStore, is_image_key
+        from tether.data.multi import TrainingData
+        from tether.data.store import EpisodeStore
         from tether.policies.torch_policy import make_spec
 
         c = self.config
-        if not Path(c.dataset).exists():
-            raise ConfigError(f"dataset {c.dataset} does not exist; record one with `tether record`")
-        with EpisodeStore.open(c.dataset, "r") as store:
-            fps = float(store.fps)
-            keys = list(store.keys)
-            if "state" not in keys or "action" not in keys:
-                raise PolicyError(f"{c.dataset} needs 'state' and 'action' arrays (has {keys})")
-            cameras = [k for k in keys if is_image_key(k)] if c.cameras is None else list(c.cameras)
-            for cam in cameras:
-                if cam not in keys:
-                    raise ConfigError(f"camera key '{cam}' is not in {c.dataset} (keys: {keys})")
-            convention = _convention(store.attrs)
-            state_dim = int(store.array("state").shape[1])
-            action_dim = int(store.array("action").shape[1])
-            image_shapes = {k: list(store.array(k).shape[1:]) for k in cameras}
-            repeats = None
-            if c.intervention_weight != 1.0 or c.policy_weight != 1.0:
-                from tether.data.interventions import step_repeats
+        # one or several stores (paths or object-store URLs, `path:weight`), reconciled by name
+        data = TrainingData(c.dataset, c.cameras)
+        fps, cameras, convention = data.fps, data.cameras, _convention(data.attrs)
+        state_dim, action_dim, image_shapes = data.state_dim, data.action_dim, data.image_shapes
+        repeats = None
+        if c.intervention_weight != 1.0 or c.policy_weight != 1.0:
+            from tether.data.interventions import step_repeats
 
+            if not data.single:
+                raise ConfigError("--intervention-weight/--policy-weight need a single --dataset")
+            with EpisodeStore.open(data.specs[0].path, "r") as store:
                 repeats = step_repeats(store, c.episodes, c.intervention_weight, c.policy_weight,
                                        seed=c.seed)
         family = get_family(c.policy)
@@ -324,9 +315,9 @@ class _Trainer:
         # On resume the checkpoint's weights replace the initial ones: never read the pretrained file.
         self.model = family.build(model_cfg, load_pretrained=not self.resume).to(self.device)
         horizons = family.horizons(self.model.config)
-        self.dataset = EpisodeDataset(c.dataset, keys=["state", *cameras], episodes=c.episodes,
-                                      repeats=repeats, **horizons.dataset_kwargs())
-        stats = get_stats(c.dataset)
+        window = {**horizons.dataset_kwargs(), **({"repeats": repeats} if repeats is not None else {})}
+        self.dataset = data.dataset(["state", *cameras], episodes=c.episodes, seed=c.seed, **window)
+        stats = data.stats()  # fitted over every store
         self.normalizer = Normalizer.from_stats(stats, family.normalizer_modes).to(self.device)
         self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, horizons.chunk, fps,
                               self.normalizer, {**(horizons.extra or {}), **convention})
@@ -390,7 +381,7 @@ class _Trainer:
                 stopping = self.dist.any(stop.requested is not None) and self.step < c.steps
                 if self.step % c.log_every == 0 or self.step == c.steps or stopping:
                     dt = time.perf_counter() - window_t
-                    row = {"step": self.step, **{k: v / window_n for k, v in sums.items()},
+                    row = {"step": self.step, **self.dist.mean({k: v / window_n for k, v in sums.items()}),
                            "lr": self.optimizer.param_groups[0]["lr"], "it_s": window_n / dt,
                            "world_size": self.dist.world,
                            "time": time.time()}

@@ -46,7 +46,9 @@ def _register_train(app: typer.Typer) -> None:
         ),
     )
     def train_command(
-        dataset: str | None = typer.Option(None, "--dataset", "-d", help="Episode store (.zarr) to train on."),
+        datasets: list[str] = typer.Option(
+            [], "--dataset", "-d", help="Episode store (.zarr or s3://... URL); repeat for several, "
+            "PATH:WEIGHT to weight one (normalizer fitted over all)."),
         policy: str | None = typer.Option(None, "--policy", "-p", help=f"{' | '.join(policy_names())} (default act)."),
         preset: str | None = typer.Option(
             None, "--preset", help="tiny, cpu, default or full (default: cpu on CPU, default on GPU)."),
@@ -86,6 +88,7 @@ def _register_train(app: typer.Typer) -> None:
         from tether.policies.trainer import TrainingInterrupted
 
         console = Console(stderr=True)
+        dataset = None if not datasets else datasets[0] if len(datasets) == 1 else list(datasets)
         overrides = [*overrides, *(f"{key}={value}" for key, value in (
             ("intervention_weight", intervention_weight), ("policy_weight", policy_weight))
             if value is not None)]
@@ -147,7 +150,10 @@ def torchrun_argv(nproc: int, eval_task: str | None = None, eval_every: int | No
              "--out": options.get("out"), "--resume": options.get("resume"),
              "--config": options.get("config"), "--seed": options.get("seed"),
              "--threads": options.get("threads"), "--keep-every": options.get("keep_every")}
-    args = [x for flag, value in flags.items() if value is not None for x in (flag, str(value))]
+    args = [x for flag, value in flags.items() if value is not None and not isinstance(value, list)
+            for x in (flag, str(value))]
+    if isinstance(options.get("dataset"), list):  # several --dataset values
+        args += [x for value in options["dataset"] for x in ("--dataset", str(value))]
     for item in options.get("overrides") or []:
         args += ["--set", item]
     args += [flag for flag, on in (("--overwrite", options.get("overwrite")),
