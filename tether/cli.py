@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "tether.app.commands.calibrate",  # tether calibrate ...
     "tether.app.commands.calibrate_units",  # tether calibrate units
     "tether.app.commands.calibrate_hand_eye",  # tether calibrate hand-eye
+    "tether.app.commands.calibrate_twin",  # tether calibrate excite|twin
     "tether.app.commands.calibrate_latency",  # tether calibrate latency
     "tether.app.commands.eval",  # tether eval, demo
     "tether.app.commands.exchange",  # tether export, import
