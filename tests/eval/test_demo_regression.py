@@ -29,6 +29,7 @@ def test_demo_records_at_the_recipe_speed(tmp_path):
     stats = collect(config, dataset, Console(quiet=True))
     assert stats["success_rate"] == 1.0
 
+    assert config.max_velocity is not None, "the recipe sets the twin's speed explicitly"
     step = config.max_velocity / config.fps  # the most one recorded action may move, per joint
     with EpisodeStore.open(dataset) as store:
         for episode in range(store.n_episodes):
