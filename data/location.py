@@ -208,7 +208,7 @@ def _fsspec_store(cls: Any, url: str, *, read_only: bool) -> Any:
     except ImportError as exc:
         from tether.core.optional import missing_extra
 
-        raise missing_extra(__name__, "cloud") from exc
+        raise missing_extra(__name__, "s3fs") from exc
     except ValueError as exc:
         raise StoreError(f"Cannot open {url}: {exc}") from exc
 

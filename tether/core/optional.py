@@ -61,6 +61,8 @@ EXTRA_OF: dict[str, str] = {
     "rtde_control": "ur",
     "pyspacemouse": "spacemouse",
     "ray": "cluster",  # tether eval --backend ray
+    "s3fs": "cloud",  # stores at s3:// URLs (zarr FsspecStore)
+    "moto": "dev",  # S3-protocol server for the object-storage tests
     "pytest": "dev",  # tether.robot.testing: the driver contract suite, for tests only
 }
 
