@@ -29,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,11 +289,16 @@ class Recorder:
         keyboard: bool = False,
         on_episode: Callable[[EpisodeResult], None] | None = None,
         on_estop: Callable[[bool], None] | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> list[EpisodeResult]:
         """Record `num_episodes` saved episodes with a reset countdown between them.
 
         keyboard: read the session keys (recorder_keys, e-stop included) from stdin.
         on_estop: called with True when the e-stop key latches, False when it is released.
+        tasks: task strings cycled per saved episode (the k-th saved take gets tasks[k % n]);
+            default: the recorder's `task` for all.
+        `rerecord()` (key r) during the reset countdown takes the last saved episode back: it is
+        removed from the store and recorded again from the same seed.
         """
         from tether.teleop.recorder_keys import KeyboardControls
 
@@ -303,27 +308,47 @@ class Recorder:
         results: list[EpisodeResult] = []
         saved = 0
         attempt = 0
+        last_saved: tuple[int, int | None] | None = None  # (store index, seed) of the last take
+        redo_seed: int | None = None
         try:
             while saved < num_episodes and not self.controls.quit.is_set():
                 if saved > 0 or attempt > 0:
                     self._countdown(reset_time_s, saved, num_episodes)
                     if self.controls.quit.is_set():
                         break
+                    if last_saved is not None and self._take_back(last_saved[0]):
+                        saved -= 1
+                        redo_seed, last_saved = last_saved[1], None
                 ep_seed = None if seed is None else seed + attempt
+                if redo_seed is not None:
+                    ep_seed, redo_seed = redo_seed, None
                 label = f"{saved + 1}/{num_episodes}"
+                task = {"task": tasks[saved % len(tasks)]} if tasks else None
                 result = self.record_episode(
-                    max_steps=max_steps, duration_s=episode_time_s, seed=ep_seed, episode_label=label
+                    max_steps=max_steps, duration_s=episode_time_s, seed=ep_seed,
+                    episode_label=label, metadata=task,
                 )
                 attempt += 1
                 results.append(result)
                 if result.outcome == SAVED:
                     saved += 1
+                    last_saved = (result.episode, ep_seed) if result.episode is not None else None
                 if on_episode is not None:
                     on_episode(result)
         finally:
             if keys is not None:
                 keys.stop()
         return results
+
+    def _take_back(self, episode: int) -> bool:
+        """After a countdown: if the operator asked to re-record (r), remove the last saved take."""
+        with self.controls.lock:
+            again, self.controls.rerecord = self.controls.rerecord, False
+        if not again or episode != self.store.n_episodes - 1:
+            return False
+        self.store.delete_episodes([episode])
+        log.info("episode %d taken back: recording it again", episode)
+        return True
 
     def _countdown(self, reset_time_s: float, saved: int, total: int) -> None:
         self.controls.start.clear()

@@ -67,6 +67,12 @@ def record_command(
     base_policy: Path | None = typer.Option(
         None, "--base-policy", help="Checkpoint or run directory: each take's quality score also "
         "rates its compatibility with this policy (a take it would do differently is flagged)."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="Comma-separated task descriptions cycled per saved take "
+        "(take 1 the first, take 2 the second, ...); instead of --task."),
+    bell: bool | None = typer.Option(
+        None, "--bell/--no-bell", help="Ring the terminal bell when a take starts and when it "
+        "stops (default: when stderr is a terminal)."),
 ) -> None:
     """Record teleoperated episodes into a Zarr episode store.
 
@@ -83,6 +89,7 @@ def record_command(
         console, out, robot, teleop, episodes, fps, episode_time, reset_time, realtime, task,
         operator, append, overwrite, zarr_format, image_quality, seed, keyboard, teleop_param,
         overrides, sys.stdin.isatty(), view=view, base_policy=base_policy,
+        tasks=_parse_tasks(tasks, task), bell=console.is_terminal if bell is None else bell,
     )
 
 
@@ -196,7 +203,8 @@ def _shares_terminal(device: str, params: dict) -> bool:
 
 def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, reset_time,
             realtime, task, operator, append, overwrite, zarr_format, image_quality, seed,
-            keyboard, teleop_params, overrides, is_tty, view=None, base_policy=None) -> None:
+            keyboard, teleop_params, overrides, is_tty, view=None, base_policy=None, tasks=None,
+            bell=False) -> None:
     from tether.robot.twin.render import configure_backend
 
     configure_backend()  # before anything imports mujoco
@@ -266,13 +274,27 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
                                   f"{out}; episodes from it repeat earlier ones on the twin.")
                 _session(console, store, robot, device, episodes, rate, realtime, task, operator,
                          episode_time, reset_time, seed, keyboard, out, view=view,
-                         base_policy=base_policy, latency=latency)
+                         base_policy=base_policy, latency=latency, tasks=tasks, bell=bell)
         finally:
             if created and _is_empty(out):
                 import shutil
 
                 shutil.rmtree(out, ignore_errors=True)  # nothing recorded: no empty store left
                 console.print(f"nothing was saved; removed the empty store {out}")
+
+
+def _parse_tasks(tasks: str | None, task: str) -> list[str] | None:
+    """`--tasks a,b,c` as a list (None without it); refused with --task or when empty."""
+    if tasks is None:
+        return None
+    if task:
+        raise ConfigError("Use either --task (one task for every take) or --tasks (cycled per take), "
+                          "not both.")
+    items = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"--tasks {tasks!r} names no task; give comma-separated descriptions, e.g. "
+                          "--tasks 'pick the red cube,pick the blue cube'.")
+    return items
 
 
 def _check_out(out: Path, append: bool, overwrite: bool) -> None:
@@ -349,10 +371,11 @@ def _latency_offsets(robot_spec: str, console):
 
 def _session(console, store, robot, device, episodes, rate, realtime, task, operator,
              episode_time, reset_time, seed, keyboard, out, view=None, base_policy=None,
-             latency=None) -> None:
+             latency=None, tasks=None, bell=False) -> None:
     from rich.live import Live
 
     from tether.app.quality import TakeFeedback
+    from tether.app.session_bell import TakeBell
     from tether.teleop.recorder import SAVED, Recorder
     from tether.teleop.recorder_keys import legend
     from tether.teleop.recorder_view import PlainProgress, StatusView
@@ -367,20 +390,24 @@ def _session(console, store, robot, device, episodes, rate, realtime, task, oper
         num_episodes=episodes, episode_time_s=episode_time if realtime else None,
         max_steps=None if realtime else int(round(episode_time * rate)),
         reset_time_s=reset_time, seed=seed, keyboard=keyboard,
-        on_estop=lambda latched: _say_estop(console, latched),
+        on_estop=lambda latched: _say_estop(console, latched), tasks=tasks,
     )
+    ring = TakeBell(console.file, enabled=bell)  # a beep when each take starts and stops
+    recorder.on_status = ring.wrap_status(recorder.on_status)
     if keyboard:
         console.print(legend())
     try:
         if console.is_terminal:
             with Live(view, console=console, refresh_per_second=5, transient=False) as live:
                 view.live = live
-                results = recorder.run(**run, on_episode=lambda r: (view.finished(r), quality(r, view.note)))
+                results = recorder.run(**run, on_episode=lambda r: (
+                    ring.finished(r), view.finished(r), quality(r, view.note)))
         else:  # a pipe, nohup, CI: plain lines, a few per minute, instead of a live display
             plain = PlainProgress(episodes, write=lambda line: console.print(
                 line, markup=False, highlight=False, soft_wrap=True))
-            recorder.on_status = plain.update
-            results = recorder.run(**run, on_episode=lambda r: (plain.finished(r), quality(r, plain.note)))
+            recorder.on_status = ring.wrap_status(plain.update)
+            results = recorder.run(**run, on_episode=lambda r: (
+                ring.finished(r), plain.finished(r), quality(r, plain.note)))
     finally:
         if telemetry is not None:
             telemetry.close()
