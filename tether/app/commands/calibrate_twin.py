@@ -174,17 +174,15 @@ def calibrate_twin(
 
 
 def _show(report) -> None:
-    table = Table(title=f"twin fit: latency {report.latency_s * 1000:.1f} ms, "
-                        f"rms {report.rms_start_rad * 1000:.3f} -> {report.rms_fit_rad * 1000:.4f} mrad")
-    fields = list(next(iter(report.fitted.values())).keys())
-    table.add_column("joint")
-    for name in fields:
-        table.add_column(f"{name} (start -> fit, ±%)")
-    table.add_column("rms mrad")
+    table = Table(title=f"twin fit: latency {report.latency_s * 1000:.1f} ms, tracking error "
+                        f"{report.rms_start_rad * 1000:.3f} -> {report.rms_fit_rad * 1000:.4f} mrad")
+    for column in ("parameter", "start", "fit", "±1σ %", "joint rms mrad"):
+        table.add_column(column)
     for joint, values in report.fitted.items():
-        cells = [f"{report.start[joint][k]:.4g} -> {values[k]:.4g} ±{100 * report.rel_std[joint][k]:.1f}"
-                 for k in fields]
-        table.add_row(joint, *cells, f"{report.per_joint_rms_rad[joint] * 1000:.4f}")
+        for i, (name, value) in enumerate(values.items()):
+            table.add_row(f"{joint}.{name}", f"{report.start[joint][name]:.4g}", f"{value:.4g}",
+                          f"{100 * report.rel_std[joint][name]:.2f}",
+                          f"{report.per_joint_rms_rad[joint] * 1000:.4f}" if i == 0 else "")
     console.print(table)
 
 
