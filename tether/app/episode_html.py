@@ -148,7 +148,7 @@ def _index_row(episode: int, href: str, meta: dict[str, Any], n: int, fps: float
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-video { width: min(100%, 720px); border: 1px solid #ccc; }
+video { width: min(100%, 480px); border: 1px solid #ccc; }
 .plots { display: flex; flex-wrap: wrap; gap: 8px; }
 .plot { margin: 0; } figcaption { font-size: 0.85em; } .range { color: #888; }
 .frame { fill: #fafafa; stroke: #ccc; }

@@ -122,8 +122,9 @@ def open_recording(spec: str, name: str, recording_id: str | None = None) -> rr.
     else:  # web
         url = rec.serve_grpc(grpc_port=DEFAULT_GRPC_PORT, server_memory_limit="25%")
         rr.serve_web_viewer(web_port=target.port, open_browser=False, connect_to=url)
+        here = url.replace("127.0.0.1", "<this-host>").replace("localhost", "<this-host>")
         log.warning("live view: open http://<this-host>:%d/?url=%s in a browser", target.port,
-                    url.replace("+", "%2B"))
+                    here.replace("+", "%2B"))
     return rec
 
 
