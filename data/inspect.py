@@ -35,9 +35,10 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
             "disk_bytes": disk,
         })
     episodes = []
+    lengths = store.episode_lengths  # once: it is computed from all ends
     for e in range(store.n_episodes):
         meta = store.episode_metadata(e)
-        length = int(store.episode_lengths[e])
+        length = int(lengths[e])
         stats = meta.get("stats", {})
         sync = stats.get("sync", {})
         episodes.append({
