@@ -95,24 +95,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000",
                         help="Episode counts to measure at, ascending (comma-separated).")
-    parser.add_argument("--dir", default=None, help="Where to build the store (default: a temp dir).")
+    parser.add_argument("--dir", default=None, help="Where to build the store (default: a temp "
+                        "dir; /dev/shm takes the disk's fsync latency out of the commit column).")
+    parser.add_argument("--keep", action="store_true", help="Keep a copy of the store at each size "
+                        "(growth-<N>.zarr in --dir), for --measure with another tether build.")
+    parser.add_argument("--measure", action="store_true", help="Only measure the copies --keep left "
+                        "in --dir (each gains 20 episodes).")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rng = np.random.default_rng(0)
     frames = camera_frames(STEPS, *IMAGE, seed=0)
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="tether-growth-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "growth.zarr"
     rows = []
     t_build = time.perf_counter()
     try:
-        with EpisodeStore.create(path, 10.0, overwrite=True) as store:
-            pass
+        if not args.measure:
+            EpisodeStore.create(path, 10.0, overwrite=True).close()
         n = 0
         for size in sizes:
+            if args.measure:
+                row = measure(tmp / f"growth-{size}.zarr", rng, frames)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             with EpisodeStore.open(path, "a") as store:
                 while n < size - 20:  # measure() adds the last 20
                     store.add_episode(episode(rng, frames), {"task": "grow", "seed": n})
                     n += 1
+            if args.keep:
+                shutil.copytree(path, tmp / f"growth-{size}.zarr", dirs_exist_ok=True)
             row = measure(path, rng, frames)
             n = int(row["episodes"])
             rows.append(row)
