@@ -91,6 +91,8 @@ def push(local: str | Path, url: str, *, max_episodes: int | None = None,
         report = PushReport(str(local), url, 0)
         uploader = _Uploader(remote, local, report)
         remote_ends = _remote_ends(remote)
+        if remote_ends is None and not len(ends):
+            return report  # nothing committed yet: create nothing remotely
         if remote_ends is None:
             sync(uploader.skeleton(src))
             remote_ends = np.zeros(0, np.int64)
@@ -244,8 +246,9 @@ class _Uploader:
             for chunk in range(start // rows, (stop - 1) // rows + 1):
                 chunk_keys.append(src.chunk_path(key, chunk).relative_to(self.local).as_posix())
         await self._put(chunk_keys)
-        array_meta = [k for k in self._metadata_keys()
-                      if _is_array_meta(k) and not k.startswith(EPISODE_ENDS + "/")]
+        keys = self._metadata_keys()
+        await self._put([k for k in keys if "/" in k and not _is_array_meta(k)])  # new groups
+        array_meta = [k for k in keys if _is_array_meta(k) and not k.startswith(EPISODE_ENDS + "/")]
         await self._put_array_meta(array_meta, stop)  # lengths now cover the episode
         for file in (_manifest.manifest_file(self.local, episode), _episodes.episode_file(self.local, episode)):
             await self._put([file.relative_to(self.local).as_posix()])

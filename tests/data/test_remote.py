@@ -149,3 +149,21 @@ def test_merge_and_export_from_a_url(s3, tmp_path):
     with EpisodeStore.open(tmp_path / "all.zarr") as merged, EpisodeStore.open(url) as remote:
         assert merged.n_episodes == 3
         assert np.array_equal(merged.get_episode(2)["image.top"], remote.get_episode(1)["image.top"])
+
+
+def test_record_to_a_url_uploads_the_committed_episodes(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("TETHER_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    url = f"{s3}/rec.zarr"
+    result = CliRunner().invoke(build_app(), [
+        "record", "--robot", "twin:lift", "--set", "fps=10", "--set", "twin_params.cameras=[]",
+        "--teleop", "scripted", "--episodes", "2", "--episode-time", "0.8", "--fast",
+        "--out", url])
+    assert result.exit_code == 0, result.output
+    assert f"uploaded 2 episode(s) to {url}" in result.output
+    with EpisodeStore.open(url) as remote:
+        assert remote.n_episodes == 2 and "state" in remote.keys
+    from tether.data.remote import staging_path
+
+    with EpisodeStore.open(staging_path(url)) as local:  # the local copy stays, for resuming
+        assert local.n_episodes == 2

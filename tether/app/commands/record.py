@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
 
 
 def record_command(
-    out: Path = typer.Option(..., "--out", "-o", help="Store to write (a .zarr directory)."),
+    out: str = typer.Option(..., "--out", "-o", help="Store to write: a .zarr directory, or an "
+                            "s3://... URL (recorded locally, committed episodes uploaded as you go)."),
     robot: str = typer.Option("twin:lift", "--robot", help="twin:<task> or a robot config file."),
     teleop: str | None = typer.Option(
         None, "--teleop",
@@ -209,10 +210,17 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
 
     configure_backend()  # before anything imports mujoco
     from tether.core.config import apply_overrides, to_dict
+    from tether.data.location import is_url
     from tether.robot.episodic import as_episodic
     from tether.robot.factory import load_robot_config, make_robot
     from tether.teleop.factory import make_teleop
 
+    remote = str(out) if is_url(str(out)) else None  # object storage: record locally, upload
+    if remote:
+        from tether.data.remote import staging_path
+
+        out = staging_path(remote)
+        console.print(f"recording to {out}, uploading committed episodes to {remote}", soft_wrap=True)
     out = Path(out)
     is_twin = robot_spec.startswith("twin:")
     overrides = list(overrides)
@@ -265,6 +273,11 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     with robot, device:
         store, created = _open_store(out, append, overwrite, rate, zarr_format, image_quality,
                                      to_dict(config), config)
+        pusher = None
+        if remote:
+            from tether.data.remote import BackgroundPusher
+
+            pusher = BackgroundPusher(out, remote).start()
         try:
             with store:
                 if seed is None:
@@ -276,11 +289,24 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
                          episode_time, reset_time, seed, keyboard, out, view=view,
                          base_policy=base_policy, latency=latency, tasks=tasks, bell=bell)
         finally:
+            if pusher is not None:
+                _finish_push(console, pusher, out, remote)
             if created and _is_empty(out):
                 import shutil
 
                 shutil.rmtree(out, ignore_errors=True)  # nothing recorded: no empty store left
                 console.print(f"nothing was saved; removed the empty store {out}")
+
+
+def _finish_push(console, pusher, out: Path, remote: str) -> None:
+    """Upload what the background pusher has not yet; say how to resume when that fails."""
+    try:
+        pusher.close()
+    except Exception as exc:  # noqa: BLE001 - the episodes are safe locally; say how to resume
+        console.print(f"[yellow]upload incomplete[/yellow] ({exc}); the episodes are in {out}; "
+                      f"resume with: tether data push {out} {remote}", soft_wrap=True)
+        return
+    console.print(f"uploaded {pusher.pushed} episode(s) to {remote}", soft_wrap=True)
 
 
 def _parse_tasks(tasks: str | None, task: str) -> list[str] | None:
