@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
         description="Train a policy on an episode store (one process, or one of N under torchrun).",
         epilog="Example: torchrun --nproc-per-node 2 -m tether.policies.train --dataset data.zarr "
                "--policy mlp --out runs/mlp")
-    p.add_argument("--dataset", "-d", help="Episode store (.zarr) to train on.")
+    p.add_argument("--dataset", "-d", action="append", metavar="PATH[:WEIGHT]",
+                   help="Episode store (.zarr or s3://... URL); repeat for several.")
     p.add_argument("--policy", "-p", help="Policy family (act, diffusion, mlp; default act).")
     p.add_argument("--preset", help="tiny, cpu, default or full (default: by device).")
     p.add_argument("--steps", type=int, help="Optimizer steps (default: preset).")
@@ -80,7 +81,9 @@ def config_from_args(args: argparse.Namespace):
     from tether.policies.trainer import TrainConfig
 
     data = load_mapping(args.config) if args.config else {}
-    for key in ("dataset", "policy", "preset", "out", "steps", "seed", "threads", "keep_every"):
+    if args.dataset:  # one store as a string, several as a list (as `tether train` does)
+        data["dataset"] = args.dataset[0] if len(args.dataset) == 1 else list(args.dataset)
+    for key in ("policy", "preset", "out", "steps", "seed", "threads", "keep_every"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
