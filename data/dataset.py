@@ -158,6 +158,7 @@ class EpisodeDataset(Dataset):
         shape = (*steps.shape, *self.image_shapes[key])
         out = _shared_empty(shape) if get_worker_info() is not None else torch.empty(shape, dtype=torch.uint8)
         flat = out.numpy().reshape(-1, *self.image_shapes[key])
+        reader.prefetch(key, steps)
         first: dict[int, int] = {}
         for pos, step in enumerate(steps.reshape(-1).tolist()):
             if step in first:
@@ -286,6 +287,14 @@ class _FrameReader:
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._direct = {k: is_jpeg_array(self.store.array(k)) for k in keys}
         self.decoded = 0  # frames decoded so far (work accounting, see tests)
+
+    def prefetch(self, key: str, steps: np.ndarray) -> None:
+        """For a store at a URL: fetch a batch's frames concurrently into the chunk cache."""
+        if not self.store.is_remote or not self._direct[key]:
+            return
+        wanted = {int(s) for s in np.unique(steps)} - {s for k, s in self._cache if k == key}
+        if wanted:
+            self.store.path.prefetch([chunk_file(self.store, key, s) for s in sorted(wanted)])
 
     def frame_into(self, key: str, step: int, out: np.ndarray) -> None:
         """Decode frame `step` of `key` into `out` (H, W, 3), from the cache when possible."""
