@@ -169,3 +169,15 @@ def test_a_bad_view_target_names_the_accepted_forms():
         parse_view("udp://x")
     with pytest.raises(ConfigError, match="not a port number"):
         parse_view("tcp://host:port")
+
+
+def test_spawn_without_a_display_says_what_works_instead(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = runner.invoke(build_app(), [
+        "record", "--robot", "twin:lift", "--teleop", "scripted", "--fast", "--episodes", "1",
+        "--episode-time", "0.2", "--out", str(tmp_path / "d.zarr"), "--view", "spawn",
+    ])
+    assert result.exit_code == 2, result.output
+    assert "no display" in result.output and "--view tcp://0.0.0.0:9876" in result.output
+    assert not (tmp_path / "d.zarr").exists()  # nothing recorded, no empty store left

@@ -112,6 +112,7 @@ def open_recording(spec: str, name: str, recording_id: str | None = None) -> rr.
         target.path.parent.mkdir(parents=True, exist_ok=True)
         rec.save(target.path)
     elif target.kind == "spawn":
+        _require_display()
         rec.spawn(connect=True)
     elif target.kind == "connect":
         rec.connect_grpc(target.url)
@@ -126,6 +127,21 @@ def open_recording(spec: str, name: str, recording_id: str | None = None) -> rr.
         log.warning("live view: open http://<this-host>:%d/?url=%s in a browser", target.port,
                     here.replace("+", "%2B"))
     return rec
+
+
+def _require_display() -> None:
+    """A native viewer needs a screen: on a headless Linux box say what works instead."""
+    import os
+    import sys
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError(
+            "--view spawn opens a viewer window, but this machine has no display (DISPLAY and "
+            "WAYLAND_DISPLAY are unset); serve it instead with --view tcp://0.0.0.0:9876 (then "
+            "`rerun rerun+http://THIS-HOST:9876/proxy` on your laptop), --view web, or save it "
+            "with --view FILE.rrd."
+        )
 
 
 def joint_names(robot) -> list[str]:
