@@ -125,7 +125,7 @@ def _connect(ray, address: str | None) -> bool:
                               "`ray start --head` or check --address (auto, host:6379, "
                               "ray://head:10001)") from exc
         return False
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              _node_ip_address="127.0.0.1")  # a private single-machine instance, loopback only
     return True
 
