@@ -181,3 +181,47 @@ def test_spawn_without_a_display_says_what_works_instead(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "no display" in result.output and "--view tcp://0.0.0.0:9876" in result.output
     assert not (tmp_path / "d.zarr").exists()  # nothing recorded, no empty store left
+
+
+def test_rollout_streams_over_the_network_to_a_viewer_elsewhere(tmp_path, wait_until):
+    """--view rerun+http://HOST:PORT/proxy: a rerun server (here on 127.0.0.1, saving what it
+    receives, as a viewer on the operator's laptop would show it) gets every tick and chunk."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    received = tmp_path / "received.rrd"
+    rerun_bin = Path(sys.executable).parent / "rerun"
+    server = subprocess.Popen([str(rerun_bin), "--bind", "127.0.0.1", "--port", str(port),
+                               "--save", str(received)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _listening(port), what="the rerun server listening")
+        result = runner.invoke(build_app(), [
+            "rollout", "--robot", "twin:lift", "--policy", "simple:hold", "--lockstep",
+            "--max-steps", "15", "--view", f"rerun+http://127.0.0.1:{port}/proxy",
+            "--no-keyboard",
+        ])
+        assert result.exit_code == 0, result.output
+
+        def rows():
+            try:
+                return read_rrd(received)["entities"].get("/timing/ms") == 16
+            except Exception:  # the server is still writing
+                return False
+
+        wait_until(rows, what="the server saving every tick it received")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert read_rrd(received)["entities"]["/joints/position"] == 16
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -26,6 +26,7 @@ the first tick).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,7 +322,10 @@ def read_rrd(path: str | Path) -> dict[str, Any]:
 
     entities: dict[str, int] = {}
     timelines: dict[str, dict[str, list]] = {}
-    for chunk in RrdReader(str(path)).stream().to_chunks():
+    with warnings.catch_warnings():  # a file a server streamed has no footer: fine for stream()
+        warnings.filterwarnings("ignore", message=".*no footer.*")
+        reader = RrdReader(str(path))
+    for chunk in reader.stream().to_chunks():
         entity = chunk.entity_path
         entities[entity] = entities.get(entity, 0) + chunk.num_rows
         if chunk.is_static:
