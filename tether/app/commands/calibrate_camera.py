@@ -234,4 +234,8 @@ def _frames(read: Callable, expired: Callable[[], bool]) -> Iterator[np.ndarray]
 def _residual_text(residuals: dict) -> str:
     if "rms_px" in residuals:
         return f"{residuals['rms_px']:.3f} px RMS"
+    if "rms_fit_rad" in residuals:  # twin_params (tether calibrate twin)
+        held = residuals.get("holdout_rms_after_rad")
+        return f"{residuals['rms_fit_rad'] * 1000:.3f} mrad RMS" + (
+            f", held out {held * 1000:.3f}" if isinstance(held, float) else "")
     return ", ".join(f"{k} {v}" for k, v in residuals.items() if isinstance(v, int | float))[:40] or "-"
