@@ -102,12 +102,15 @@ class LazyMetadata:
     goes on.
     """
 
-    def __init__(self, store_path: Any, count: int, present: set[int], *, strict: bool) -> None:
+    def __init__(self, store_path: Any, count: int, present: set[int] | None, *,
+                 strict: bool) -> None:
         self._path = store_path
         self._count = int(count)
         self._strict = strict
         self._cache: dict[int, dict[str, Any]] = {}
-        self.missing: set[int] = {e for e in range(self._count) if e not in present}
+        # None: not listed (a read-only open); absent files are then found when read
+        self.missing: set[int] = set() if present is None else \
+            {e for e in range(self._count) if e not in present}
         self.errors: dict[int, str] = {}
         self.checked = False
 

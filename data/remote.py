@@ -17,7 +17,7 @@ partial one (exactly what a killed local writer leaves, which readers already hi
 resumes from the remote commit point. Uploading never changes the local store and needs no lock,
 so it runs while `tether record` goes on (`BackgroundPusher`).
 
-The remote must be a prefix of the local store: after a local compaction (`tether data delete`)
+The remote must be a prefix of the local store: after a local compaction (deleting episodes)
 push to a new URL.
 """
 

@@ -203,6 +203,8 @@ class EpisodeStore:
     def recovery(self) -> Recovery:
         """What open found (see `Recovery`). Asking reads every episode's metadata file once
         (open itself reads none), so damaged metadata is counted here, not at open."""
+        if not self._recovery.complete:  # a read-only open listed nothing: do it now
+            self._recovery = _writer.recover(self._h, self._raw_ends, False, False, full=True)
         episodes = getattr(getattr(self, "_h", None), "episodes", None)
         if isinstance(episodes, _episodes.LazyMetadata) and not episodes.checked:
             missing, errors = episodes.check_all()
@@ -636,7 +638,9 @@ class EpisodeStore:
         except Exception as exc:
             raise damaged(path, path / EPISODE_ENDS, exc) from exc
         self._h = _writer.Handles(path, root, meta, ends_array, arrays)
-        self._recovery = _writer.recover(self._h, raw_ends, self.mode == "a", self._repair)
+        self._raw_ends = raw_ends
+        self._recovery = _writer.recover(self._h, raw_ends, self.mode == "a", self._repair,
+                                         full=False)
 
     def _check_episode(self, episode: int) -> None:
         if not 0 <= episode < self.n_episodes:

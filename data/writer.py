@@ -101,6 +101,7 @@ class Recovery:
     missing_metadata: int = 0  # committed episodes without (readable) metadata
     missing_keys: tuple[str, ...] = ()  # arrays the last commit had that are gone
     metadata_errors: tuple[str, ...] = ()  # unreadable metadata files (counted in missing_metadata)
+    complete: bool = True  # False: a read-only open that did not list the folders (see recover)
 
     @property
     def clean(self) -> bool:
@@ -155,7 +156,8 @@ def _convention(robot_config: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- recovery
-def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> Recovery:
+def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool,
+            full: bool = True) -> Recovery:
     """Keep the longest valid prefix of episode_ends; hide or truncate what follows it.
 
     A killed writer leaves at most: data past the last commit, one manifest and one metadata
@@ -163,7 +165,13 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
     was not yet rewritten). That tail is truncated when `writable`. Any other invalid entry
     means committed episodes lost data: a writable open refuses (unless repairing); read-only
     hides it.
+
+    `full=False` (read-only opens) skips listing the metadata and manifest folders: what is
+    visible depends only on `episode_ends` and the array lengths, so a reader opens the same
+    few files at 100 or 10,000 episodes. The returned Recovery is then `complete=False` and
+    `EpisodeStore.recovery` finishes it (with `full=True`) when someone asks.
     """
+    full = full or writable or repair
     lengths = [arr.shape[0] for arr in h.arrays.values()]
     limit = min(lengths) if lengths else 0
     valid = 0
@@ -180,11 +188,15 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
     lost = 0 if all(int(e) == 0 for e in tail) else invalid
     # Manifests and metadata files are written just before the commit point: one past the last
     # valid episode is an uncommitted episode's; any further one belonged to a lost commit.
-    lost = max(lost, _manifest.count_from(h.path, valid + 1))
-    present = _episodes.indices(h.path)
-    lost = max(lost, sum(1 for e in present if e > valid))
-    dropped_meta = sum(1 for e in present if e >= valid)
-    missing_keys = _keys_lost_since_commit(h, valid)
+    present: list[int] | None = None
+    dropped_meta = 0
+    missing_keys: tuple[str, ...] = ()
+    if full:
+        lost = max(lost, _manifest.count_from(h.path, valid + 1))
+        present = _episodes.indices(h.path)
+        lost = max(lost, sum(1 for e in present if e > valid))
+        dropped_meta = sum(1 for e in present if e >= valid)
+        missing_keys = _keys_lost_since_commit(h, valid)
     h.ends = raw_ends[:valid].copy()
     committed = h.n_steps
     partial = max(lengths) - committed if lengths else 0
@@ -193,7 +205,8 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
     # Metadata files are read when used, not here (open time stays flat as the store grows):
     # one listing tells which exist. A writable open reads the newest one (a writer's last
     # commit); repairing reads all, to reset the damaged ones.
-    h.episodes = _episodes.LazyMetadata(h.path, valid, set(present), strict=writable and not repair)
+    h.episodes = _episodes.LazyMetadata(h.path, valid, None if present is None else set(present),
+                                        strict=writable and not repair)
     meta_errors: tuple[str, ...] = ()
     if repair:
         h.episodes.check_all()
@@ -221,7 +234,7 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool) -> R
     if writable:
         _manifest.remove_from(h.path, valid)  # manifests of uncommitted episodes
     recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta, missing_keys,
-                        meta_errors)
+                        meta_errors, complete=full)
     if recovery.damaged:
         log.warning(
             "Store %s is damaged: %s %s", h.path,
