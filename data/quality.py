@@ -62,7 +62,8 @@ class QualityConfig:
         has been seen before, over which it is new.
     divergence_ref / divergence_max: RMS action difference (in action standard deviations) to
         the neighbours' actions in familiar states.
-    compatibility_ref / compatibility_max: the same, against a base policy's actions.
+    compatibility_ref / compatibility_max: a base policy's action error on the take over its error
+        on its own training takes (1 = as usual); the score is exp(-((ratio - 1) / ref)^2).
     weights: of smoothness, consistency (or compatibility when given) and coverage in `score`.
     neighbours: k of the k-nearest-neighbour action average; max_reference: states kept in the
         reference (evenly subsampled beyond it, so a big store stays fast).
@@ -80,8 +81,8 @@ class QualityConfig:
     novel_dist: float = 0.4
     divergence_ref: float = 0.6
     divergence_max: float = 1.0
-    compatibility_ref: float = 0.5
-    compatibility_max: float = 0.6
+    compatibility_ref: float = 1.5
+    compatibility_max: float = 2.5
     weights: dict[str, float] = field(
         default_factory=lambda: {"smoothness": 0.45, "consistency": 0.4, "coverage": 0.15})
     neighbours: int = 5

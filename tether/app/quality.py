@@ -29,7 +29,6 @@ from tether.data.quality import (
     QualityConfig,
     Reference,
     episode_quality,
-    reference_from,
     store_quality,
 )
 
@@ -72,18 +71,23 @@ def gripper_dims_of_store(store) -> list[int]:
 
 # ---------------------------------------------------------------------------------- base policy
 class BaseCompatibility:
-    """A base policy's judgement of takes: action error in the states it knows.
+    """A base policy's judgement of takes: its action error in the states it knows, relative to
+    its error on the takes it was trained on.
+
+    The ratio calibrates itself: a policy trained briefly errs a lot everywhere, a converged one
+    little, and a take it would do the same way as its training data has a ratio near 1. A take
+    done another way (another grasp, another route) has a ratio well above it.
 
     policy: a loaded tether Policy (tether.policies.checkpoint.load_policy).
-    familiar_reference: states the policy was trained on (None: use the caller's familiar mask).
+    training: (store path, episodes) the policy was trained on, when still there: defines the
+        familiar states and the baseline error; else the store being scored stands in for it.
     max_steps: evaluate at most this many evenly spaced familiar steps per take (inference cost).
     """
 
-    def __init__(self, policy, store, familiar_reference: Reference | None = None,
+    def __init__(self, policy, store, training: tuple[Path, list[int] | None] | None = None,
                  config: QualityConfig | None = None, max_steps: int = 60) -> None:
         self.policy = policy
         self.store = store
-        self.reference = familiar_reference
         self.config = config or QualityConfig()
         self.max_steps = int(max_steps)
         names = [a.name for a in policy.spec.observation]
@@ -97,65 +101,115 @@ class BaseCompatibility:
             raise ConfigError(f"the base policy acts in {policy.spec.action_dim} dimensions, the "
                               f"store's actions have {store.array('action').shape[1]}; give a "
                               "policy for this robot.")
+        self.reference: Reference | None = None
+        self.baseline: float | None = None
+        self._training = training
+        if training is not None:
+            from tether.data.store import EpisodeStore
+
+            with EpisodeStore.open(training[0], "r") as train_store:
+                chosen = training[1] if training[1] is not None else range(train_store.n_episodes)
+                episodes = {int(e): train_store.get_episode(int(e), ["state", "action"]) for e in chosen}
+                self.reference = Reference(*_dims(train_store), self.config)
+                for e, d in episodes.items():
+                    self.reference.add(e, d["state"], d["action"])
+                self.baseline = self._baseline(train_store, episodes)
 
     @classmethod
     def load(cls, path: str | Path, store, config: QualityConfig | None = None) -> BaseCompatibility:
         """Load a checkpoint (run directory or checkpoint folder); its training store, when it is
-        still where the run says, defines which states the policy knows."""
+        still where the run says, defines which states the policy knows and its usual error."""
         from tether.policies.checkpoint import load_policy
 
         policy = load_policy(path)
-        return cls(policy, store, _training_reference(Path(path), config), config)
+        return cls(policy, store, _training_of(Path(path)), config)
 
     def __call__(self, episode: int, state: np.ndarray, action: np.ndarray,
-                 familiar: np.ndarray, action_scale: np.ndarray | None = None) -> dict[str, Any]:
+                 familiar: np.ndarray) -> dict[str, Any]:
         c = self.config
+        basis = "states of the other takes"
         if self.reference is not None and self.reference.n_steps:
             dists, _ = self.reference.neighbours(state)
             familiar = dists[:, 0] < c.familiar_dist
-            scale = self.reference.scales()[1]
-            basis = "the base policy's training states"
-        else:
-            scale = action_scale if action_scale is not None else np.ones(action.shape[1])
-            basis = "states of earlier takes"
+            basis = "states the policy was trained on"
+        if self.baseline is None:  # no training store: the store being scored is the yardstick
+            self.reference = self.reference or _reference_of(self.store, self.config)
+            self.baseline = self._baseline(self.store, None)
         steps = np.flatnonzero(familiar)
         note = ""
-        if len(steps) < c.min_familiar:  # nothing known yet: judge the whole take, say so
-            steps, note = np.arange(len(state)), " (no familiar states: judged on every step)"
-            basis = "every step"
-        if len(steps) > self.max_steps:
-            steps = steps[np.linspace(0, len(steps) - 1, self.max_steps).round().astype(int)]
-        start, _ = self.store.episode_range(episode)
-        self.policy.reset()
-        errors, worst_dims = [], []
-        for t in steps:
-            obs = self.store.read_steps(start + int(t), start + int(t) + 1, self.keys)
-            predicted = self.policy.predict_chunk({k: v[0] for k, v in obs.items()})[0]
-            diff = (np.asarray(action[t], np.float64) - predicted) / scale
-            errors.append(float(np.sqrt(np.mean(diff ** 2))))
-            worst_dims.append(int(np.argmax(np.abs(diff))))
-        err = np.asarray(errors)
-        mean = float(err.mean()) if len(err) else 0.0
+        if len(steps) < c.min_familiar:  # nothing known: judge the whole take, and say so
+            steps, note, basis = np.arange(len(state)), " (no familiar states)", "every step"
+        err, worst = self._errors(self.store, episode, steps, state, action)
+        ratio = float(err.mean()) / self.baseline if len(err) else 0.0
         out: dict[str, Any] = {
-            "score": float(np.exp(-((mean / c.compatibility_ref) ** 2))),
-            "metrics": {"action_error": mean, "steps": int(len(steps)), "basis": basis},
+            "score": float(np.exp(-((max(0.0, ratio - 1.0) / c.compatibility_ref) ** 2))),
+            "metrics": {"error_ratio": ratio, "action_error": float(err.mean()) if len(err) else 0.0,
+                        "baseline_error": self.baseline, "steps": int(len(steps)), "basis": basis},
             "flags": [], "reasons": [],
         }
-        if mean > c.compatibility_max:
+        if ratio > c.compatibility_max:
             i = int(np.argmax(err))
             out["flags"].append("low_compatibility")
             out["reasons"].append(
-                f"low compatibility with the base policy: action error {mean:.2f} std in {basis} "
-                f"(limit {c.compatibility_max:g}){note}; worst at step {int(steps[i])}, action "
-                f"dimension {worst_dims[i]}: a different way of doing the task than the policy's")
+                f"low compatibility with the base policy: its action error on this take is "
+                f"{ratio:.1f}x its error on its training takes (limit {c.compatibility_max:g}x), "
+                f"in {basis}{note}; worst at step {int(steps[i])}, action dimension {worst[i]}: "
+                "a different way of doing the task than the policy's")
         return out
 
+    def _steps(self, n: int, steps: np.ndarray | None = None) -> np.ndarray:
+        steps = np.arange(n) if steps is None else steps
+        if len(steps) > self.max_steps:
+            steps = steps[np.linspace(0, len(steps) - 1, self.max_steps).round().astype(int)]
+        return steps
 
-def _training_reference(path: Path, config: QualityConfig | None) -> Reference | None:
-    """States/actions of the store a run was trained on (its config.json), if still there."""
+    def _errors(self, store, episode: int, steps: np.ndarray, state: np.ndarray,
+                action: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """RMS (over dimensions, in the reference's action-intent std) of demo - policy action."""
+        steps = self._steps(len(state), steps)
+        scale = self.reference.scales()[1] if self.reference is not None else np.ones(action.shape[1])
+        start, _ = store.episode_range(episode)
+        self.policy.reset()
+        errors, worst = [], []
+        for t in steps:
+            obs = store.read_steps(start + int(t), start + int(t) + 1, self.keys)
+            predicted = self.policy.predict_chunk({k: v[0] for k, v in obs.items()})[0]
+            diff = (np.asarray(action[t], np.float64) - predicted) / scale
+            errors.append(float(np.sqrt(np.mean(diff ** 2))))
+            worst.append(int(np.argmax(np.abs(diff))))
+        return np.asarray(errors), worst
+
+    def _baseline(self, store, episodes: Mapping[int, Mapping[str, np.ndarray]] | None) -> float:
+        """The policy's mean error over (up to max_steps x 4) steps spread over its takes."""
+        if episodes is None:
+            episodes = {e: store.get_episode(e, ["state", "action"]) for e in range(store.n_episodes)}
+        per = max(1, (4 * self.max_steps) // max(1, len(episodes)))
+        errors = []
+        for e, d in episodes.items():
+            n = len(d["state"])
+            steps = np.unique(np.linspace(0, n - 1, min(n, per)).round().astype(int))
+            errors.append(self._errors(store, e, steps, d["state"], d["action"])[0])
+        value = float(np.concatenate(errors).mean()) if errors else 1.0
+        return max(value, 1e-6)
+
+
+def _dims(store) -> tuple[int, int]:
+    return int(store.array("state").shape[1]), int(store.array("action").shape[1])
+
+
+def _reference_of(store, config: QualityConfig) -> Reference:
+    ref = Reference(*_dims(store), config)
+    for e in range(store.n_episodes):
+        d = store.get_episode(e, ["state", "action"])
+        ref.add(e, d["state"], d["action"])
+    return ref
+
+
+def _training_of(path: Path) -> tuple[Path, list[int] | None] | None:
+    """(store, episodes) a run was trained on, from its config.json, if the store still exists."""
     import json
 
-    for run in (path, *path.parents[:3]):
+    for run in (path, *list(path.parents)[:3]):
         cfg = run / "config.json"
         if cfg.is_file():
             try:
@@ -165,12 +219,7 @@ def _training_reference(path: Path, config: QualityConfig | None) -> Reference |
             dataset = data.get("dataset")
             if not dataset or not Path(dataset).exists():
                 return None
-            from tether.data.store import EpisodeStore
-
-            with EpisodeStore.open(dataset, "r") as train_store:
-                chosen = data.get("episodes") or range(train_store.n_episodes)
-                episodes = [train_store.get_episode(int(e), ["state", "action"]) for e in chosen]
-            return reference_from(episodes, config) if episodes else None
+            return Path(dataset), data.get("episodes")
     return None
 
 
@@ -198,8 +247,7 @@ class TakeScorer:
             dists, _ = ref.neighbours(data["state"], before=episode) if ref.n_steps else (None, None)
             familiar = (dists[:, 0] < self.config.familiar_dist if dists is not None and dists.shape[1]
                         else np.zeros(len(data["state"]), bool))
-            compat = self.base_policy(episode, data["state"], data["action"], familiar,
-                                      ref.scales()[1] if ref.n_steps else None)
+            compat = self.base_policy(episode, data["state"], data["action"], familiar)
         quality = episode_quality(data["state"], data["action"], self.store.fps, ref, before=episode,
                                   gripper_dims=self.gripper, compatibility=compat, config=self.config)
         self.store.update_episode_metadata(episode, **{QUALITY_KEY: quality})
