@@ -149,6 +149,10 @@ def test_merge_and_export_from_a_url(s3, tmp_path):
     with EpisodeStore.open(tmp_path / "all.zarr") as merged, EpisodeStore.open(url) as remote:
         assert merged.n_episodes == 3
         assert np.array_equal(merged.get_episode(2)["image.top"], remote.get_episode(1)["image.top"])
+    result = CliRunner().invoke(build_app(), ["export", url, "--format", "diffusion_policy",
+                                              "--out", str(tmp_path / "replay.zarr"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_episodes"] == 2
 
 
 def test_record_to_a_url_uploads_the_committed_episodes(s3, tmp_path, monkeypatch):
