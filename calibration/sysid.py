@@ -8,13 +8,17 @@ Method (output-error identification):
    layer) drive the position actuators, delayed by the candidate latency; the simulated joint
    positions are compared with the logged ones at the logged times. `mujoco.rollout` runs the
    whole episode in C, so one replay of 10 s at 2 ms steps costs a few tens of milliseconds.
-2. Latency: a commanded position reaches the actuators on the first physics step after
-   `t_command + latency`, so the replay (and its error) is piecewise constant in the latency
-   with one step per physics step. It is found by a grid search (coarse, then every physics
-   step near the best), once with the starting parameters and again with the fitted ones.
-3. Physical parameters: scipy.optimize.least_squares (trust-region reflective, finite-difference
-   Jacobian) on the stacked position errors of the fitted joints, over the log of each
-   parameter (all are positive scales; log steps are relative, and bounds keep them physical).
+2. Latency, first guess: a commanded position reaches the actuators on the first physics step
+   after `t_command + latency`, so the replay is exact at whole physics steps of latency. A grid
+   search (every 4th step up to `latency_max_s`, then every step near the best) with the
+   starting parameters gives the first guess.
+3. Latency and parameters together: scipy.optimize.least_squares (trust-region reflective,
+   bounded, finite-difference Jacobian) on the stacked position errors of the fitted joints,
+   over the log of each parameter (all are positive scales; log steps are relative, bounds keep
+   them physical) and the latency (the replay blends controls between whole steps, so the error
+   is smooth in it). The Jacobian is grouped: one replay per field for all joints at once.
+4. The latency snapped to the best whole physics step near that estimate, and the parameters
+   refined there with the full Jacobian (exact convergence: the replay is exact there).
 
 Timing fields: commands are the store's `action` (the recorder logs `robot.act()`'s return
 value: the command after the safety layer), measurements its `state`; both are placed on the
@@ -103,10 +107,10 @@ def trajectories_from_store(path: str | Path, episodes: Sequence[int] | None = N
     from tether.data.store import EpisodeStore
 
     with EpisodeStore.open(path, "r") as store:
-        missing = [k for k in ("action", "state", "timestamp") if k not in store.data_keys + ["timestamp"]]
-        if missing or "action" not in store.keys or "state" not in store.keys:
-            raise ConfigError(f"{path} lacks {missing or ['action', 'state']}; record it with "
-                              "`tether calibrate excite` (or `tether record`).")
+        missing = [k for k in ("action", "state", "timestamp") if k not in store.keys]
+        if missing:
+            raise ConfigError(f"{path} lacks {missing}; record it with `tether calibrate excite` "
+                              "(or `tether record`).")
         chosen = list(range(store.n_episodes)) if episodes is None else list(episodes)
         bad = [e for e in chosen if not 0 <= e < store.n_episodes]
         if bad or not chosen:
