@@ -155,6 +155,15 @@ class LazyMetadata:
         self._cache[self._count] = metadata
         self._count += 1
 
+    def adopt(self, other: LazyMetadata) -> None:
+        """Keep what `other` (an earlier view of the same files) already read."""
+        for episode, meta in other._cache.items():
+            if episode < self._count and episode not in self.missing:
+                self._cache.setdefault(episode, meta)
+        for episode, error in other.errors.items():
+            self.errors.setdefault(episode, error)
+            self.missing.add(episode)
+
     def check_all(self) -> tuple[int, tuple[str, ...]]:
         """Read every file once: (episodes without readable metadata, what was wrong)."""
         if not self.checked:

@@ -15,6 +15,7 @@ import numpy as np
 from tether.core.errors import StoreError
 from tether.core.schema import is_image_key
 from tether.data.codecs import is_jpeg_array
+from tether.data.layout import array_path
 from tether.data.location import is_remote
 from tether.data.store import EpisodeStore
 
@@ -22,10 +23,11 @@ from tether.data.store import EpisodeStore
 def summarize(store: EpisodeStore) -> dict[str, Any]:
     n = store.n_steps
     streams = []
+    sizes = _sizes_by_folder(store)  # one walk of the store, not one per array and one in total
     for key in store.keys:
         arr = store.array(key)
         raw = int(np.prod(arr.shape[1:], dtype=np.int64)) * np.dtype(arr.dtype).itemsize * n
-        disk = _dir_size(store.array_dir(key))
+        disk = sizes.get(key, 0) if sizes is not None else _dir_size(store.array_dir(key))
         streams.append({
             "key": key,
             "dtype": str(arr.dtype),
@@ -57,7 +59,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
             "duplicated": {k: v.get("duplicated") for k, v in sync.get("cameras", {}).items()},
         })
     raw_total = sum(s["raw_bytes"] for s in streams)
-    disk_total = _dir_size(store.path)
+    disk_total = sizes["<total>"] if sizes is not None else _dir_size(store.path)
     return {
         "path": str(store.path),
         "format_version": store.attrs.get("format_version"),
@@ -128,6 +130,32 @@ def _quality_score(quality: Any) -> float | None:
 def _success_rate(episodes: list[dict]) -> float | None:
     flags = [e["success"] for e in episodes if e["success"] is not None]
     return sum(bool(f) for f in flags) / len(flags) if flags else None
+
+
+def _sizes_by_folder(store: EpisodeStore) -> dict[str, int] | None:
+    """Bytes on disk per store key and `<total>`, from a single walk (None for a remote store)."""
+    if store.is_remote:
+        return None
+    root = str(store.path)
+    folders = {os.path.join(root, *array_path(k).split("/")): k for k in store.keys}
+    out = {"<total>": 0}
+    for top, _dirs, files in os.walk(root):
+        owner = None
+        probe = top
+        while len(probe) >= len(root):  # the array folder this one is inside, if any
+            if probe in folders:
+                owner = folders[probe]
+                break
+            probe = os.path.dirname(probe)
+        for name in files:
+            try:
+                size = os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                continue
+            out["<total>"] += size
+            if owner is not None:
+                out[owner] = out.get(owner, 0) + size
+    return out
 
 
 def _dir_size(path: Path) -> int:

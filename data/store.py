@@ -204,7 +204,9 @@ class EpisodeStore:
         """What open found (see `Recovery`). Asking reads every episode's metadata file once
         (open itself reads none), so damaged metadata is counted here, not at open."""
         if not self._recovery.complete:  # a read-only open listed nothing: do it now
+            known = self._h.episodes
             self._recovery = _writer.recover(self._h, self._raw_ends, False, False, full=True)
+            self._h.episodes.adopt(known)  # metadata already read stays read
         episodes = getattr(getattr(self, "_h", None), "episodes", None)
         if isinstance(episodes, _episodes.LazyMetadata) and not episodes.checked:
             missing, errors = episodes.check_all()
