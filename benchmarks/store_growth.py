@@ -46,48 +46,63 @@ def episode(rng: np.random.Generator, frames: np.ndarray) -> dict[str, np.ndarra
             "image.cam": frames}
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times) * 1e3, 2)
+def _timed(fn) -> tuple[float, float]:
+    """(wall, process CPU) seconds of fn(); CPU counts zarr's I/O thread too and is far less
+    disturbed than wall time when other jobs share the cores."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
 
 
-def measure(store_path: Path, rng: np.random.Generator, frames: np.ndarray) -> dict[str, float]:
+def _ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1e3, 2)
+
+
+def measure_interleaved(paths: list[Path], rng: np.random.Generator, frames: np.ndarray,
+                        rounds: int) -> list[dict[str, float]]:
+    """Commit and open, round-robin over the sizes, so load changes hit every size alike."""
+    samples: dict[Path, dict[str, list[float]]] = {p: {} for p in paths}
+
+    def add(path: Path, name: str, wall_cpu: tuple[float, float]) -> None:
+        samples[path].setdefault(f"{name}_ms", []).append(wall_cpu[0])
+        samples[path].setdefault(f"{name}_cpu_ms", []).append(wall_cpu[1])
+
+    for i in range(rounds):
+        for path in paths:
+            with EpisodeStore.open(path, "a") as store:
+                add(path, "commit", _timed(lambda st=store, seed=10**6 + i: st.add_episode(
+                    episode(rng, frames), {"task": "grow", "seed": seed})))
+            add(path, "open", _timed(lambda p=path: EpisodeStore.open(p).close()))
+            add(path, "open_append", _timed(lambda p=path: EpisodeStore.open(p, "a").close()))
+    rows = []
+    for path in paths:
+        with EpisodeStore.open(path) as store:
+            row: dict[str, float] = {"episodes": store.n_episodes}
+        row.update({k: _ms(v) for k, v in samples[path].items()})
+        rows.append(row)
+    return rows
+
+
+def measure_once(path: Path) -> dict[str, float]:
+    """The costs that read every episode by nature (one run each)."""
     out: dict[str, float] = {}
-    with EpisodeStore.open(store_path, "a") as store:
-        commits = []
-        for i in range(20):
-            t0 = time.perf_counter()
-            store.add_episode(episode(rng, frames), {"task": "grow", "seed": i})
-            commits.append(time.perf_counter() - t0)
-        out["episodes"] = store.n_episodes
-    out["commit_ms"] = round(statistics.median(commits) * 1e3, 2)
-    out["open_ms"] = _median_ms(lambda: EpisodeStore.open(store_path).close(), 5)
-    out["open_append_ms"] = _median_ms(lambda: EpisodeStore.open(store_path, "a").close(), 3)
 
     def eager() -> None:
-        with EpisodeStore.open(store_path) as st:
+        with EpisodeStore.open(path) as st:
             st.recovery  # noqa: B018 - reads every metadata file, as open did before
 
-    out["open_eager_ms"] = _median_ms(eager, 3)
+    out["open_eager_ms"] = round(_timed(eager)[0] * 1e3, 2)
     tracemalloc.start()
-    st = EpisodeStore.open(store_path)
+    st = EpisodeStore.open(path)
     out["open_kib"] = round(tracemalloc.get_traced_memory()[1] / 1024, 1)
     tracemalloc.stop()
-    t0 = time.perf_counter()
-    summarize(st)
-    out["inspect_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+    out["inspect_ms"] = round(_timed(lambda: summarize(st))[0] * 1e3, 2)
     st.close()
     try:
         from tether.data.dataset import EpisodeDataset
     except Exception:  # noqa: BLE001 - torch missing: skip the dataset column
         return out
-    t0 = time.perf_counter()
-    EpisodeDataset(store_path, keys=["state"], action_horizon=8)
-    out["index_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+    out["index_ms"] = round(_timed(lambda: EpisodeDataset(path, keys=["state"], action_horizon=8))[0] * 1e3, 2)
     return out
 
 
@@ -97,10 +112,10 @@ def main() -> None:
                         help="Episode counts to measure at, ascending (comma-separated).")
     parser.add_argument("--dir", default=None, help="Where to build the store (default: a temp "
                         "dir; /dev/shm takes the disk's fsync latency out of the commit column).")
-    parser.add_argument("--keep", action="store_true", help="Keep a copy of the store at each size "
-                        "(growth-<N>.zarr in --dir), for --measure with another tether build.")
-    parser.add_argument("--measure", action="store_true", help="Only measure the copies --keep left "
-                        "in --dir (each gains 20 episodes).")
+    parser.add_argument("--measure", action="store_true", help="Only measure the stores an earlier "
+                        "run left in --dir (growth-<N>.zarr; e.g. with another tether build). Each "
+                        "gains --rounds episodes.")
+    parser.add_argument("--rounds", type=int, default=15, help="Commits/opens per size (interleaved).")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rng = np.random.default_rng(0)
@@ -108,27 +123,22 @@ def main() -> None:
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="tether-growth-"))
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "growth.zarr"
-    rows = []
     t_build = time.perf_counter()
+    paths = [tmp / f"growth-{size}.zarr" for size in sizes]
     try:
         if not args.measure:
             EpisodeStore.create(path, 10.0, overwrite=True).close()
-        n = 0
-        for size in sizes:
-            if args.measure:
-                row = measure(tmp / f"growth-{size}.zarr", rng, frames)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                continue
-            with EpisodeStore.open(path, "a") as store:
-                while n < size - 20:  # measure() adds the last 20
-                    store.add_episode(episode(rng, frames), {"task": "grow", "seed": n})
-                    n += 1
-            if args.keep:
-                shutil.copytree(path, tmp / f"growth-{size}.zarr", dirs_exist_ok=True)
-            row = measure(path, rng, frames)
-            n = int(row["episodes"])
-            rows.append(row)
+            n = 0
+            for size, copy in zip(sizes, paths, strict=True):
+                with EpisodeStore.open(path, "a") as store:
+                    while n < size:
+                        store.add_episode(episode(rng, frames), {"task": "grow", "seed": n})
+                        n += 1
+                shutil.copytree(path, copy, dirs_exist_ok=True)
+        build_s = time.perf_counter() - t_build
+        rows = measure_interleaved(paths, rng, frames, args.rounds)
+        for row, copy in zip(rows, paths, strict=True):
+            row.update(measure_once(copy))
             print(json.dumps(row), flush=True)
     finally:
         if args.dir is None:
@@ -138,7 +148,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "store_growth", "steps_per_episode": STEPS, "image": list(IMAGE),
         "rows": rows, f"ratio_{last['episodes']}_vs_{first['episodes']}": ratios,
-        "build_s": round(time.perf_counter() - t_build, 1),
+        "build_s": round(build_s, 1), "rounds": args.rounds,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }, indent=1))
 
