@@ -74,6 +74,22 @@ def test_ray_tasks_reproduce_the_local_backend_episode_for_episode(checkpoint, t
     assert on_ray["success_rate"] == local["success_rate"]
 
 
+def test_videos_come_back_through_the_object_store(tmp_path, local_ray):
+    """The scripted expert (default twin cameras): each task encodes its video on its node and
+    returns the bytes; `--videos 1` keeps the first success in seed order and drops the other."""
+    from tether.app.eval.runner import EvalConfig, evaluate
+
+    out = tmp_path / "r"
+    summary = evaluate(EvalConfig(task="lift", episodes=2, policy="scripted", backend="ray", out=str(out),
+                                  videos=1), show_progress=False)
+    assert summary["success_rate"] == 1.0
+    records = _episodes(out)
+    kept = [r.video for r in records.values() if r.video]
+    assert len(kept) == 1 and records[min(records)].video == kept[0]
+    assert [p.relative_to(out).as_posix() for p in (out / "videos").iterdir()] == kept
+    assert (out / kept[0]).stat().st_size > 10_000
+
+
 def test_a_failing_task_reports_the_seed_and_the_cause(tmp_path, local_ray):
     from tether.app.eval.runner import EvalConfig, evaluate
     from tether.core.errors import TetherError
