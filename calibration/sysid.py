@@ -316,7 +316,7 @@ def fit_twin(
     #    steps of latency, so the error is smooth in it), with the cheap grouped Jacobian.
     evaluations = 0
     result = least_squares(problem.residual, x0, jac=problem.grouped_jacobian, bounds=(lo, hi),
-                           x_scale="jac", xtol=1e-8, ftol=1e-3, gtol=1e-10,
+                           x_scale="jac", xtol=1e-8, ftol=1e-6, gtol=1e-10,
                            max_nfev=config.max_evaluations)
     evaluations += int(result.nfev) + int(result.njev or 0) * (len(config.fields) + 2)
     x = result.x
