@@ -74,6 +74,36 @@ def test_ray_tasks_reproduce_the_local_backend_episode_for_episode(checkpoint, t
     assert on_ray["success_rate"] == local["success_rate"]
 
 
+@pytest.mark.slow
+def test_ray_tasks_through_a_policy_server_match_the_local_backend(checkpoint, tmp_path, local_ray):
+    """The other policy source: every Ray task is a client of one `tether serve` (127.0.0.1)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tether.app.eval.runner import EvalConfig, evaluate
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tether.cli", "serve", str(checkpoint), "--bind",
+                               f"tcp://127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        common = {"task": "lift", "episodes": 2, "server": f"tcp://127.0.0.1:{port}", "videos": 0}
+        evaluate(EvalConfig(**common, workers=1, out=str(tmp_path / "local")), show_progress=False)
+        evaluate(EvalConfig(**common, backend="ray", out=str(tmp_path / "ray")), show_progress=False)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    a, b = _episodes(tmp_path / "local"), _episodes(tmp_path / "ray")
+    assert sorted(a) == sorted(b)
+    for seed in a:
+        assert a[seed].length == b[seed].length and a[seed].success == b[seed].success
+        assert np.array_equal(a[seed].joints, b[seed].joints), seed
+
+
 def test_videos_come_back_through_the_object_store(tmp_path, local_ray):
     """The scripted expert (default twin cameras): each task encodes its video on its node and
     returns the bytes; `--videos 1` keeps the first success in seed order and drops the other."""
