@@ -60,7 +60,13 @@ def run_on_ray(config: EvalConfig, seeds: list[int], out: Path, show_progress: b
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=min(left, 1.0))
                 for ref in done:
                     seed = pending.pop(ref)
-                    result = ray.get(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # the task's process died (OOM, node lost)
+                        for other in pending:
+                            ray.cancel(other, force=True)
+                        raise TetherError(f"the Ray task for seed {seed} died before returning: "
+                                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
                     if "error" in result:
                         for other in pending:
                             ray.cancel(other, force=True)
