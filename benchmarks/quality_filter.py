@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--bad", type=int, default=40, help="Imperfect takes.")
     parser.add_argument("--styles", default="jitter,pause,chatter,other_grasp",
                         help="Imperfect styles, comma separated (in turn over the bad takes).")
+    parser.add_argument("--jitter-rad", type=float, default=0.05, help="Jitter of the jitter takes (rad).")
+    parser.add_argument("--pauses", type=int, default=2, help="Pauses per pause take.")
     parser.add_argument("--policy", default="mlp", help="Policy family to train.")
     parser.add_argument("--preset", default="tiny", help="Training preset.")
     parser.add_argument("--camera", default="48x64", help="Top camera HxW the takes are recorded at.")
@@ -77,7 +79,8 @@ def main() -> None:
                         [m.get("success") for m in meta])
     else:
         mix = record_mix(out / "mix.zarr", plan, fps=10.0, cameras=["top"], width=width,
-                         height=height, seed=0)
+                         height=height, seed=0,
+                         operator_options={"jitter_rad": args.jitter_rad, "pauses": args.pauses})
     timings["record_s"] = time.monotonic() - t0
     result["takes"] = {"total": len(plan), "scripted": args.good, "imperfect": args.bad,
                        "take_success_rate": sum(bool(s) for s in mix.success) / len(mix.success)}

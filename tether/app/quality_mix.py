@@ -36,7 +36,7 @@ class ImperfectOperator(TeleopDevice):
     """The scripted expert, driven badly in one `style` (see the module docstring)."""
 
     def __init__(self, robot, style: str, seed: int = 0, jitter_rad: float = 0.05,
-                 noise: float = 0.0) -> None:
+                 noise: float = 0.0, pauses: int = 2) -> None:
         if style not in STYLES:
             raise ConfigError(f"unknown imperfect style '{style}'; known: {', '.join(STYLES)}")
         from tether.robot.twin.expert import ScriptedExpert
@@ -46,6 +46,7 @@ class ImperfectOperator(TeleopDevice):
         self.robot = robot
         self.style = style
         self.jitter_rad = float(jitter_rad)
+        self.n_pauses = int(pauses)
         self.rng = np.random.default_rng(seed)
         self._tick = 0
         self._last: np.ndarray | None = None
@@ -57,8 +58,8 @@ class ImperfectOperator(TeleopDevice):
         self._tick = 0
         self._last = None
         fps = float(self.robot.fps)
-        # two pauses within the motion (the scripted lift moves for ~3.5 s)
-        starts = sorted(self.rng.uniform(0.4, 2.6, size=2) * fps)
+        # pauses within the motion (the scripted lift moves for ~3.5 s)
+        starts = sorted(self.rng.uniform(0.4, 2.6, size=self.n_pauses) * fps)
         self._pauses = [(int(s), int(s + self.rng.uniform(1.2, 2.0) * fps)) for s in starts]
 
     @property
@@ -122,9 +123,10 @@ def mix_plan(n_good: int, n_bad: int, styles: Sequence[str] = STYLES, seed: int 
 
 def record_mix(out: str | Path, plan: Sequence[str], *, fps: float = 10.0, cameras: Sequence[str] = (),
                width: int = 160, height: int = 120, seed: int = 0, expert_noise: float = 0.3,
-               overwrite: bool = True) -> MixResult:
+               overwrite: bool = True, operator_options: dict[str, Any] | None = None) -> MixResult:
     """Record one take per entry of `plan` (see mix_plan) of twin lift into a new store, in
-    fast mode, with the truth as each episode's `operator`."""
+    fast mode, with the truth as each episode's `operator`; `operator_options` holds ImperfectOperator
+    options (jitter_rad, pauses)."""
     from tether.core.config import to_dict
     from tether.data.store import EpisodeStore
     from tether.robot.factory import load_robot_config, make_robot
@@ -144,7 +146,8 @@ def record_mix(out: str | Path, plan: Sequence[str], *, fps: float = 10.0, camer
         recorder = Recorder(robot, scripted, store, fps=fps, realtime=False, task="lift")
         for i, who in enumerate(plan):
             device: TeleopDevice = scripted if who == SCRIPTED_OPERATOR else \
-                ImperfectOperator(robot, who, seed=seed + i, noise=expert_noise)
+                ImperfectOperator(robot, who, seed=seed + i, noise=expert_noise,
+                                  **(operator_options or {}))
             recorder.teleop = device
             operator = who if who == SCRIPTED_OPERATOR else f"imperfect:{who}"
             result = recorder.record_episode(max_steps=robot.max_steps, seed=seed + i,
