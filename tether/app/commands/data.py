@@ -78,7 +78,7 @@ def inspect_command(
 
 @data_app.command("verify")
 def verify_command(
-    store: Path = typer.Argument(..., help="Path of the episode store (a .zarr directory)."),
+    store: str = typer.Argument(..., help="Episode store: a .zarr directory or an s3://... URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check every committed chunk against the manifest written at commit (read-only).
