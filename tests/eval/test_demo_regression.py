@@ -49,10 +49,10 @@ def test_demo_evaluates_on_a_twin_at_the_recording_speed(tmp_path):
     assert set(config.speed_overrides()) <= set(config.record_overrides())
     assert config.eval_config("tcp://127.0.0.1:5555").robot == config.speed_overrides()
 
-    # The evaluation twin (built in a worker process from EvalConfig.robot) applies the limit:
+    # The evaluation twin (built by the eval worker from EvalConfig.robot) applies the limit:
     # the scripted expert evaluated there moves at most max_velocity / fps per tick.
     out = tmp_path / "report"
-    evaluate(EvalConfig(task="lift", policy="scripted", episodes=1, workers=1, seed=100_000,
+    evaluate(EvalConfig(task="lift", policy="scripted", episodes=1, workers=0, seed=100_000,
                         out=str(out), videos=0,
                         robot=[f"fps={config.fps:g}", "twin_params.cameras=[]",
                                *config.eval_config("tcp://127.0.0.1:5555").robot]),
