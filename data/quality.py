@@ -82,7 +82,7 @@ class QualityConfig:
     divergence_ref: float = 0.6
     divergence_max: float = 1.0
     compatibility_ref: float = 1.5
-    compatibility_max: float = 2.5
+    compatibility_max: float = 4.0
     weights: dict[str, float] = field(
         default_factory=lambda: {"smoothness": 0.45, "consistency": 0.4, "coverage": 0.15})
     neighbours: int = 5
