@@ -12,8 +12,12 @@ the kept takes and on everything, same steps and seeds, and compare twin success
 
 Prints one JSON object (also written to OUT/result.json).
 
-    .venv/bin/python benchmarks/quality_filter.py --out runs/quality_filter        # ~1 h on 2 cores
+    .venv/bin/python benchmarks/quality_filter.py --out runs/qf --set model.vision_width=8 --seeds 0,1,2
     .venv/bin/python benchmarks/quality_filter.py --skip-train --good 30 --bad 20   # flags only, ~1 min
+
+One training of 2000 steps takes ~5-15 min on one thread of a shared 2-core machine; run the
+sets in parallel processes with `--reuse --sets mixed` and `--reuse --sets filtered`. Results
+and what they mean: docs/data.md, "Quality score".
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def main() -> None:
     parser.add_argument("--policy", default="mlp", help="Policy family to train.")
     parser.add_argument("--preset", default="tiny", help="Training preset.")
     parser.add_argument("--camera", default="48x64", help="Top camera HxW the takes are recorded at.")
-    parser.add_argument("--steps", type=int, default=2200, help="Training steps (both runs).")
+    parser.add_argument("--steps", type=int, default=2000, help="Training steps (both runs).")
     parser.add_argument("--seeds", default="0", help="Training seeds, comma separated.")
     parser.add_argument("--eval-episodes", type=int, default=30, help="Held-out twin episodes per run.")
     parser.add_argument("--base-demos", type=int, default=0,
