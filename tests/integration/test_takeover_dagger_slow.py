@@ -25,7 +25,7 @@ pytest.importorskip("torch")
 pytest.importorskip("mujoco")
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--demos", "8", "--corrections", "16", "--steps", "1200", "--eval", "30", "--seeds", "0"]
+ARGS = ["--demos", "8", "--corrections", "16", "--steps", "2000", "--eval", "30", "--seeds", "0"]
 
 
 @pytest.fixture(scope="module")
