@@ -78,3 +78,23 @@ def test_scripted_expert_success_over_100_episodes(tmp_path):
     summary = evaluate(EvalConfig(task="lift", episodes=100, workers=2, policy="scripted",
                                   out=str(tmp_path), videos=0), show_progress=False)
     assert summary["success_rate"] >= 0.95
+
+
+def test_eval_set_reaches_the_twin_and_names_a_bad_key(tmp_path):
+    """`--set` configures the evaluation twin (the demo evaluates at its recording's speed limit):
+    a slower twin needs more steps for the same seed, and a mistyped key is named."""
+    app = build_app()
+
+    def length(*overrides: str) -> float:
+        result = runner.invoke(app, ["eval", "--task", "lift", "--policy", "scripted", "--episodes", "1",
+                                     "--workers", "0", "--videos", "0", "--json",
+                                     "--out", str(tmp_path / f"r{len(overrides)}"), *overrides])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["success_rate"] == 1.0
+        return summary["episode_length"]["mean"]
+
+    assert length("--set", "safety.max_velocity=0.5") > length()
+    bad = runner.invoke(app, ["eval", "--task", "lift", "--policy", "scripted", "--episodes", "1",
+                              "--workers", "0", "--out", str(tmp_path / "bad"), "--set", "safety.max_velocty=0.5"])
+    assert bad.exit_code == 2 and "max_velocty" in bad.output

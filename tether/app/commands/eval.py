@@ -34,6 +34,9 @@ def eval_command(
                                 "task per episode; pip install 'tether[cluster]')."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to use with --backend ray "
                                        "(auto, host:6379, ray://head:10001); default: a local Ray."),
+    overrides: list[str] = typer.Option([], "--set", help="Twin robot config override key=value "
+                                        "(repeatable), e.g. safety.max_velocity=0.5 to evaluate at "
+                                        "the speed the demonstrations were recorded at."),
 ) -> None:
     """Evaluate a policy on seeded twin episodes and write a report (JSON, CSV, plots, videos, HTML).
 
@@ -55,7 +58,7 @@ def eval_command(
                         checkpoint=checkpoint, server=server, policy=policy, out=str(out),
                         videos=videos, steps=steps, rollout={"blend": blend}, env=env,
                         obs_map=None if obs_map is None else str(obs_map.resolve()),
-                        backend=backend, address=address)
+                        backend=backend, address=address, robot=list(overrides))
     config.check_backend()
     if obs_map is not None and not obs_map.is_file():
         raise TetherError(f"--obs-map {obs_map} does not exist; write one (docs/evaluation.md, "
