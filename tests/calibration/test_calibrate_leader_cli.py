@@ -30,7 +30,7 @@ def write_config(tmp_path, follower_port, leader_port, calibration=None):
     data = {
         "name": "so101",
         "fps": 30,
-        "arms": [{"name": "follower", "driver": "feetech", "params": {"port": follower_port, "motors": motors, "packet_timeout_ms": 150.0}}],
+        "arms": [{"name": "follower", "driver": "feetech", "params": {"port": follower_port, "motors": motors, "packet_timeout_ms": 400.0}}],
         "teleop": {
             "device": "leader",
             "params": {
@@ -38,7 +38,7 @@ def write_config(tmp_path, follower_port, leader_port, calibration=None):
                 "leaders": [
                     {"follower": "follower", "driver": "feetech",
                      "params": {"port": leader_port, "torque": False, "motors": leader_motors,
-                                "packet_timeout_ms": 150.0}}
+                                "packet_timeout_ms": 400.0}}
                 ],
             },
         },

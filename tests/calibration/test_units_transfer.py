@@ -89,7 +89,7 @@ def so101(tmp_path):
     data = load_mapping(REPO / "configs" / "so101_leader.yaml")
     follower = data["arms"][0]
     with FeetechBusEmulator(list(range(1, 7))) as bus:
-        follower["params"] |= {"port": bus.port, "packet_timeout_ms": 150.0}
+        follower["params"] |= {"port": bus.port, "packet_timeout_ms": 400.0}
         config = {"name": "so101", "fps": data["fps"], "arms": [follower], "safety": data["safety"]}
         path = tmp_path / "so101.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -27,7 +27,7 @@ def leader_params(port: str, driver: str = "feetech", follower: str = "main") ->
     motors[-1].update({"lower": 0.0, "upper": 1.0})  # the leader's trigger travels 1 rad
     return {
         "leaders": [
-            {"follower": follower, "driver": driver, "params": {"port": port, "torque": False, "motors": motors, "packet_timeout_ms": 150.0}}
+            {"follower": follower, "driver": driver, "params": {"port": port, "torque": False, "motors": motors, "packet_timeout_ms": 400.0}}
         ],
         "startup_speed": 1.0,
         "startup_tolerance": 0.02,
@@ -164,7 +164,7 @@ def test_leader_drives_the_twin_follower(leader_bus):
                 "follower": spec.name,
                 "driver": "feetech",
                 "params": {"port": leader_bus.port, "torque": False, "motors": motors,
-                           "packet_timeout_ms": 150.0},
+                           "packet_timeout_ms": 400.0},
             }
         ],
         "startup_speed": 1.0,
@@ -199,7 +199,7 @@ def test_tether_teleop_command_runs_a_leader_config(tmp_path, leader_bus, check_
             "name": "so101-emulated",
             "fps": 50,
             "arms": [{"name": "main", "driver": "dynamixel",
-                      "params": {"port": follower_bus.port, "motors": motors, "packet_timeout_ms": 150.0}}],
+                      "params": {"port": follower_bus.port, "motors": motors, "packet_timeout_ms": 400.0}}],
             "teleop": {"device": "leader", "params": leader_params(leader_bus.port)},
         }
         path = tmp_path / "robot.yaml"

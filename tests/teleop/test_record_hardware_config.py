@@ -34,8 +34,8 @@ def test_record_so101_leader_config_on_emulated_buses(tmp_path, check_tick_accou
     leader_params = data["teleop"]["params"]["leaders"][0]["params"]
     leader = {m["id"]: m.get("model", "sts3215") for m in leader_params["motors"]}
     with FeetechBusEmulator(follower) as follower_bus, FeetechBusEmulator(leader) as leader_bus:
-        data["arms"][0]["params"].update(port=follower_bus.port, packet_timeout_ms=150.0)
-        leader_params.update(port=leader_bus.port, packet_timeout_ms=150.0)
+        data["arms"][0]["params"].update(port=follower_bus.port, packet_timeout_ms=400.0)
+        leader_params.update(port=leader_bus.port, packet_timeout_ms=400.0)
         for cam in data["cameras"]:
             cam.update(width=64, height=48, params={"source": str(video)})
         config_path = tmp_path / "so101.yaml"

@@ -83,7 +83,7 @@ def test_sync_and_skew_across_epoch_and_monotonic_clocks(tmp_path, realsense, bu
     motors = [{"name": n, "id": i + 1, "model": "xl330-m288"} for i, n in enumerate(JOINTS)]
     arm = DynamixelArm.from_config(
         ArmConfig(name="arm", driver="dynamixel",
-                  params={"port": bus.port, "motors": motors, "packet_timeout_ms": 150.0})
+                  params={"port": bus.port, "motors": motors, "packet_timeout_ms": 400.0})
     )
     camera = RealSenseCamera(CameraSpec("top", W, H, FPS), RealSenseParams(), device=realsense.device)
     robot = Robot({"arm": arm}, {"top": camera}, fps=FPS, name="mixed-clocks")

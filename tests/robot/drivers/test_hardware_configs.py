@@ -62,8 +62,8 @@ def test_leader_config_runs_on_emulated_buses(name, emulator, video, wait_until)
     leader_params = data["teleop"]["params"]["leaders"][0]["params"]
     leader_models = {m["id"]: m.get("model", "sts3215") for m in leader_params["motors"]}
     with emulator(follower_models) as follower_bus, emulator(leader_models) as leader_bus:
-        data["arms"][0]["params"].update(port=follower_bus.port, packet_timeout_ms=150.0)
-        leader_params.update(port=leader_bus.port, packet_timeout_ms=150.0)
+        data["arms"][0]["params"].update(port=follower_bus.port, packet_timeout_ms=400.0)
+        leader_params.update(port=leader_bus.port, packet_timeout_ms=400.0)
         for cam in data["cameras"]:
             cam.update(width=64, height=48, params={"source": video})
         config = from_dict(RobotConfig, data)
