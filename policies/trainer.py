@@ -19,9 +19,13 @@ run's). SIGINT / SIGTERM stop after the current step, save `checkpoints/last` an
 
 Without a preset the device decides: `cpu` on CPU (finishes in minutes), `default` on CUDA.
 
-Periodic evaluation: pass `evaluate(policy) -> success rate` and set `eval_every`; the best
-checkpoint by success rate is kept in `checkpoints/best`, because training loss predicts
-closed-loop success poorly.
+Periodic evaluation: pass `evaluate(policy) -> success rate` (or `{"successes", "episodes"}`)
+and set `eval_every`; the best checkpoint by success rate is kept in `checkpoints/best`, because
+training loss predicts closed-loop success poorly. `eval_weights` evaluates the EMA weights, the
+raw ones, or both; `select(history) -> index` (the app layer's rule with confidence intervals,
+tether.app.eval.selection) decides which evaluation is best, else the highest rate wins.
+`val_holdout` keeps the last N episodes out of training and logs their loss at every
+evaluation, so success and validation loss can be plotted against step.
 
 Multi-process: launched under torchrun (`WORLD_SIZE` > 1) the trainer wraps the model in
 DistributedDataParallel (nccl on CUDA, gloo on CPU); each rank reads its own part of every global
@@ -100,6 +104,9 @@ class TrainConfig:
     log_every: int = 25
     save_every: int = 500
     eval_every: int = 0
+    eval_weights: str = "ema"  # ema | raw | both: which weights the periodic evaluation runs
+    val_holdout: int = 0  # > 0: the last N episodes are not trained on; their loss is logged
+    val_batches: int = 4  # batches of held-out windows per validation loss
     keep_every: int = 0  # > 0: also keep an inference-only snapshot checkpoints/step_NNNNNNN
     progress: bool = True
 
@@ -149,22 +156,37 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"steps and batch_size must be >= 1 (got {resolved.steps}, {resolved.batch_size})")
     if not resolved.dataset:
         raise ConfigError("no dataset given; pass --dataset path/to/data.zarr")
+    if resolved.eval_weights not in EVAL_WEIGHTS:
+        raise ConfigError(f"eval_weights must be one of {', '.join(EVAL_WEIGHTS)}, got "
+                          f"'{resolved.eval_weights}'")
+    if resolved.eval_weights != "raw" and not resolved.use_ema and resolved.eval_every:
+        resolved.eval_weights = "raw"  # no EMA kept: the raw weights are all there is
+    if resolved.val_holdout < 0:
+        raise ConfigError(f"val_holdout must be >= 0, got {resolved.val_holdout}")
     return resolved
 
 
-def train(config: TrainConfig, evaluate: Callable[[Policy], float] | None = None,
-          resume: bool = False, overwrite: bool = False) -> Path:
+EVAL_WEIGHTS = ("ema", "raw", "both")
+
+
+def train(config: TrainConfig, evaluate: Callable[[Policy], Any] | None = None,
+          resume: bool = False, overwrite: bool = False,
+          select: Callable[[list[dict[str, Any]]], int] | None = None) -> Path:
     """Train a policy; returns the run directory. With `resume`, continue the run in `config.out`.
 
     A new run refuses a non-empty `config.out` unless `overwrite` (which removes the previous
     run's checkpoints, config and metrics; other files stay). Raises TrainingInterrupted after
     saving a checkpoint when SIGINT/SIGTERM arrive.
+
+    `evaluate(policy)` returns a success rate or a mapping with `successes` and `episodes`;
+    `select(history)` gets every evaluation row so far (step, weights, success_rate, successes,
+    episodes) and returns the index of the best one (default: highest rate, earliest on ties).
     """
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
     dist = Distributed.from_env(_device_of(config, resume))
     try:
-        return _Trainer(config, evaluate, resume, dist, overwrite).run()
+        return _Trainer(config, evaluate, resume, dist, overwrite, select).run()
     finally:
         dist.close()
 
@@ -257,9 +279,12 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 class _Trainer:
     def __init__(self, config: TrainConfig, evaluate, resume: bool, dist: Distributed,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, select=None) -> None:
         self.dist = dist
         self.evaluate = evaluate
+        self.select = select
+        self.eval_history: list[dict[str, Any]] = []
+        self.val_dataset = None
         self.run_dir = Path(config.out)
         self.resume = resume
         self.overwrite = overwrite
@@ -316,7 +341,12 @@ class _Trainer:
         self.model = family.build(model_cfg, load_pretrained=not self.resume).to(self.device)
         horizons = family.horizons(self.model.config)
         window = {**horizons.dataset_kwargs(), **({"repeats": repeats} if repeats is not None else {})}
-        self.dataset = data.dataset(["state", *cameras], episodes=c.episodes, seed=c.seed, **window)
+        episodes = c.episodes
+        if c.val_holdout:
+            episodes, val = _holdout(data, c.episodes, c.val_holdout)
+            self.val_dataset = data.dataset(["state", *cameras], episodes=val, seed=c.seed,
+                                            **horizons.dataset_kwargs())
+        self.dataset = data.dataset(["state", *cameras], episodes=episodes, seed=c.seed, **window)
         stats = data.stats()  # fitted over every store
         self.normalizer = Normalizer.from_stats(stats, family.normalizer_modes).to(self.device)
         self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, horizons.chunk, fps,
@@ -428,7 +458,7 @@ class _Trainer:
 
     # -- checkpoints, logs, evaluation -------------------------------------------------------------
 
-    def _save(self, name: str, with_train_state: bool = True) -> None:
+    def _save(self, name: str, with_train_state: bool = True, raw_only: bool = False) -> None:
         from tether.policies.checkpoint import save_checkpoint
 
         if not self.dist.is_main:
@@ -436,7 +466,7 @@ class _Trainer:
         try:
             save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model,
                             normalizer=self.normalizer, policy_type=self.config.policy, spec=self.spec,
-                            step=self.step, ema_model=self.ema,
+                            step=self.step, ema_model=None if raw_only else self.ema,
                             train_state=self._train_state() if with_train_state else None)
         except PolicyError as exc:
             raise PolicyError(f"{exc}. Training stopped at step {self.step}; once fixed, continue "
@@ -458,6 +488,7 @@ class _Trainer:
         info = {
             "step": self.step,
             "best_score": self.best_score,
+            "eval_history": self.eval_history,
             "world_size": self.dist.world,  # with batch_size: the global batch, for a resume
             "batch_size": self.config.batch_size,  # on another number of processes
             "param_groups": opt["param_groups"],
@@ -496,6 +527,7 @@ class _Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         self.step = int(info["step"])
         self.best_score = info.get("best_score")
+        self.eval_history = list(info.get("eval_history") or [])
         torch.set_rng_state(tensors["rng.torch"])
         name, pos, has_gauss, cached = info["rng_numpy"]
         np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -510,17 +542,68 @@ class _Trainer:
 
         if not self.dist.is_main:
             return
-        policy = load_policy(self.run_dir / "checkpoints" / "last", use_ema=self.config.use_ema)
-        t0 = time.perf_counter()
-        score = float(self.evaluate(policy))
-        row = {"step": self.step, "success_rate": score, "eval_s": time.perf_counter() - t0,
-               "time": time.time()}
-        self._log(row)
-        if self.best_score is None or score > self.best_score:
-            self.best_score = score
-            self._save("best", with_train_state=False)  # atomic, like every checkpoint write
-            self._save("last")  # records best_score for resume
+        c = self.config
+        val = self._validation_losses()
+        kinds = {"ema": ["ema"], "raw": ["raw"], "both": ["ema", "raw"]}[c.eval_weights]
+        if self.ema is None:
+            kinds = ["raw"]
+        rows = []
+        for weights in kinds:
+            policy = load_policy(self.run_dir / "checkpoints" / "last", use_ema=weights == "ema")
+            t0 = time.perf_counter()
+            successes, episodes, score = _score(self.evaluate(policy))
+            row = {"step": self.step, "success_rate": score, "weights": weights,
+                   "eval_s": time.perf_counter() - t0, "time": time.time(), **val}
+            if episodes:
+                row.update(successes=successes, episodes=episodes)
+            self._log(row)
+            rows.append(row)
+        first = len(self.eval_history)
+        self.eval_history.extend({k: r[k] for k in ("step", "weights", "success_rate", "successes",
+                                                    "episodes") if k in r} for r in rows)
+        if self.select is not None:
+            best = int(self.select(self.eval_history))
+        else:  # the highest rate; the earliest evaluation keeps a tie (as before selection rules)
+            best = max(range(len(self.eval_history)),
+                       key=lambda i: (self.eval_history[i]["success_rate"], -i))
+        if best >= first:  # one of this step's evaluations is now the best
+            chosen = self.eval_history[best]
+            self.best_score = chosen["success_rate"]
+            self._save("best", with_train_state=False, raw_only=chosen["weights"] == "raw")
+            self._save("last")  # records the history for resume
         self.model.train()
+
+    @torch.no_grad()
+    def _validation_losses(self) -> dict[str, float]:
+        """Mean loss on held-out windows (fixed windows and noise draws) for the raw and the EMA
+        weights; the global RNG is put back so a resumed run stays bit-identical."""
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return {}
+        c = self.config
+        n = min(len(self.val_dataset), c.val_batches * c.batch_size)
+        idx = np.linspace(0, len(self.val_dataset) - 1, n).round().astype(int).tolist()
+        batches = [torch.utils.data.default_collate([self.val_dataset[i] for i in idx[j:j + c.batch_size]])
+                   for j in range(0, n, c.batch_size)]
+        rng = torch.get_rng_state()
+        out = {}
+        try:
+            for name, model in (("val_loss", self.model), ("val_loss_ema", self.ema)):
+                if model is None:
+                    continue
+                was_training = model.training
+                model.eval()
+                torch.manual_seed(c.seed + 7919)  # the same noise draws at every evaluation
+                total = 0.0
+                for batch in batches:
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    batch["state"] = self.normalizer.normalize("state", batch["state"].float())
+                    batch["action"] = self.normalizer.normalize("action", batch["action"].float())
+                    total += float(model(batch)[0])
+                out[name] = total / len(batches)
+                model.train(was_training)
+        finally:
+            torch.set_rng_state(rng)
+        return out
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -544,6 +627,29 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+def _score(result: Any) -> tuple[int | None, int | None, float]:
+    """(successes, episodes, rate) from an evaluator's float or `{"successes", "episodes"}`."""
+    if isinstance(result, dict):
+        successes, episodes = int(result["successes"]), int(result["episodes"])
+        return successes, episodes, successes / max(1, episodes)
+    return None, None, float(result)
+
+
+def _holdout(data, episodes: list[int] | None, count: int) -> tuple[list[int], list[int]]:
+    """(training, validation) episodes: the last `count` of the chosen ones are held out."""
+    from tether.data.store import EpisodeStore
+
+    if not data.single:
+        raise ConfigError("val_holdout needs a single --dataset")
+    if episodes is None:
+        with EpisodeStore.open(data.specs[0].path, "r") as store:
+            episodes = list(range(store.n_episodes))
+    if count >= len(episodes):
+        raise ConfigError(f"val_holdout={count} leaves no training episodes (the store has "
+                          f"{len(episodes)}); hold out fewer")
+    return list(episodes[:-count]), list(episodes[-count:])
 
 
 def _saved_world_size(run_dir: Path) -> int:

@@ -38,7 +38,10 @@ def _register_train(app: typer.Typer) -> None:
             "Resume: tether train --resume runs/act_lift   (optionally --steps N to extend; Ctrl-C "
             "saves a checkpoint to resume from)\n\n"
             "An existing --out directory is refused: add --overwrite to replace that run.\n\n"
-            "Keep the checkpoint that succeeds most on the twin: --eval-task lift --eval-every 500\n\n"
+            "Keep the checkpoint that succeeds most on the twin: --eval-task lift --eval-every 500 "
+            "(best = the latest evaluation inside the leader's 95% interval; --eval-weights both "
+            "also tries the raw weights; --val-holdout 5 plots validation loss beside success in "
+            "RUN/selection.html)\n\n"
             f"Any setting (keys of TrainConfig; model.* are model config keys): {TRAIN_EXAMPLES[2]}"
             "\n\nCheck a configuration without training: add --dry-run. "
             "Multi-process on this host: --nproc 2 (execs torchrun); across hosts: torchrun "
@@ -68,6 +71,17 @@ def _register_train(app: typer.Typer) -> None:
             None, "--eval-task", help="Evaluate on this twin task every --eval-every steps; keeps the best."),
         eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between twin evaluations."),
         eval_episodes: int = typer.Option(10, "--eval-episodes", help="Seeded twin episodes per evaluation."),
+        eval_weights: str | None = typer.Option(
+            None, "--eval-weights", help="ema (default), raw or both: which weights each evaluation runs."),
+        eval_set: list[str] = typer.Option(
+            [], "--eval-set", help="Twin override for the evaluations, e.g. safety.max_velocity=0.5 "
+            "(evaluate at the speed the demonstrations were recorded at)."),
+        eval_blend: str = typer.Option(
+            "ensemble", "--eval-blend", help="ensemble (temporal ensembling) or switch (execute "
+            "whole chunks, as Diffusion Policy does)."),
+        val_holdout: int | None = typer.Option(
+            None, "--val-holdout", min=0, help="Keep the last N episodes out of training and log "
+            "their loss at every evaluation."),
         keep_every: int | None = typer.Option(
             None, "--keep-every", help="Keep a checkpoint every N steps (for tether eval --sweep)."),
         nproc: int | None = typer.Option(
@@ -92,6 +106,8 @@ def _register_train(app: typer.Typer) -> None:
         overrides = [*overrides, *(f"{key}={value}" for key, value in (
             ("intervention_weight", intervention_weight), ("policy_weight", policy_weight))
             if value is not None)]
+        overrides += [f"{key}={value}" for key, value in (
+            ("eval_weights", eval_weights), ("val_holdout", val_holdout)) if value is not None]
         if episodes_from is not None:
             from tether.data.quality import read_episode_list
 
@@ -110,13 +126,16 @@ def _register_train(app: typer.Typer) -> None:
                 _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads,
                          eval_every, keep_every)
                 return
-            evaluate = None
+            evaluate = select = None
             if eval_task:
-                from tether.app.eval.worker import make_twin_evaluator
+                from tether.app.eval.sweep import twin_scorer
 
-                evaluate = make_twin_evaluator(eval_task, eval_episodes)
+                evaluate = twin_scorer(eval_task, eval_episodes, robot=eval_set,
+                                       rollout={"blend": eval_blend})
+                select = selection_writer(Path(resume or out or "runs/latest"), console)
             run_dir = _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
-                             threads, not no_progress, evaluate, eval_every, keep_every, overwrite)
+                             threads, not no_progress, evaluate, eval_every, keep_every, overwrite,
+                             select)
         except TrainingInterrupted as exc:
             console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}) at step {exc.step}: "
                           f"checkpoint saved to {exc.checkpoint}\n"
@@ -128,6 +147,29 @@ def _register_train(app: typer.Typer) -> None:
             raise typer.Exit(130) from None
         console.print(f"[green]done:[/green] {run_dir}  (serve with: tether serve {run_dir})",
                       highlight=False, soft_wrap=True)
+
+
+def selection_writer(run_dir: Path, console):
+    """The trainer's `select(history) -> index`: the confidence-interval rule of
+    tether.app.eval.selection; it also (re)writes RUN/selection.json and RUN/selection.html
+    (success with intervals, training and validation loss against step) after every evaluation."""
+    import json
+
+    from tether.app.eval.selection import Scored, choose
+    from tether.app.eval.selection_report import write_selection_report
+    from tether.app.eval.sweep import run_losses
+
+    def select(history: list[dict]) -> int:
+        scored = [Scored.from_row(row) for row in history]
+        choice = choose(scored)
+        console.print(f"[bold]checkpoint choice[/bold]: {choice.note}", highlight=False, soft_wrap=True)
+        (run_dir / "selection.json").write_text(json.dumps(
+            {**choice.as_dict(scored), "evaluations": history}, indent=2) + "\n")
+        write_selection_report(run_dir / "selection.html", scored, choice, run_losses(run_dir),
+                               title=f"{run_dir}: twin success by step")
+        return choice.index
+
+    return select
 
 
 def torchrun_argv(nproc: int, eval_task: str | None = None, eval_every: int | None = None,
@@ -185,7 +227,7 @@ def _train_config(dataset, policy, preset, steps, out, config, overrides, seed, 
 
 
 def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads, progress,
-           evaluate=None, eval_every=None, keep_every=None, overwrite=False) -> Path:
+           evaluate=None, eval_every=None, keep_every=None, overwrite=False, select=None) -> Path:
     from tether.policies.trainer import TrainConfig, train
 
     if resume:
@@ -194,14 +236,14 @@ def _train(dataset, policy, preset, steps, out, resume, config, overrides, seed,
 
             raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
         cfg = TrainConfig(out=resume, steps=steps, progress=progress)
-        return train(cfg, evaluate=evaluate, resume=True)
+        return train(cfg, evaluate=evaluate, resume=True, select=select)
     cfg = _train_config(dataset, policy, preset, steps, out, config, overrides, seed, threads, progress,
                         eval_every, keep_every)
     if evaluate is not None and not cfg.eval_every:
         from tether.core.errors import ConfigError
 
         raise ConfigError("--eval-task needs --eval-every N (steps between evaluations).")
-    return train(cfg, evaluate=evaluate, overwrite=overwrite)
+    return train(cfg, evaluate=evaluate, overwrite=overwrite, select=select)
 
 
 def _dry_run(dataset, policy, preset, steps, out, resume, config, overrides, seed, threads,
