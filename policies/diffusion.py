@@ -64,8 +64,13 @@ class DiffusionConfig:
     # diffusion
     num_train_steps: int = 100
     prediction_type: str = "epsilon"  # epsilon | sample
-    inference_steps: int = 10  # default DDIM steps when a request does not say
+    inference_steps: int = 10  # default sampler steps when a request does not say
+    sampler: str = "ddim"  # default sampler: ddim | dpmpp | streaming (tether.policies.samplers)
     clip_sample: bool = True
+    # Streaming Diffusion Policy (tether.policies.streaming): the share of training samples
+    # noised with per-position levels (the rolling buffer's), and actions emitted per call.
+    streaming_fraction: float = 0.0
+    stream_actions: int = 1
     # vision
     vision_norm: str = "group"
     vision_width: int = 64  # ResNet-18 base width; 64 is standard (pretrained weights need it)
@@ -97,6 +102,9 @@ class DiffusionConfig:
             )
         if not 1 <= self.inference_steps <= self.num_train_steps:
             raise PolicyError(f"inference_steps must be in 1..{self.num_train_steps}")
+        from tether.policies.streaming import check_streaming_config
+
+        check_streaming_config(self)
 
 
 # -- fast layers for batch-1 CPU inference --------------------------------------------------------
@@ -172,7 +180,15 @@ class _ResBlock(nn.Module):
         self.residual = FastConv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        """cond (B, C), or (B, L, C) per position (streaming: one noise level per action),
+        averaged down to this block's length."""
+        if cond.dim() == 3:
+            cond = cond.transpose(1, 2)
+            if cond.shape[-1] != x.shape[-1]:
+                cond = F.avg_pool1d(cond, cond.shape[-1] // x.shape[-1])
+            scale, bias = self.film(cond.transpose(1, 2)).transpose(1, 2).chunk(2, dim=1)
+        else:
+            scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
         out = self.block1(x) * scale + bias
         return self.block2(out) + self.residual(x)
 
@@ -211,8 +227,12 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(_ConvBlock(start, start, k, g), FastConv1d(start, action_dim, 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
-        """x (B, T, A) noisy actions, t (B,) steps, global_cond (B, G) -> (B, T, A)."""
-        cond = torch.cat([self.step_mlp(_step_embedding(t, self.step_dim)), global_cond], dim=-1)
+        """x (B, T, A) noisy actions, t (B,) steps or (B, T) per position, global_cond (B, G)."""
+        if t.dim() == 2:  # per-position levels: FiLM per position (same weights)
+            step = self.step_mlp(_step_embedding(t.flatten(), self.step_dim)).view(*t.shape, -1)
+            cond = torch.cat([step, global_cond[:, None].expand(-1, t.shape[1], -1)], dim=-1)
+        else:
+            cond = torch.cat([self.step_mlp(_step_embedding(t, self.step_dim)), global_cond], dim=-1)
         h = x.transpose(1, 2)
         skips = []
         for res1, res2, down in self.down:
@@ -326,8 +346,14 @@ class DiffusionModel(nn.Module):
         noise = torch.randn_like(actions)
         t = torch.randint(0, c.num_train_steps, (actions.shape[0],), device=actions.device)
         noisy = self.scheduler.add_noise(actions, noise, t)
+        if c.streaming_fraction > 0:  # some samples get the rolling buffer's per-position levels
+            from tether.policies.streaming import mix_streaming_levels
+
+            t, noisy, weight = mix_streaming_levels(self.scheduler, actions, noise, t, c)
         pred = self._denoise(noisy, t, feats)
         err = F.mse_loss(pred, self.scheduler.target(actions, noise), reduction="none")
+        if c.streaming_fraction > 0:
+            err = err * weight.unsqueeze(-1)  # clean context positions teach nothing
         pad = batch.get("action_is_pad")
         if pad is not None:
             err = err * (~pad[:, : c.horizon]).unsqueeze(-1)
@@ -343,14 +369,17 @@ class DiffusionModel(nn.Module):
 
     @torch.inference_mode()
     def sample_actions(self, feats: torch.Tensor, steps: int | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Encoded observations (B, To, F) -> normalized actions (B, n_action_steps, A) by DDIM."""
+                       generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+        """Encoded observations (B, To, F) -> normalized actions (B, n_action_steps, A) by a
+        chunk sampler (`ddim`, `dpmpp`; None: the config's default, ddim when that is streaming)."""
         c = self.config
         steps = c.inference_steps if steps is None else steps
+        if sampler is None:
+            sampler = c.sampler if c.sampler != "streaming" else "ddim"
         b = feats.shape[0]
         sample = self.scheduler.sample(lambda x, t: self._denoise(x, t, feats),
                                        (b, c.horizon, c.action_dim), steps, generator,
-                                       device=feats.device, dtype=feats.dtype)
+                                       device=feats.device, dtype=feats.dtype, sampler=sampler)
         start = c.obs_horizon - 1
         return sample[:, start: start + c.n_action_steps]
 

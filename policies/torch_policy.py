@@ -100,27 +100,55 @@ class ACTPolicy(ChunkPolicy):
 
 
 class DiffusionPolicy(TorchPolicy):
-    """Keeps obs_horizon steps of history; `steps` picks the DDIM step count per call.
+    """Keeps obs_horizon steps of history; `sampler` and `steps` are chosen per call.
 
     The history holds encoded features, not images: each call runs the vision encoder on the
-    new frame only (half the encoder cost at obs_horizon 2).
+    new frame only (half the encoder cost at obs_horizon 2). `sampler` is a chunk sampler
+    (`ddim`, `dpmpp`: `steps` network calls, `n_action_steps` actions) or `streaming` (one
+    network call, `stream_actions` actions, from a rolling buffer kept per episode; see
+    tether.policies.streaming). Defaults come from the checkpoint's config, or `set_sampling`.
     """
 
-    episode_state = ("_history", "generator")  # per robot: the server forks one per client
+    episode_state = ("_history", "generator", "_stream")  # per robot: the server forks one per client
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._history: deque[torch.Tensor] = deque(maxlen=self.model.config.obs_horizon)
         self.generator = torch.Generator().manual_seed(0)
+        self.sampler: str = self.model.config.sampler
+        self.steps: int | None = None  # None: the config's inference_steps
+        self._stream = None  # a StreamingSampler once the streaming sampler is used
+
+    def set_sampling(self, sampler: str | None = None, steps: int | None = None) -> None:
+        """Change the defaults used when a request names no sampler / steps (`tether serve
+        --sampler`, `tether eval --sampler`); checked at once so a bad name fails at start-up."""
+        from tether.policies.samplers import check_sampler
+
+        if sampler is not None:
+            self._check_streaming(check_sampler(sampler))
+            self.sampler = sampler
+        if steps is not None:
+            self._check_steps(steps)
+            self.model.scheduler.timesteps(int(steps))  # in range, or the error names it
+            self.steps = int(steps)
 
     def reset(self) -> None:
         self._history.clear()
         self.generator.manual_seed(0)
+        if self._stream is not None:
+            self._stream.reset()
 
     def _predict_chunk(self, observation: dict[str, np.ndarray], steps: int | None = None,
-                       **options) -> np.ndarray:
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))):
-            raise PolicyError(f"steps must be an integer number of DDIM steps, got {steps!r}")
+                       sampler: str | None = None, **options) -> np.ndarray:
+        from tether.policies.samplers import STREAMING, check_sampler
+
+        sampler = check_sampler(self.sampler if sampler is None else sampler)
+        if steps is not None:
+            self._check_steps(steps)
+        if sampler == STREAMING and steps is not None:
+            raise PolicyError("the streaming sampler denoises one level per call; 'steps' does not "
+                              "apply to it (drop --steps, or pick --sampler ddim/dpmpp)")
+        self._check_streaming(sampler)
         current = self._to_tensors(observation)
         cams = self.model.config.cameras
         with torch.inference_mode():
@@ -130,6 +158,38 @@ class DiffusionPolicy(TorchPolicy):
                 self._history.extend([feats] * self._history.maxlen)
             else:
                 self._history.append(feats)
-            actions = self.model.sample_actions(torch.stack(list(self._history))[None],
-                                                None if steps is None else int(steps), self.generator)
+            history = torch.stack(list(self._history))[None]
+            if sampler == STREAMING:
+                actions = self._streaming().step(
+                    lambda x, t: self.model._denoise(x, t, history), self.generator,
+                    device=history.device, dtype=history.dtype)
+            else:
+                if self._stream is not None:  # a chunk in between: the buffer no longer follows
+                    self._stream.reset()
+                steps = self.steps if steps is None else int(steps)
+                actions = self.model.sample_actions(history, steps, self.generator, sampler)
         return self._finish(actions)
+
+    def _check_steps(self, steps) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise PolicyError(f"steps must be an integer number of denoising steps, got {steps!r}")
+
+    def _check_streaming(self, sampler: str) -> None:
+        from tether.policies.samplers import STREAMING
+
+        c = self.model.config
+        if sampler == STREAMING and (c.streaming_fraction <= 0 or c.denoiser != "unet"):
+            raise PolicyError(
+                "this checkpoint was not trained for the streaming sampler (it needs the unet "
+                "denoiser and per-position noise levels); retrain with --set "
+                "model.streaming_fraction=0.5, or use --sampler ddim/dpmpp"
+            )
+
+    def _streaming(self):
+        if self._stream is None:
+            from tether.policies.streaming import StreamingSampler
+
+            c = self.model.config
+            self._stream = StreamingSampler(self.model.scheduler, c.horizon, c.obs_horizon - 1,
+                                            c.action_dim, c.stream_actions)
+        return self._stream
