@@ -268,9 +268,10 @@ class PolicyClient:
         """Clear the policy's history (start of an episode)."""
         self._call(ResetRequest(next(self._ids)), ResetReply)
 
-    def infer(self, observation: Mapping[str, np.ndarray], steps: int | None = None) -> ChunkReply:
+    def infer(self, observation: Mapping[str, np.ndarray], steps: int | None = None,
+              sampler: str | None = None) -> ChunkReply:
         """Send one observation and wait for its chunk (at most timeout_s)."""
-        request_id = self.send_infer(observation, steps=steps, wait_s=self.timeout_s)
+        request_id = self.send_infer(observation, steps=steps, wait_s=self.timeout_s, sampler=sampler)
         reply = self.poll_reply(self.timeout_s)
         if reply is None:
             self._pending.pop(request_id, None)
@@ -285,6 +286,7 @@ class PolicyClient:
         steps: int | None = None,
         tag: Any = None,
         wait_s: float = 0.0,
+        sampler: str | None = None,
     ) -> int:
         """Send an infer request without waiting for the reply; returns its id.
 
@@ -299,6 +301,7 @@ class PolicyClient:
             observation=self._select(observation),
             steps=None if steps is None else int(steps),
             t_sent=time.monotonic(),
+            sampler=sampler,
         )
         if not self._send(request.encode(), wait_s):
             raise self._timeout(request.OP, sent=False)

@@ -291,7 +291,8 @@ class InferRequest(Request):
     """One observation (name -> array, the robot's keys); the reply is its action chunk.
 
     `steps` (diffusion's denoising steps) is 1..MAX_STEPS here; the server narrows it to the
-    policy's own range (`check_steps`). Decoded observation arrays are zero-copy, read-only
+    policy's own range (`check_steps`). `sampler` (diffusion: ddim, dpmpp, streaming) is a
+    short name the policy checks. Decoded observation arrays are zero-copy, read-only
     views of the frames: keep the frames alive while you use them.
     """
 
@@ -300,16 +301,17 @@ class InferRequest(Request):
     observation: Mapping[str, np.ndarray]
     steps: int | None = None
     t_sent: float | None = None
+    sampler: str | None = None
 
     def _header(self) -> dict[str, Any]:
-        return _optional(steps=self.steps, t_sent=self.t_sent)
+        return _optional(steps=self.steps, sampler=self.sampler, t_sent=self.t_sent)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return dict(self.observation)
 
     def policy_options(self) -> dict[str, Any]:
         """The keyword options for `Policy.predict_chunk` this request sets (none by default)."""
-        return _optional(steps=self.steps)
+        return _optional(steps=self.steps, sampler=self.sampler)
 
     @classmethod
     def _from(cls, message: Message) -> InferRequest:
@@ -317,6 +319,10 @@ class InferRequest(Request):
         steps = head.get("steps")
         check_steps(steps)
         t_sent = _number(head, "t_sent", required=False)
+        sampler = _string(head, "sampler", required=False)
+        if sampler is not None and not 0 < len(sampler) <= 32:
+            raise MessageError("bad_field", f"'sampler' must be a short name, got {sampler[:40]!r}",
+                               field="sampler")
         for name, array in message.arrays.items():
             _check_finite(name, array)
         return cls(
@@ -324,6 +330,7 @@ class InferRequest(Request):
             observation=message.arrays,
             steps=None if steps is None else int(steps),
             t_sent=t_sent,
+            sampler=sampler,
         )
 
 

@@ -81,6 +81,7 @@ class RolloutConfig:
     request_threshold: ask for the next chunk once at most this many planned actions remain;
         None = every tick for "ensemble", half a chunk for "switch".
     steps: denoising steps per request (diffusion policies), None = the policy's default.
+    sampler: diffusion sampler per request (ddim, dpmpp, streaming), None = the policy's default.
     request_timeout_s: a request unanswered this long is abandoned and sent again (reconnecting).
     start_timeout_s: how long to wait for the first chunk before giving up (the clock and the
         arm start only once it is there).
@@ -98,6 +99,7 @@ class RolloutConfig:
     ensemble_m: float = 0.01
     request_threshold: int | None = None
     steps: int | None = None
+    sampler: str | None = None
     request_timeout_s: float = 0.5
     start_timeout_s: float = 10.0
     stop_on_success: bool = True
@@ -211,7 +213,7 @@ def run_episode(
     compensate, or None (see the module doc).
     """
     config = config or RolloutConfig()
-    chunk_source = as_chunk_source(source, config.steps)
+    chunk_source = as_chunk_source(source, config.steps, config.sampler)
     return _Episode(
         robot, chunk_source, config, seed, on_progress, units, telemetry, takeover, on_row,
         latency,
@@ -282,10 +284,10 @@ class LocalSource(ChunkSource):
 
     synchronous = True
 
-    def __init__(self, policy: Policy, steps: int | None) -> None:
+    def __init__(self, policy: Policy, steps: int | None, sampler: str | None = None) -> None:
         self.policy = policy
         self.spec = policy.spec
-        self.options = {"steps": steps} if steps is not None else {}
+        self.options = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
         self._ready: Chunk | None = None
 
     def check(self, robot) -> None:
@@ -320,9 +322,10 @@ class RemoteSource(ChunkSource):
 
     synchronous = False
 
-    def __init__(self, client, steps: int | None) -> None:
+    def __init__(self, client, steps: int | None, sampler: str | None = None) -> None:
         self.client = client
         self.steps = steps
+        self.sampler = sampler
         self.spec = client.info().spec
 
     def check(self, robot) -> None:
@@ -337,7 +340,8 @@ class RemoteSource(ChunkSource):
         self.client.reset()
 
     def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
-        self.client.send_infer(observation, steps=self.steps, tag=step, wait_s=wait_s)
+        self.client.send_infer(observation, steps=self.steps, tag=step, wait_s=wait_s,
+                               sampler=self.sampler)
 
     def poll(self, timeout_s: float) -> Chunk | None:
         reply = self.client.poll_reply(timeout_s)
@@ -355,16 +359,16 @@ class RemoteSource(ChunkSource):
         self.client.discard_pending()
 
 
-def as_chunk_source(source, steps: int | None = None) -> ChunkSource:
+def as_chunk_source(source, steps: int | None = None, sampler: str | None = None) -> ChunkSource:
     """Wrap a Policy or a PolicyClient (anything else is a TypeError)."""
     if isinstance(source, ChunkSource):
         return source
     if isinstance(source, Policy):
-        return LocalSource(source, steps)
+        return LocalSource(source, steps, sampler)
     from tether.policies.client import PolicyClient
 
     if isinstance(source, PolicyClient):
-        return RemoteSource(source, steps)
+        return RemoteSource(source, steps, sampler)
     raise TypeError(f"expected a Policy or a PolicyClient, got {type(source).__name__}")
 
 

@@ -45,15 +45,23 @@ def serve(
         16.0, "--max-message-mb", help="Largest request accepted."
     ),
     device: str = typer.Option("cpu", "--device", help="Torch device for checkpoints."),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="Diffusion: default sampler, ddim | dpmpp | streaming "
+        "(a request's own 'sampler' wins)."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Diffusion: default denoising steps (a request's own wins)."
+    ),
 ) -> None:
     """Serve a policy to robots over ZMQ (msgpack + raw frames, validated, never pickle).
 
     Example: tether serve runs/act_lift --bind tcp://127.0.0.1:5555
     Example: tether serve simple:hold --robot twin:lift --delay-ms 20
+    Example: tether serve runs/dp_lift --sampler dpmpp --steps 5
     """
     from tether.policies.server import PolicyServer, ServerConfig, is_local_address
 
-    loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device)
+    loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device, sampler, steps)
     config = ServerConfig(
         address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
     )
@@ -80,13 +88,17 @@ def _announce(spec, endpoint: str, keys: Path | None) -> None:
 
 
 def load_served_policy(
-    policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str
+    policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str,
+    sampler: str | None = None, steps: int | None = None,
 ):
-    """A checkpoint, or a simple policy built for `robot`, optionally slowed by `delay_s`."""
+    """A checkpoint, or a simple policy built for `robot`, optionally slowed by `delay_s`;
+    `sampler` / `steps` set a diffusion checkpoint's defaults."""
     from tether.core.errors import ConfigError
     from tether.policies.simple import SlowPolicy, make_simple_policy
 
     if policy.startswith(SIMPLE_PREFIX):
+        if sampler is not None or steps is not None:
+            raise ConfigError("--sampler/--steps apply to diffusion checkpoints, not simple: policies")
         if robot is None:
             raise ConfigError(
                 f"'{policy}' needs --robot (for example --robot twin:lift) to know its inputs"
@@ -104,6 +116,12 @@ def load_served_policy(
     from tether.policies.checkpoint import load_policy
 
     loaded = load_policy(path, device=device)
+    if sampler is not None or steps is not None:
+        set_sampling = getattr(loaded, "set_sampling", None)
+        if set_sampling is None:
+            raise ConfigError(f"--sampler/--steps apply to diffusion checkpoints; {policy} is a "
+                              f"{loaded.spec.policy_type} policy: drop them")
+        set_sampling(sampler, steps)
     return SlowPolicy(loaded, delay_s) if delay_s > 0 else loaded
 
 
