@@ -23,7 +23,14 @@ def eval_command(
     seed: int = typer.Option(100_000, "--seed", help="First seed (held out from data collection)."),
     out: Path = typer.Option(Path("reports/eval"), "--out", "-o", help="Report folder."),
     videos: int = typer.Option(2, "--videos", min=0, help="Videos of successes and of failures, per worker."),
-    steps: int | None = typer.Option(None, "--steps", help="DDIM steps per chunk (diffusion policies)."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps per chunk (diffusion policies)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="Diffusion sampler: ddim, dpmpp or "
+                                       "streaming; comma-separated with --sweep-steps."),
+    sweep_steps: str | None = typer.Option(None, "--sweep-steps", help="Evaluate a diffusion policy "
+                                           "at each step count, e.g. 1,2,3,5,10,20,100: success "
+                                           "and latency per setting (steps_sweep.json, report.html)."),
+    push: str | None = typer.Option(None, "--push", help="STEP:METERS: push the object sideways "
+                                    "after that control step (twin; a reaction test), e.g. 15:0.03."),
     blend: str = typer.Option("ensemble", "--blend", help="ensemble (temporal ensembling) or switch."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     env: str | None = typer.Option(None, "--env", help="A gymnasium env id instead of the twin task, "
@@ -45,6 +52,8 @@ def eval_command(
     Example: tether eval --env Pendulum-v1 --obs-map pendulum.yaml --server tcp://127.0.0.1:5555
 
     Example: tether eval --task lift --checkpoint /shared/runs/act-lift --episodes 500 --backend ray --address auto
+
+    Example: tether eval --task lift --checkpoint runs/dp-lift --sweep-steps 1,3,10 --sampler ddim,dpmpp
     """
     import json
 
@@ -54,12 +63,26 @@ def eval_command(
     from tether.core.errors import TetherError
 
     console = Console(stderr=True)
+    if push is not None:
+        from tether.app.eval.perturb import Push
+
+        Push.parse(push)  # a bad value fails before any worker starts
     config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
                         checkpoint=checkpoint, server=server, policy=policy, out=str(out),
                         videos=videos, steps=steps, rollout={"blend": blend}, env=env,
                         obs_map=None if obs_map is None else str(obs_map.resolve()),
-                        backend=backend, address=address, robot=list(overrides))
+                        backend=backend, address=address, robot=list(overrides),
+                        sampler=sampler, push=push)
     config.check_backend()
+    if sweep_steps is not None:
+        _sweep_steps(config, sweep_steps, sampler, steps, sweep_run, json_out, console)
+        return
+    if sampler is not None:
+        from tether.app.eval.steps_sweep import parse_samplers
+
+        if len(parse_samplers(sampler)) != 1:
+            raise TetherError("--sampler takes one name (ddim, dpmpp or streaming); a comma-separated "
+                              "list goes with --sweep-steps.")
     if obs_map is not None and not obs_map.is_file():
         raise TetherError(f"--obs-map {obs_map} does not exist; write one (docs/evaluation.md, "
                           "'Any gymnasium env').")
@@ -87,6 +110,29 @@ def eval_command(
             f"[bold]{env or task}[/]: success {summary['successes']}/{summary['episodes']} = "
             f"{summary['success_rate']:.0%} (95% CI {low:.0%}-{high:.0%}); report: {out / 'report.html'}"
         )
+
+
+def _sweep_steps(config, steps_text: str, sampler: str | None, steps: int | None,
+                 sweep_run: Path | None, json_out: bool, console) -> None:
+    """`--sweep-steps`: the sampling-speed frontier of one diffusion policy."""
+    import json
+
+    from tether.app.eval.steps_sweep import parse_samplers, parse_steps, sweep_steps
+    from tether.core.errors import TetherError
+
+    if steps is not None or sweep_run is not None:
+        raise TetherError("--sweep-steps sets the steps itself; drop --steps/--sweep.")
+    result = sweep_steps(config, parse_steps(steps_text), parse_samplers(sampler),
+                         show_progress=not json_out)
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    for r in result["settings"]:
+        low, high = r["success_ci95"]
+        n = "1 call/step" if r["steps"] is None else f"{r['steps']} steps"
+        console.print(f"{r['sampler']} {n}: success {r['success_rate']:.0%} (95% CI {low:.0%}-"
+                      f"{high:.0%}), inference p50 {r['inference_ms_p50']:.1f} ms (indicative)")
+    console.print(f"report: {Path(config.out) / 'report.html'}")
 
 
 def demo_command(

@@ -27,7 +27,9 @@ class EvalConfig:
     out: str = "reports/eval"
     videos: int = 2  # successes and failures to keep as video, per worker
     max_steps: int | None = None  # default: the task's episode length
-    steps: int | None = None  # diffusion: DDIM steps per chunk
+    steps: int | None = None  # diffusion: denoising steps per chunk
+    sampler: str | None = None  # diffusion: ddim | dpmpp | streaming (None: the policy's default)
+    push: str | None = None  # "STEP:METERS": push the object mid-episode (tether.app.eval.perturb)
     rollout: dict[str, Any] = field(default_factory=dict)  # RolloutConfig overrides
     robot: list[str] = field(default_factory=list)  # overrides for the twin robot config
     env: str | None = None  # a gymnasium env id instead of the twin task (tether.app.eval.gym_target)

@@ -145,13 +145,18 @@ def run_episodes(robot, source, seeds, config, video_dir: Path | None = None):
     record_video = video_dir is not None and config.videos > 0
     rollout = RolloutConfig(**{"realtime": False, "record_frames": record_video,
                                **config.rollout, "steps": config.steps,
-                               "max_steps": config.max_steps})
+                               "sampler": config.sampler, "max_steps": config.max_steps})
     videos_left = {True: config.videos, False: config.videos}
+    on_progress = None
+    if config.push:
+        from tether.app.eval.perturb import Push, push_hook
+
+        on_progress = push_hook(robot, Push.parse(config.push))
     for seed in seeds:
         if isinstance(source, ExpertPolicy):
             source.expert.reset(seed)
         try:
-            result = run_episode(robot, source, rollout, seed=seed)
+            result = run_episode(robot, source, rollout, seed=seed, on_progress=on_progress)
         except Exception as exc:  # named with its seed, as itself; KeyboardInterrupt passes
             raise EpisodeFailed(seed, exc) from exc
         success = bool(result.success)
