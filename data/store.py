@@ -29,6 +29,7 @@ from tether.core.errors import StoreError
 from tether.core.schema import is_image_key
 from tether.data import editing as _editing
 from tether.data import episodes as _episodes
+from tether.data import last_commit as _last_commit
 from tether.data import manifest as _manifest
 from tether.data import writer as _writer
 from tether.data.codecs import DEFAULT_JPEG_QUALITY, image_encoding, register_codecs
@@ -304,11 +305,23 @@ class EpisodeStore:
 
     @property
     def next_seed(self) -> int:
-        """One past the largest `seed` in the episode metadata (0 for none): where scripted
-        recording continues on `--append` so appended episodes do not repeat earlier ones."""
-        seeds = [m.get("seed") for m in self._h.episodes]
-        ints = [int(x) for x in seeds if isinstance(x, int) and not isinstance(x, bool)]
-        return max(ints) + 1 if ints else 0
+        """One past the largest integer `seed` in the episode metadata (0 for none): where
+        scripted recording continues on `--append` so appended episodes do not repeat earlier
+        ones. Reads only the metadata of episodes committed since `last_commit.json` last
+        counted them (data/last_commit.py), so asking costs the same at 100 or 10,000 episodes.
+        """
+        h = self._h
+        n = self.n_episodes
+        if h.seeds is None:  # a read-only open: look the count up now
+            record = None if self.is_remote else _last_commit.read(self.path)
+            h.seeds = record.seeds if record is not None and record.seeds[0] <= n else (0, None)
+        count, value = h.seeds
+        if count > n:  # counted episodes that are no longer committed: count again
+            count, value = 0, None
+        for episode in range(count, n):
+            value = _last_commit.next_seed_after(value, h.episodes[episode])
+        h.seeds = (n, value)
+        return 0 if value is None else value
 
     # ------------------------------------------------------------------ reading
     def get_episode(self, episode: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -511,12 +524,15 @@ class EpisodeStore:
         """
         self.require_writable()
         self._check_episode(episode)
-        entry = {**self._h.episodes[episode], **jsonable(fields)}
+        old = self._h.episodes[episode]
+        entry = {**old, **jsonable(fields)}
         try:
             _episodes.write(self.path, episode, entry)
         except OSError as exc:
             raise os_error(exc, f"writing the metadata of episode {episode}") from exc
         self._h.episodes[episode] = entry
+        self._h.seeds = _seeds_after_edit(self._h.seeds, episode, old, entry)
+        _last_commit.write(self.path, self.n_episodes, self._h.seeds or (0, None))
 
     def set_attrs(self, **fields: Any) -> None:
         """Update store-level attributes (not the format keys)."""
@@ -650,6 +666,17 @@ class EpisodeStore:
                 f"Episode {episode} does not exist; {self.path} has {self.n_episodes} episodes "
                 f"(0..{self.n_episodes - 1})."
             )
+
+
+def _seeds_after_edit(seeds: tuple[int, int | None] | None, episode: int, old: Mapping[str, Any],
+                      new: Mapping[str, Any]) -> tuple[int, int | None] | None:
+    """The seed count once one counted episode's metadata changed from `old` to `new`."""
+    if seeds is None or episode >= seeds[0] or old.get("seed") == new.get("seed"):
+        return seeds
+    value = _last_commit.next_seed_after(seeds[1], new)
+    if _last_commit.next_seed_after(None, old) == seeds[1] and value == seeds[1]:
+        return (0, None)  # the largest seed may have gone down: count again when asked
+    return (seeds[0], value)
 
 
 def check_format(path: Path, attrs: Mapping[str, Any]) -> None:

@@ -21,6 +21,7 @@ import datetime as _dt
 import errno
 import json
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ import numpy as np
 
 from tether.core.errors import StoreError
 from tether.data import episodes as _episodes
+from tether.data import last_commit as _last_commit
 from tether.data import manifest as _manifest
 from tether.data.codecs import DEFAULT_JPEG_QUALITY, image_encoding, lowdim_encoding
 from tether.data.durable import fsync_dir, fsync_file, sync_filesystem, write_durable
@@ -69,6 +71,9 @@ class Handles:
     arrays: dict[str, Any]  # store key -> zarr.Array (length may include an uncommitted tail)
     ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # committed ends
     episodes: Any = field(default_factory=list)  # committed metadata (episodes.LazyMetadata)
+    # (k, s): s is one past the largest integer seed of episodes 0..k-1 (None: no seed among
+    # them); None until looked up (data/last_commit.py; writable opens look it up at once)
+    seeds: tuple[int, int | None] | None = None
 
     @property
     def n_episodes(self) -> int:
@@ -170,6 +175,13 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool,
     visible depends only on `episode_ends` and the array lengths, so a reader opens the same
     few files at 100 or 10,000 episodes. The returned Recovery is then `complete=False` and
     `EpisodeStore.recovery` finishes it (with `full=True`) when someone asks.
+
+    A writable open skips the listing too when `last_commit.json` shows the two folders
+    unchanged since the last commit (data/last_commit.py): then they hold every committed
+    episode's files and nothing beyond, and what a writer killed since could have left is
+    looked for by name (the files of episode `valid`, and `valid + 1` as a sign of lost
+    commits, which sends it back to the listing). Otherwise it lists, and leaves a fresh
+    `last_commit.json` for the next open.
     """
     full = full or writable or repair
     lengths = [arr.shape[0] for arr in h.arrays.values()]
@@ -191,7 +203,15 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool,
     present: list[int] | None = None
     dropped_meta = 0
     missing_keys: tuple[str, ...] = ()
-    if full:
+    record = _last_commit.read(h.path) if writable else None
+    quick = writable and not repair and _unchanged_since_last_commit(h.path, record, valid)
+    if writable:  # seeds of a prefix stay valid, unless repairing drops or resets episodes
+        keep = record is not None and not repair and record.seeds[0] <= valid
+        h.seeds = record.seeds if keep else (0, None)
+    if quick:
+        dropped_meta = int(_episodes.episode_file(h.path, valid).is_file())
+        missing_keys = _keys_lost_since_commit(h, valid)
+    elif full:
         lost = max(lost, _manifest.count_from(h.path, valid + 1))
         present = _episodes.indices(h.path)
         lost = max(lost, sum(1 for e in present if e > valid))
@@ -225,14 +245,20 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool,
                 drop_uncommitted_schema(h)
             truncate_tail(h)
             shrink_ends(h, valid)
-            _episodes.remove_from(h.path, valid)
+            if quick:
+                _remove_file(_episodes.episode_file(h.path, valid))
+            else:
+                _episodes.remove_from(h.path, valid)
             for episode in sorted(h.episodes.missing):  # all read when repairing
                 _episodes.write(h.path, episode, h.episodes[episode])
         except OSError as exc:
             raise os_error(exc, "truncating an interrupted episode") from exc
         repaired = True
-    if writable:
-        _manifest.remove_from(h.path, valid)  # manifests of uncommitted episodes
+    if writable:  # manifests of uncommitted episodes
+        removed = _remove_file(_manifest.manifest_file(h.path, valid)) if quick else \
+            _manifest.remove_from(h.path, valid)
+        if not quick or removed or repaired:  # the folders now hold exactly the commits
+            _last_commit.write(h.path, valid, h.seeds)
     recovery = Recovery(partial, dropped_meta, invalid, repaired, lost, missing_meta, missing_keys,
                         meta_errors, complete=full)
     if recovery.damaged:
@@ -250,6 +276,25 @@ def recover(h: Handles, raw_ends: np.ndarray, writable: bool, repair: bool,
             "it was truncated" if repaired else "it is hidden (opened read-only)", valid,
         )
     return recovery
+
+
+def _unchanged_since_last_commit(path: Path, record: _last_commit.LastCommit | None,
+                                 valid: int) -> bool:
+    """The folders are as the last commit left them, and nothing lies past the next episode."""
+    if record is None or record.episodes != valid or not record.folders_unchanged(path):
+        return False
+    # Files of episode valid + 1 would mean commits were lost (a torn write of episode_ends);
+    # the listing counts and reports them.
+    return not (_episodes.episode_file(path, valid + 1).exists()
+                or _manifest.manifest_file(path, valid + 1).exists())
+
+
+def _remove_file(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _refuse(h: Handles, lost: int, missing_meta: int, valid: int, missing_keys: tuple[str, ...]):
@@ -453,6 +498,8 @@ def commit(h: Handles, n_steps: int, metadata: Mapping[str, Any]) -> int:
     h.ends_array[len(new_ends) - 1 :] = new_ends[-1:]
     h.ends = new_ends
     h.episodes.append(entry)
+    if h.seeds is not None and h.seeds[0] == episode:  # caught up: count this one too
+        h.seeds = (episode + 1, _last_commit.next_seed_after(h.seeds[1], entry))
     try:
         _fsync_commit_point(h)
     except OSError as exc:
@@ -460,6 +507,8 @@ def commit(h: Handles, n_steps: int, metadata: Mapping[str, Any]) -> int:
             f"Episode {episode} was committed to {h.path}, but flushing it to disk failed "
             f"({exc.strerror}); it may be lost if the machine loses power now. Check the disk."
         ) from exc
+    # 4. a cache for the next append open (no folder listing, the next seed); never required
+    _last_commit.write(h.path, h.n_episodes, h.seeds or (0, None))
     return episode
 
 

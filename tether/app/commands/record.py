@@ -282,7 +282,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
             with store:
                 if seed is None:
                     seed = _next_seed(store)
-                elif append and seed in _seeds(store):
+                elif append and seed < store.next_seed and seed in _seeds(store):
                     console.print(f"[yellow]warning:[/yellow] seed {seed} was already recorded in "
                                   f"{out}; episodes from it repeat earlier ones on the twin.")
                 _session(console, store, robot, device, episodes, rate, realtime, task, operator,
@@ -358,6 +358,8 @@ def _open_store(out, append, overwrite, rate, zarr_format, image_quality, robot_
 
 
 def _seeds(store) -> set[int]:
+    """Every recorded seed. Reads every episode's metadata, so it is asked only about a seed
+    below `store.next_seed` (a larger one cannot have been recorded)."""
     seeds = set()
     for episode in range(store.n_episodes):
         value = store.episode_metadata(episode).get("seed")
