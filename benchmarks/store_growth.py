@@ -5,7 +5,9 @@ each) and measures, at each size:
 
 - commit_ms        median wall time of one more `add_episode` (commit included), last 20
 - open_ms          median read-only `EpisodeStore.open` (what train, inspect and eval do)
-- open_append_ms   median append open (what `tether record --append` does)
+- open_append_ms   median append open (crash recovery included)
+- record_append_ms median append open + `next_seed`: what `tether record --append` does before
+                   its first take
 - open_eager_ms    open + reading every episode's metadata file: what open cost before the
                    metadata became lazy (the `recovery` property still does this on demand)
 - open_kib         Python memory allocated by a read-only open (tracemalloc peak)
@@ -74,6 +76,7 @@ def measure_interleaved(paths: list[Path], rng: np.random.Generator, frames: np.
                     episode(rng, frames), {"task": "grow", "seed": seed})))
             add(path, "open", _timed(lambda p=path: EpisodeStore.open(p).close()))
             add(path, "open_append", _timed(lambda p=path: EpisodeStore.open(p, "a").close()))
+            add(path, "record_append", _timed(lambda p=path: _record_append_start(p)))
     rows = []
     for path in paths:
         with EpisodeStore.open(path) as store:
@@ -81,6 +84,11 @@ def measure_interleaved(paths: list[Path], rng: np.random.Generator, frames: np.
         row.update({k: _ms(v) for k, v in samples[path].items()})
         rows.append(row)
     return rows
+
+
+def _record_append_start(path: Path) -> None:
+    with EpisodeStore.open(path, "a") as store:
+        store.next_seed  # noqa: B018 - where scripted recording continues
 
 
 def measure_once(path: Path) -> dict[str, float]:
