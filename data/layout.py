@@ -15,6 +15,8 @@ Format version 2 (this tether writes it; `tether data migrate` upgrades version 
     <store>/meta/episode_ends          int64 cumulative ends: the single commit point
     <store>/episodes/<NNNNNN>.json     one metadata object per committed episode (data/episodes)
     <store>/manifest/<NNNNNN>.json     one chunk manifest per committed episode (data/manifest)
+    <store>/last_commit.json           a checked cache for append opens: the folders' stamps
+                                       and the next seed at the last commit (data/last_commit)
 
 Timing arrays are told apart from data arrays by the group they live in, never by a suffix, so a
 camera named `wrist_t` is an image like any other. In the flat `key -> array` dicts the store
