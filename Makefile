@@ -80,3 +80,11 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# Issue 19: ACT on transfer_cube / insertion and Diffusion Policy on lift / transfer_cube from 50
+# scripted demos, snapshots along each run evaluated on the twin, the pick on 50 held-out seeds
+# (runs/bench_learning/learning.json + learning.html; hours on 2 cores: see docs/policies.md).
+# A smoke version of every stage: make bench-learning BENCH_LEARNING_ARGS=--smoke
+.PHONY: bench-learning
+bench-learning: setup
+	MUJOCO_GL=egl $(BIN)/python benchmarks/learning.py --out runs/bench_learning $(BENCH_LEARNING_ARGS)

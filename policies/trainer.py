@@ -25,7 +25,7 @@ training loss predicts closed-loop success poorly. `eval_weights` evaluates the 
 raw ones, or both; `select(history) -> index` (the app layer's rule with confidence intervals,
 tether.app.eval.selection) decides which evaluation is best, else the highest rate wins.
 `val_holdout` keeps the last N episodes out of training and logs their loss at every
-evaluation, so success and validation loss can be plotted against step.
+evaluation and every kept snapshot, so success and validation loss can be plotted against step.
 
 Multi-process: launched under torchrun (`WORLD_SIZE` > 1) the trainer wraps the model in
 DistributedDataParallel (nccl on CUDA, gloo on CPU); each rank reads its own part of every global
@@ -428,6 +428,8 @@ class _Trainer:
                 if c.keep_every > 0 and (self.step % c.keep_every == 0 or self.step == c.steps):
                     # Snapshots for `tether eval --sweep`: success, not loss, picks the checkpoint.
                     self._save(f"step_{self.step:07d}", with_train_state=False)
+                    if not evaluating and self.val_dataset is not None:  # the loss beside each snapshot
+                        self._log({"step": self.step, **self._validation_losses(), "time": time.time()})
                 if stopping:
                     raise TrainingInterrupted(self.run_dir, self.run_dir / "checkpoints" / "last",
                                               self.step, stop.requested or "signal on another rank")
@@ -577,7 +579,7 @@ class _Trainer:
     def _validation_losses(self) -> dict[str, float]:
         """Mean loss on held-out windows (fixed windows and noise draws) for the raw and the EMA
         weights; the global RNG is put back so a resumed run stays bit-identical."""
-        if self.val_dataset is None or len(self.val_dataset) == 0:
+        if self.val_dataset is None or len(self.val_dataset) == 0 or not self.dist.is_main:
             return {}
         c = self.config
         n = min(len(self.val_dataset), c.val_batches * c.batch_size)
