@@ -286,7 +286,7 @@ def robot_config(port: str, path: Path) -> Path:
     )
     path.write_text(
         "name: slim-follower\nfps: 30\narms:\n  - name: follower\n    driver: dynamixel\n"
-        f"    params:\n      port: {port}\n      packet_timeout_ms: 150\n      motors:\n{motors}\n"
+        f"    params:\n      port: {port}\n      packet_timeout_ms: 400\n      motors:\n{motors}\n"
     )
     return path
 
