@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +203,6 @@ def record(task: str, demos: int, path: Path, reuse: bool) -> Path:
     config = DemoConfig(task=task, demos=demos, camera_height=96, camera_width=128, fps=10.0,
                         max_velocity=TASK_SPEED[task])
     collect(config, path, Console(stderr=True))
-    shutil.rmtree(path.with_name(path.name + ".lock"), ignore_errors=True)
     return path
 
 
