@@ -62,6 +62,16 @@ lerobot-check: setup
 		$$SUDO apt-get install -y -qq --no-install-recommends ffmpeg; }  # torchcodec's libraries
 	$(BIN)/python -m pytest -m slow -q -s tests/data/test_lerobot_real_slow.py
 
+# tether vs LeRobot 0.4.4 side by side (issue 17), both measured alternately on this machine;
+# builds LeRobot's venv once (benchmarks/vs_lerobot/lerobot_venv.py: the recipe above plus its
+# policies' and trainer's packages) and rewrites the table in docs/performance.md. Run it on a
+# quiet machine (~15 min). Options: make bench-lerobot BENCH_ARGS="--items act,train --rounds 1"
+.PHONY: bench-lerobot
+bench-lerobot: setup
+	@dpkg -s ffmpeg >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get install -y -qq --no-install-recommends ffmpeg; }  # torchcodec's libraries
+	$(BIN)/python benchmarks/vs_lerobot.py --write-docs $(BENCH_ARGS)
+
 # The default suite while two busy loops load both cores: tests must check behaviour, not how
 # fast the machine is, so this must pass exactly like `make test`.
 test-stress: setup
