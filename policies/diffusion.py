@@ -12,11 +12,11 @@ Two denoisers:
   step embedding and the observation features) in every residual block;
 - `transformer`: action tokens attend to a time token and one token per observation step.
 
-CPU speed. At batch 1 PyTorch runs Conv1d / ConvTranspose1d on a slow reference path for the
-wide layers of the paper-size U-Net. `FastConv1d` / `FastConvTranspose1d` compute the same
-thing as one matrix multiply on an unfolded input (im2col), which runs on the BLAS kernels and
-streams each weight matrix once; GroupNorm is computed with a reshape and `var_mean`. Training
-(large batches) keeps the native convolutions.
+CPU speed. The layers are PyTorch's own: at batch 1 the paper-size U-Net is bound by reading its
+252 M weights once per denoising step, which hand-written kernels cannot change (they were
+slower than the native layers on torch 2.13). Serving speed comes from an inference engine
+(`tether.policies.engines`: OpenVINO, bf16 weights where the CPU has them), which runs the
+denoiser alone per step; the observation encoding is computed once per chunk.
 """
 
 from __future__ import annotations
@@ -107,66 +107,12 @@ class DiffusionConfig:
         check_streaming_config(self)
 
 
-# -- fast layers for batch-1 CPU inference --------------------------------------------------------
-
-_FAST_MAX_ROWS = 64  # use the matmul path when batch * length is at most this
-
-
-class FastConv1d(nn.Conv1d):
-    """nn.Conv1d (stride 1 or 2, 'same'-style padding) that runs as one GEMM for small inputs."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or x.shape[0] * x.shape[-1] > _FAST_MAX_ROWS or self.groups != 1:
-            return super().forward(x)
-        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        b = x.shape[0]
-        cols = F.pad(x, (p, p)).unfold(2, k, s)  # (B, Cin, Tout, k)
-        t_out = cols.shape[2]
-        cols = cols.permute(0, 2, 1, 3).reshape(b * t_out, -1)  # (B*Tout, Cin*k)
-        out = F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias)
-        return out.view(b, t_out, self.out_channels).transpose(1, 2)
-
-
-class FastConvTranspose1d(nn.ConvTranspose1d):
-    """nn.ConvTranspose1d as a GEMM plus an overlap-add (col2im) for small inputs."""
-
-    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if self.training or x.shape[0] * x.shape[-1] > _FAST_MAX_ROWS or output_size is not None:
-            return super().forward(x, output_size)
-        b, cin, t = x.shape
-        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        cout = self.out_channels
-        # weight (Cin, Cout, k): every input step writes k output steps.
-        w = self.weight.reshape(cin, cout * k)
-        cols = x.transpose(1, 2).reshape(b * t, cin) @ w  # (B*T, Cout*k)
-        cols = cols.view(b, t, cout, k).permute(0, 2, 3, 1).reshape(b, cout * k, t)
-        full = (t - 1) * s + k
-        out = F.fold(cols, (1, full), (1, k), stride=(1, s))
-        out = out.view(b, cout, full)[:, :, p: full - p]
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1)
-        return out
-
-
-class FastGroupNorm(nn.GroupNorm):
-    """GroupNorm that avoids the generic kernel's overhead on tiny (B, C, T<=16) tensors."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return super().forward(x)
-        b, c = x.shape[:2]
-        g = x.reshape(b, self.num_groups, -1)
-        var, mean = torch.var_mean(g, dim=-1, keepdim=True, correction=0)
-        g = (g - mean) * torch.rsqrt(var + self.eps)
-        return torch.addcmul(self.bias.view(1, c, 1), g.view_as(x), self.weight.view(1, c, 1))
-
-
 # -- U-Net -----------------------------------------------------------------------------------------
 
 
 class _ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int, groups: int) -> None:
-        super().__init__(FastConv1d(cin, cout, k, padding=k // 2), FastGroupNorm(groups, cout), nn.Mish())
+        super().__init__(nn.Conv1d(cin, cout, k, padding=k // 2), nn.GroupNorm(groups, cout), nn.Mish())
 
 
 class _ResBlock(nn.Module):
@@ -177,7 +123,7 @@ class _ResBlock(nn.Module):
         self.block1 = _ConvBlock(cin, cout, k, groups)
         self.block2 = _ConvBlock(cout, cout, k, groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
-        self.residual = FastConv1d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.residual = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """cond (B, C), or (B, L, C) per position (streaming: one noise level per action),
@@ -215,16 +161,16 @@ class ConditionalUnet1D(nn.Module):
             last = i == len(pairs) - 1
             self.down.append(nn.ModuleList([
                 _ResBlock(din, dout, cond_dim, k, g), _ResBlock(dout, dout, cond_dim, k, g),
-                FastConv1d(dout, dout, 3, stride=2, padding=1) if not last else nn.Identity()]))
+                nn.Conv1d(dout, dout, 3, stride=2, padding=1) if not last else nn.Identity()]))
         mid = dims[-1]
         self.mid = nn.ModuleList([_ResBlock(mid, mid, cond_dim, k, g), _ResBlock(mid, mid, cond_dim, k, g)])
         self.up = nn.ModuleList()
         for din, dout in reversed(pairs[1:]):  # every up level doubles the length back
             self.up.append(nn.ModuleList([
                 _ResBlock(2 * dout, din, cond_dim, k, g), _ResBlock(din, din, cond_dim, k, g),
-                FastConvTranspose1d(din, din, 4, stride=2, padding=1)]))
+                nn.ConvTranspose1d(din, din, 4, stride=2, padding=1)]))
         start = c.down_dims[0]
-        self.final = nn.Sequential(_ConvBlock(start, start, k, g), FastConv1d(start, action_dim, 1))
+        self.final = nn.Sequential(_ConvBlock(start, start, k, g), nn.Conv1d(start, action_dim, 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         """x (B, T, A) noisy actions, t (B,) steps or (B, T) per position, global_cond (B, G)."""
