@@ -5,7 +5,7 @@ drivers, safety, the policy client). Everything else comes with an extra (pyproj
 
     train  torch, safetensors (+ data)     twin  mujoco, gymnasium
     data   zarr, numcodecs, imagecodecs    viz   matplotlib, pillow, opencv, rerun-sdk
-    calibrate  scipy (+ twin, data)
+    calibrate  scipy (+ twin, data)    fast  openvino, onnxruntime (inference engines)
     hardware: opencv, realsense, dynamixel, feetech, ur, spacemouse
 
 Three ways a part says what it needs, all raising MissingExtraError (a TetherError: the CLI
@@ -60,6 +60,9 @@ EXTRA_OF: dict[str, str] = {
     "rtde_receive": "ur",
     "rtde_control": "ur",
     "pyspacemouse": "spacemouse",
+    "openvino": "fast",  # inference engines (tether serve --engine openvino)
+    "onnxruntime": "fast",  # tether serve --engine onnx
+    "onnx": "fast",  # torch.onnx.export writes through it
     "ray": "cluster",  # tether eval --backend ray
     "s3fs": "cloud",  # stores at s3:// URLs (zarr FsspecStore)
     "moto": "dev",  # S3-protocol server for the object-storage tests
