@@ -168,7 +168,9 @@ class PolicyServer:
             self.stop()
             raise self._start_error
         worker.start()
-        log.info("policy server (%s) listening on %s", self.policy.spec.policy_type, self._endpoint)
+        engine = getattr(self.policy, "engine", None)  # set by tether.policies.engines
+        log.info("policy server (%s%s) listening on %s", self.policy.spec.policy_type,
+                 f", engine {engine}" if engine is not None else "", self._endpoint)
         return self
 
     def stop(self) -> None:

@@ -52,16 +52,30 @@ def serve(
     steps: int | None = typer.Option(
         None, "--steps", help="Diffusion: default denoising steps (a request's own wins)."
     ),
+    engine: str = typer.Option(
+        "auto", "--engine", help="Inference engine for checkpoints: auto | eager | compile | "
+        "onnx | openvino (auto: the fastest installed; a failure falls back to eager, logged)."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto | fp32 | bf16 (bf16: half the weight bytes, output "
+        "error ~1%; see docs/policies.md, Inference engines). auto is fp32."
+    ),
+    engine_cache: bool = typer.Option(
+        True, "--engine-cache/--no-engine-cache",
+        help="Keep exported engine files in <checkpoint>/engines/ for the next start.",
+    ),
 ) -> None:
     """Serve a policy to robots over ZMQ (msgpack + raw frames, validated, never pickle).
 
     Example: tether serve runs/act_lift --bind tcp://127.0.0.1:5555
     Example: tether serve simple:hold --robot twin:lift --delay-ms 20
     Example: tether serve runs/dp_lift --sampler dpmpp --steps 5
+    Example: tether serve runs/dp_lift --engine openvino --precision bf16
     """
     from tether.policies.server import PolicyServer, ServerConfig, is_local_address
 
-    loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device, sampler, steps)
+    loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device, sampler, steps,
+                                engine, precision, engine_cache)
     config = ServerConfig(
         address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
     )
@@ -72,33 +86,38 @@ def serve(
         )
     server = PolicyServer(loaded, config).start()
     try:
-        _announce(loaded.spec, server.endpoint, keys)
+        _announce(loaded.spec, server.endpoint, keys, getattr(loaded, "engine", None))
         server.serve_forever()
     except KeyboardInterrupt:  # Ctrl-C before serve_forever took over: still a clean stop
         server.stop()
 
 
-def _announce(spec, endpoint: str, keys: Path | None) -> None:
+def _announce(spec, endpoint: str, keys: Path | None, engine=None) -> None:
     console.print(
         f"serving [bold]{spec.policy_type}[/bold] on {endpoint}: "
         f"{', '.join(f'{a.name} {a.dtype}{list(a.shape)}' for a in spec.observation)} -> "
         f"{spec.chunk_size}x{spec.action_dim} @ {spec.fps:g} Hz"
+        f"{f', engine {engine}' if engine is not None else ''}"
         f"{' (CURVE)' if keys else ''}. Ctrl-C stops."
     )
 
 
 def load_served_policy(
     policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str,
-    sampler: str | None = None, steps: int | None = None,
+    sampler: str | None = None, steps: int | None = None, engine: str = "auto",
+    precision: str = "auto", engine_cache: bool = True,
 ):
-    """A checkpoint, or a simple policy built for `robot`, optionally slowed by `delay_s`;
-    `sampler` / `steps` set a diffusion checkpoint's defaults."""
+    """A checkpoint (run by `engine`, see tether.policies.engines), or a simple policy built
+    for `robot`, optionally slowed by `delay_s`; `sampler` / `steps` set a diffusion
+    checkpoint's defaults."""
     from tether.core.errors import ConfigError
     from tether.policies.simple import SlowPolicy, make_simple_policy
 
     if policy.startswith(SIMPLE_PREFIX):
         if sampler is not None or steps is not None:
             raise ConfigError("--sampler/--steps apply to diffusion checkpoints, not simple: policies")
+        if engine != "auto" or precision != "auto":
+            raise ConfigError("--engine/--precision apply to checkpoints, not simple: policies")
         if robot is None:
             raise ConfigError(
                 f"'{policy}' needs --robot (for example --robot twin:lift) to know its inputs"
@@ -113,9 +132,9 @@ def load_served_policy(
         raise ConfigError(
             f"policy '{policy}' is neither a checkpoint path nor simple:<name>; check the path"
         )
-    from tether.policies.checkpoint import load_policy
+    from tether.policies.engines import load_engine_policy
 
-    loaded = load_policy(path, device=device)
+    loaded = load_engine_policy(path, engine, precision, device=device, cache=engine_cache)
     if sampler is not None or steps is not None:
         set_sampling = getattr(loaded, "set_sampling", None)
         if set_sampling is None:
