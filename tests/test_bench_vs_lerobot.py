@@ -154,7 +154,8 @@ def test_summary_ratios_goals_and_contention(harness):
 
     a = cli.parser().parse_args([])
     assert cli.contention([_row("tether", "act", cpu_per_wall=1.95)], a) == []
-    assert cli.contention([_row("tether", "train", cpu_per_wall=1.5)], a)
+    assert cli.contention([_row("tether", "train", cpu_per_wall=1.5, others_cpu_per_wall=0.5)], a)
+    assert cli.contention([_row("tether", "act", cpu_per_wall=1.5)], a) == []  # its own, not load
     assert cli.contention([_row("lerobot", "dataset_write", cpu_per_wall=1.0)], a) == []
     assert cli.contention([_row("lerobot", "dataset_read", others_cpu_per_wall=0.6)], a)
 
