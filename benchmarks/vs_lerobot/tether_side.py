@@ -373,7 +373,8 @@ def train_store(a: argparse.Namespace, image: tuple[int, int]) -> Path:
 
     n = a.train_frames
     codec = {"image_codec": a.image_codec} if a.image_codec else {}
-    name = f"tether_train_{n}x{image[0]}x{image[1]}_{a.image_codec or 'default'}.zarr"
+    codec_tag = hashlib.sha1((a.image_codec or _default_image_codec()).encode()).hexdigest()[:8]
+    name = f"tether_train_{n}x{image[0]}x{image[1]}_{codec_tag}.zarr"  # a new default: new store
     root = a.workdir / "datasets" / name
     if (root / ".complete").exists():
         return root
