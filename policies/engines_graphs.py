@@ -12,9 +12,10 @@ DDIM loop and its generator) runs unchanged:
   per denoising step). Only the denoiser runs per step: the observation encoding of a chunk is
   computed once and kept in the policy's history.
 
-Image preparation (uint8 -> float, resize, center crop, ImageNet normalization) stays in torch
-in front of every graph: exporters do not reproduce torch's antialiased resize exactly
-(OpenVINO's differed by 2e-3), and it is a small part of the time.
+Resizing and center-cropping images stay in torch in front of the graphs: exporters do not
+reproduce torch's antialiased resize exactly (OpenVINO's differed by 2e-3). A model that does
+neither (ACT at full resolution) takes uint8 images into its graph, where the scaling to [0, 1]
+and the ImageNet normalization fuse with the first convolution.
 """
 
 from __future__ import annotations
@@ -64,20 +65,31 @@ class GraphAdapter:
 
 
 class _PreparedVision(nn.Module):
-    """`ImageEncoder` minus its preparation: takes prepared float images, same outputs."""
+    """`ImageEncoder` taking what `_Preparation` hands over: uint8 images when the preparation
+    is plain arithmetic (no resize, no crop: it runs inside the graph), else prepared floats."""
 
     def __init__(self, encoder: ImageEncoder) -> None:
         super().__init__()
         self.encoder = encoder
+        self.in_graph = _Preparation.of(encoder).in_graph
 
     def forward(self, images: dict[str, torch.Tensor], train: bool = False) -> list[torch.Tensor]:
         enc = self.encoder
-        return [enc.head(enc.backbone(images[k])) for k in enc.cameras]
+        out = []
+        for k in enc.cameras:
+            x = prepare_images(images[k], None, 1.0, 0.0, False) if self.in_graph else images[k]
+            out.append(enc.head(enc.backbone(x)))
+        return out
 
 
 @dataclass(frozen=True)
 class _Preparation:
-    """How an encoder prepares its images (kept without the encoder's weights)."""
+    """The part of image preparation that runs in torch, in front of the graph.
+
+    Resizing (antialiased) and cropping stay in torch; a model that does neither (ACT at full
+    resolution) hands the uint8 images straight to the graph, which scales and normalizes
+    them itself (fused into the first convolution's input by the engine).
+    """
 
     cameras: tuple[str, ...]
     image_size: tuple[int, int] | None
@@ -87,8 +99,14 @@ class _Preparation:
     def of(cls, encoder: ImageEncoder) -> _Preparation:
         return cls(tuple(encoder.cameras), encoder.image_size, encoder.crop_ratio)
 
+    @property
+    def in_graph(self) -> bool:
+        return self.image_size is None and self.crop_ratio >= 1.0
+
     def __call__(self, images: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """uint8 (B, 3, H, W) per camera -> prepared float images, in camera order."""
+        """uint8 (B, 3, H, W) per camera -> the graph's image inputs, in camera order."""
+        if self.in_graph:
+            return [images[k].contiguous() for k in self.cameras]
         return [prepare_images(images[k], self.image_size, self.crop_ratio, 0.0, False).contiguous()
                 for k in self.cameras]
 

@@ -87,11 +87,17 @@ def build_eager(req: BuildRequest) -> Runner:
 
 
 def build_compile(req: BuildRequest) -> Runner:
-    """Inductor with freezing (constant weights, prepacked for oneDNN); compiles on this call."""
+    """Inductor with freezing (constant weights, prepacked for oneDNN); compiles on this call.
+
+    Inputs are passed as fresh contiguous inference-mode tensors: the compiled graph is guarded
+    on strides and on inference-mode-ness, and the sampling loop feeds a transposed view back,
+    which would otherwise recompile (tens of seconds) on the first request.
+    """
     compiled = torch.compile(req.module, options={"freezing": True})
 
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.inference_mode():
+            inputs = tuple(x.clone(memory_format=torch.contiguous_format) for x in inputs)
             return tuple(o.clone() for o in _as_tuple(compiled(*inputs)))
 
     run(*req.inputs)  # compile now, not on the first request
