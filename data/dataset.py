@@ -31,7 +31,7 @@ except ImportError as exc:  # a robot-side install has no torch: name the extra 
     raise missing_extra(__name__, "torch") from exc
 
 from tether.core.errors import StoreError
-from tether.data.codecs import is_jpeg_array, jpeg_decode
+from tether.data.codecs import frame_decoder, is_video_array
 from tether.data.location import is_url
 from tether.data.store import EpisodeStore, chunk_file, is_image_key
 
@@ -159,13 +159,14 @@ class EpisodeDataset(Dataset):
         out = _shared_empty(shape) if get_worker_info() is not None else torch.empty(shape, dtype=torch.uint8)
         flat = out.numpy().reshape(-1, *self.image_shapes[key])
         reader.prefetch(key, steps)
-        first: dict[int, int] = {}
-        for pos, step in enumerate(steps.reshape(-1).tolist()):
-            if step in first:
-                flat[pos] = flat[first[step]]
-            else:
-                first[step] = pos
-                reader.frame_into(key, step, flat[pos])
+        # distinct frames in ascending order: a video group is decoded forward once per batch
+        flat_steps = steps.reshape(-1)
+        unique, first, inverse = np.unique(flat_steps, return_index=True, return_inverse=True)
+        for step, pos in zip(unique.tolist(), first.tolist(), strict=True):
+            reader.frame_into(key, step, flat[pos])
+        for pos, u in enumerate(inverse.reshape(-1).tolist()):
+            if pos != first[u]:
+                flat[pos] = flat[first[u]]
         return out
 
     def _get_reader(self) -> _FrameReader:
@@ -278,21 +279,31 @@ def split_episodes(
 
 
 class _FrameReader:
-    """Decodes single frames; reads JPEG chunk files directly (skipping zarr's per-call overhead)."""
+    """Decodes single frames: per-frame chunk files (JPEG, AVIF, JPEG XL) read directly
+    (skipping zarr's per-call overhead), video arrays through their groups (data/video_store)."""
 
     def __init__(self, path: Path, keys: list[str], cache_size: int) -> None:
+        from tether.data.video_store import VideoFrames
+
         self.pid = os.getpid()
         self.store = EpisodeStore.open(path, "r")
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._direct = {k: is_jpeg_array(self.store.array(k)) for k in keys}
+        self._direct = {k: frame_decoder(self.store.array(k)) for k in keys}
+        self.video = {k: VideoFrames(self.store, k) for k in keys if is_video_array(self.store.array(k))}
         self.decoded = 0  # frames decoded so far (work accounting, see tests)
 
     def prefetch(self, key: str, steps: np.ndarray) -> None:
-        """For a store at a URL: fetch a batch's frames concurrently into the chunk cache."""
-        if not self.store.is_remote or not self._direct[key]:
+        """For a store at a URL: fetch a batch's frames concurrently into the chunk cache
+        (for video, each frame's group up to it: at most `gop` chunks)."""
+        if not self.store.is_remote or (self._direct[key] is None and key not in self.video):
             return
         wanted = {int(s) for s in np.unique(steps)} - {s for k, s in self._cache if k == key}
+        if key in self.video:
+            from tether.data.codecs import video_settings
+
+            back = video_settings(self.store.array(key)).gop - 1
+            wanted = {p for s in wanted for p in range(max(0, s - back), s + 1)}
         if wanted:
             self.store.path.prefetch([chunk_file(self.store, key, s) for s in sorted(wanted)])
 
@@ -304,7 +315,10 @@ class _FrameReader:
             out[...] = cached
             return
         self.decoded += 1
-        if self._direct[key]:
+        decode = self._direct[key]
+        if key in self.video:
+            self.video[key].frame_into(step, out)
+        elif decode is not None:
             try:
                 payload = chunk_file(self.store, key, step).read_bytes()
             except FileNotFoundError:  # never written (all-zero frame), or lost: the manifest knows
@@ -314,7 +328,7 @@ class _FrameReader:
                 out[...] = 0
             else:
                 try:
-                    jpeg_decode(payload, out=out)
+                    decode(payload, out=out)
                 except Exception as exc:  # noqa: BLE001 - imagecodecs raises its own error types
                     raise self.store.decode_error(key, step, exc) from exc
         else:

@@ -3,7 +3,8 @@
 Everything that rewrites a store builds the new one beside it (`<store>.new`) under the store's
 writer lock and swaps it in with two directory renames; `resolve_interrupted_swap` finishes or
 rolls back a swap a crash cut short. Frames are copied as bytes (never re-encoded) wherever the
-source and target JPEG settings match. These functions use the public `EpisodeStore` API and an
+source and target codec settings match (JPEG, per-frame AVIF/JPEG XL, and video: each video
+group lies inside its episode, data/video.py). These functions use the public `EpisodeStore` API and an
 `EpisodeWriter`; they take the store class from their caller so this module does not import it.
 """
 
@@ -23,7 +24,12 @@ import numpy as np
 from tether.core.errors import StoreError
 from tether.data import episodes as _episodes
 from tether.data import manifest as _manifest
-from tether.data.codecs import DEFAULT_JPEG_QUALITY, is_jpeg_array, register_codecs
+from tether.data.codecs import (
+    DEFAULT_JPEG_QUALITY,
+    is_video_array,
+    register_codecs,
+    same_frame_encoding,
+)
 from tether.data.durable import fsync_dir, sync_filesystem, write_durable
 from tether.data.layout import (
     DATA,
@@ -111,9 +117,13 @@ def copy_episode(target: EpisodeStore, source: EpisodeStore, episode: int) -> in
             k: np.zeros((0, *source.array(k).shape[1:]), dtype=source.array(k).dtype)
             for k in source.keys
         })
-    raw_keys = [k for k in source.image_keys if k in h.arrays and _same_jpeg(source.array(k), h.arrays[k])]
+    raw_keys = [k for k in source.image_keys
+                if k in h.arrays and same_frame_encoding(source.array(k), h.arrays[k])]
     try:
-        block = {k: np.asarray(source.array(k)[start:stop]) for k in source.keys if k not in raw_keys}
+        copied = [k for k in source.keys if k not in raw_keys]
+        video = [k for k in copied if is_video_array(source.array(k))]  # zarr alone cannot decode
+        block = {k: np.asarray(source.array(k)[start:stop]) for k in copied if k not in video}
+        block.update(source.read_steps(start, stop, video) if video else {})
         prepared, _ = prepare_block(h, block, expected=set(h.arrays) - set(raw_keys))
         if set(block) | set(raw_keys) != set(h.arrays):
             raise StoreError(f"Cannot copy from {source.path}: keys {source.keys} differ from "
@@ -160,23 +170,6 @@ def _copy_chunks(src: EpisodeStore, key: str, src_start: int, dst: EpisodeStore,
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(payload)
         os.replace(tmp, target)
-
-
-def _same_jpeg(a, b) -> bool:
-    if not (is_jpeg_array(a) and is_jpeg_array(b)):
-        return False
-    return _jpeg_level(a) == _jpeg_level(b) and tuple(a.shape[1:]) == tuple(b.shape[1:])
-
-
-def _jpeg_level(array) -> int | None:
-    meta = array.metadata
-    if meta.zarr_format == 2:
-        return meta.compressor.get_config().get("level")
-    for codec in meta.codecs:
-        config = getattr(codec, "codec_config", None)
-        if config is not None:
-            return config.get("level")
-    return None
 
 
 # ---------------------------------------------------------------------- compaction

@@ -14,8 +14,8 @@ import numpy as np
 
 from tether.core.errors import StoreError
 from tether.core.schema import is_image_key
-from tether.data.codecs import is_jpeg_array
-from tether.data.layout import array_path
+from tether.data.codecs import codec_info, describe
+from tether.data.layout import array_path, is_timing_key
 from tether.data.location import is_remote
 from tether.data.store import EpisodeStore
 
@@ -32,7 +32,10 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
             "key": key,
             "dtype": str(arr.dtype),
             "shape": [n, *map(int, arr.shape[1:])],
-            "codec": "jpeg" if is_jpeg_array(arr) else "lossless",
+            # images: the codec and its settings (data/codecs.codec_info); low-dim: lossless
+            **({"codec": (info := codec_info(arr))["name"], "codec_label": describe(info),
+                "codec_settings": {k: v for k, v in info.items() if k != "name"}}
+               if is_image_key(key) and not is_timing_key(key) else {"codec": "lossless"}),
             "raw_bytes": raw,
             "disk_bytes": disk,
         })

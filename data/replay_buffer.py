@@ -213,8 +213,8 @@ def import_dataset(src: Path, out: Path, **options: Any) -> ImportReport:
     """Create a tether store at `out` from the ReplayBuffer zarr (directory or .zarr.zip) `src`.
 
     Options: fps (needed unless `src` was exported by tether), rename ({source key: store key},
-    "" skips a key), image_codec / image_quality (of the new store: "jpeg" default, "zstd"
-    lossless), overwrite.
+    "" skips a key), image_codec / image_quality (of the new store: a spec as in
+    data/codecs.py, the store's default h264 if not given; "zstd" lossless), overwrite.
     """
     check_options(FORMAT, "import", options, IMPORT_OPTIONS)
     store, report = _import(Path(src), Path(out), **options)
@@ -232,7 +232,7 @@ def import_replay_buffer(source: str | Path, out: str | Path, fps: float | None 
 
 def _import(src: Path, out: Path, fps: float | None = None, rename: Mapping[str, str] | None = None,
             overwrite: bool = False, **create_kwargs: Any):
-    from tether.data.codecs import register_codecs
+    from tether.data.codecs import parse_image_codec, register_codecs
     from tether.data.store import EpisodeStore
 
     register_codecs()  # tether's JPEG (zarr 3 too), then every other imagecodecs codec
@@ -284,11 +284,11 @@ def _import(src: Path, out: Path, fps: float | None = None, rename: Mapping[str,
             store.close()
             raise
     report.keys = {target: f"data/{name}" for name, target in names.items()}
-    codec = store.attrs.get("image_codec")
-    if any(is_image_key(t) for t in names.values()) and codec == "jpeg":
+    codec = parse_image_codec(store.attrs.get("image_codec"), store.attrs.get("image_quality"))
+    if any(is_image_key(t) for t in names.values()) and codec.name not in ("zstd", "none"):
         report.notes.append(
-            f"images re-encoded as JPEG quality {store.attrs.get('image_quality')} (lossy; "
-            "--option image_codec=zstd keeps them exact)"
+            f"images re-encoded as {codec.label()} (lossy; --option image_codec=zstd keeps them "
+            "exact)"
         )
     skipped = sorted(set(arrays) - set(names))
     if skipped:

@@ -32,7 +32,13 @@ from tether.data import episodes as _episodes
 from tether.data import last_commit as _last_commit
 from tether.data import manifest as _manifest
 from tether.data import writer as _writer
-from tether.data.codecs import DEFAULT_JPEG_QUALITY, image_encoding, register_codecs
+from tether.data.codecs import (
+    DEFAULT_JPEG_QUALITY,
+    default_image_codec,
+    image_encoding,
+    is_video_array,
+    register_codecs,
+)
 from tether.data.durable import write_durable
 from tether.data.layout import (
     DATA,
@@ -105,7 +111,7 @@ class EpisodeStore:
         fps: float,
         *,
         zarr_format: int = 3,
-        image_codec: str = "jpeg",
+        image_codec: str | None = None,
         image_quality: int = DEFAULT_JPEG_QUALITY,
         robot_config: Mapping[str, Any] | None = None,
         calibration: str | Mapping[str, Any] | None = None,
@@ -114,6 +120,11 @@ class EpisodeStore:
         _lock: StoreLock | None = None,
     ) -> EpisodeStore:
         """Create an empty store and open it for appending.
+
+        `image_codec` is a spec (data/codecs.py): "h264", "h264:crf=20,gop=16", "av1", "jpeg"
+        (quality `image_quality`), "avif", "jxl", "zstd", "none". None: the default for the
+        format (`default_image_codec`: h264, or JPEG for zarr format 2, whose outside readers
+        have imagecodecs but not tether's video codec).
 
         Holds the writer lock from before `overwrite` removes anything until the returned store
         is closed, so a store another process is writing is never removed under it.
@@ -125,6 +136,8 @@ class EpisodeStore:
             raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format}.")
         if not fps > 0:
             raise StoreError(f"fps must be positive, got {fps}.")
+        if image_codec is None:
+            image_codec = default_image_codec(zarr_format)
         image_encoding(image_codec, image_quality, zarr_format)  # validate early
         if path.exists() and not overwrite:
             raise StoreError(
@@ -363,6 +376,12 @@ class EpisodeStore:
         out = {}
         for key in selected:
             arr = self.array(key)
+            if is_video_array(arr):  # groups of pictures: decoded from their keyframes
+                from tether.data.video_store import VideoFrames
+
+                out[key] = VideoFrames(self, key).read(start, stop)
+                self._check_chunks_present(key, start, stop)
+                continue
             try:
                 out[key] = np.asarray(arr[start:stop])
             except Exception as exc:  # noqa: BLE001 - codec errors have no common base class

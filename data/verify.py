@@ -24,8 +24,10 @@ import numpy as np
 
 from tether.core.errors import StoreError
 from tether.data import manifest as _manifest
+from tether.data.codecs import is_video_array
 from tether.data.layout import array_path
 from tether.data.store import EpisodeStore
+from tether.data.video_store import VideoFrames
 from tether.data.writer import describe_damage
 
 
@@ -225,6 +227,13 @@ def _decode_episode(store: EpisodeStore, episode: int, problems: list[Problem]) 
     checked = 0
     for key in store.keys:
         arr = store.array(key)
+        if is_video_array(arr):  # frames decode only in their groups (data/video_store)
+            checked += stop - start
+            try:
+                VideoFrames(store, key).read(start, stop)
+            except StoreError as exc:
+                problems.append(Problem("corrupt", str(exc), episode, key))
+            continue
         rows = int(arr.chunks[0])
         for chunk_start in range(start - start % rows, stop, rows):
             step = max(start, chunk_start)

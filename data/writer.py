@@ -35,7 +35,13 @@ from tether.core.errors import StoreError
 from tether.data import episodes as _episodes
 from tether.data import last_commit as _last_commit
 from tether.data import manifest as _manifest
-from tether.data.codecs import DEFAULT_JPEG_QUALITY, image_encoding, lowdim_encoding
+from tether.data.codecs import (
+    CODEC_ATTR,
+    DEFAULT_JPEG_QUALITY,
+    image_encoding,
+    lowdim_encoding,
+    parse_image_codec,
+)
 from tether.data.durable import fsync_dir, fsync_file, sync_filesystem, write_durable
 from tether.data.layout import (
     DATA,
@@ -53,6 +59,8 @@ from tether.data.layout import (
     normalize,
     parse_timing_key,
 )
+from tether.data.video import check_frame_shape
+from tether.data.video_store import EpisodeVideo
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +127,19 @@ class Recovery:
 
 
 # ---------------------------------------------------------------------- creation
-def create_files(path: Path, fps: float, zarr_format: int, image_codec: str, image_quality: int,
-                 robot_config: Mapping[str, Any] | None, calibration: Any,
+def create_files(path: Path, fps: float, zarr_format: int, image_codec: str | None,
+                 image_quality: int, robot_config: Mapping[str, Any] | None, calibration: Any,
                  attrs: Mapping[str, Any] | None) -> None:
     """Write an empty store's groups; the root attributes go last (without them it is no store)."""
     import zarr
 
+    codec = parse_image_codec(image_codec, image_quality)  # data/codecs: spec + JPEG quality
     root_attrs = {
         "tether_format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "fps": float(fps),
-        "image_codec": image_codec,
-        "image_quality": int(image_quality),
+        "image_codec": codec.spec,
+        "image_quality": int(codec.settings.get("quality", image_quality)),
         "robot_config": jsonable(robot_config or {}),
         "calibration": jsonable(calibration),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -440,15 +449,19 @@ def ensure_arrays(h: Handles, block: Mapping[str, np.ndarray]) -> None:
         return
     attrs = h.root.attrs
     fmt = h.zarr_format
-    codec = attrs.get("image_codec", "jpeg")
-    quality = int(attrs.get("image_quality", DEFAULT_JPEG_QUALITY))
+    codec = parse_image_codec(attrs.get("image_codec", "jpeg"),
+                              int(attrs.get("image_quality", DEFAULT_JPEG_QUALITY)))
     for key, arr in block.items():
         if is_framewise(key):
-            enc = image_encoding(codec, quality, fmt)
+            if codec.is_video:
+                check_frame_shape(codec.name, *arr.shape[1:3])
+            enc = image_encoding(codec, None, fmt)
             chunks = (1, *arr.shape[1:])
+            described = {"attributes": {CODEC_ATTR: codec.config()}}  # what `tether inspect` shows
         else:
             enc = lowdim_encoding(fmt)
             chunks = (LOWDIM_CHUNK, *arr.shape[1:])
+            described = {}
         if is_timing_key(key):
             stream, name = parse_timing_key(key)
             group = h.root[TIMING].require_group(stream)
@@ -458,18 +471,25 @@ def ensure_arrays(h: Handles, block: Mapping[str, np.ndarray]) -> None:
             warnings.simplefilter("ignore")
             created = group.create_array(
                 name, shape=(0, *arr.shape[1:]), chunks=chunks, dtype=arr.dtype, fill_value=0,
-                **enc.kwargs,
+                **enc.kwargs, **described,
             )
         h.arrays[key] = created
 
 
-def append_block(h: Handles, block: Mapping[str, np.ndarray], n: int) -> None:
-    """Append `n` prepared steps to the tail of every array (invisible until commit)."""
+def append_block(h: Handles, block: Mapping[str, np.ndarray], n: int,
+                 video: EpisodeVideo | None = None) -> None:
+    """Append `n` prepared steps to the tail of every array (invisible until commit).
+
+    Video arrays (data/video_store.py) go through the episode's encoders in `video`.
+    """
     ensure_arrays(h, block)
     for key, arr in block.items():
         target = h.arrays[key]
         start = target.shape[0]
         target.resize((start + n, *target.shape[1:]))
+        if video is not None and video.owns(key, target):
+            video.write(key, target, start, arr)
+            continue
         step = _WRITE_BLOCK if is_framewise(key) else n  # bounded in-flight chunk writes
         for i in range(0, n, step):
             target[start + i : start + min(i + step, n)] = arr[i : i + step]
@@ -535,6 +555,7 @@ class EpisodeWriter:
         self._buffer: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         self._steps = 0  # steps already written to the tail
+        self._video = EpisodeVideo(handles.path)  # this episode's encoders (new groups)
         self.active = True
 
     @property
@@ -591,8 +612,10 @@ class EpisodeWriter:
                 self._abort()
             else:
                 self.active = False
+                self._video.close()
             raise
         self.active = False
+        self._video.close()
         return episode
 
     def discard(self) -> None:
@@ -605,13 +628,14 @@ class EpisodeWriter:
             return
         self._buffer, self._buffered = {}, 0
         self.active = False
+        self._video.close()
         restore_committed(self._h)
 
     def write_prepared(self, block: Mapping[str, np.ndarray], n: int) -> None:
         """Append an already validated block (data/editing copies whole episodes this way)."""
         self._require_active()
         try:
-            append_block(self._h, block, n)
+            append_block(self._h, block, n, self._video)
         except OSError as exc:
             self._abort()
             raise os_error(exc, "writing episode data") from exc
@@ -630,6 +654,7 @@ class EpisodeWriter:
     def _abort(self) -> None:
         self.active = False
         self._buffer, self._buffered = {}, 0
+        self._video.close()
         restore_committed(self._h)
 
     def _require_active(self) -> None:

@@ -61,3 +61,6 @@ class RobotConfig:
     # The twin: when set ("lift", "transfer_cube", ...), arms/cameras come from the MuJoCo twin.
     twin_task: str | None = None
     twin_params: dict[str, Any] = field(default_factory=dict)
+    # How `tether record` stores this robot's camera frames in a new store (a codec spec such as
+    # "h264", "h264:crf=20", "jpeg"; docs/data.md, Image codecs); None: the store's default.
+    image_codec: str | None = None

@@ -26,14 +26,15 @@ from tether.data.synthetic import camera_frames
 
 LENGTHS = [7, 5]
 FPS = 15.0
-# JPEG q90 (the store's default) re-encoding already-JPEG frames; measured ~42 dB on these frames.
+# JPEG q90 re-encoding already-JPEG frames (the source store is JPEG); ~42 dB on these frames.
 MIN_PSNR_DB = 35.0
 
 
 def make_store(path, lengths=LENGTHS):
     """A small store with a camera, state, action, one timing stream and episode metadata."""
     rng = np.random.default_rng(0)
-    with EpisodeStore.create(path, fps=FPS, robot_config={"name": "so100"}, attrs={"lab": "x"}) as st:
+    with EpisodeStore.create(path, fps=FPS, robot_config={"name": "so100"}, attrs={"lab": "x"},
+                             image_codec="jpeg") as st:
         for i, n in enumerate(lengths):
             st.add_episode(
                 {
@@ -116,9 +117,9 @@ def test_round_trip_exact_and_jpeg_within_psnr(tmp_path, suffix):
     report = import_dataset(rb, tmp_path / "exact.zarr", image_codec="zstd")
     assert report.not_carried == [] and report.fps == FPS
     assert_same_store(src, tmp_path / "exact.zarr", image_exact=True)
-    if suffix == ".zarr":  # default: images re-encoded as JPEG, within the stated PSNR
-        report = import_dataset(rb, tmp_path / "jpeg.zarr")
-        assert any("JPEG" in note for note in report.notes)
+    if suffix == ".zarr":  # images re-encoded as JPEG, within the stated PSNR
+        report = import_dataset(rb, tmp_path / "jpeg.zarr", image_codec="jpeg")
+        assert any("re-encoded as jpeg q90" in note for note in report.notes)
         assert_same_store(src, tmp_path / "jpeg.zarr", image_exact=False)
 
 

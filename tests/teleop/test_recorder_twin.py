@@ -131,6 +131,6 @@ def test_record_and_inspect_cli(tmp_path):
         assert store.attrs["robot_config"]["twin_task"] == "lift"
         assert store.meta_attrs["stats"]["n_steps"] == store.n_steps  # stats saved at the end
     image = next(s for s in summary["streams"] if s["key"] == "image.top")
-    assert image["codec"] == "jpeg" and image["raw_bytes"] > 3 * image["disk_bytes"]
+    assert image["codec"] == "h264" and image["raw_bytes"] > 3 * image["disk_bytes"]  # the default
     again = runner.invoke(build_app(), ["record", "--out", str(out), "--episodes", "1"])
     assert again.exit_code == 2 and "already exists" in again.output

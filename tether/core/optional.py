@@ -4,7 +4,7 @@ The core install is what a robot computer needs (numpy, pyzmq, msgpack, pyyaml, 
 drivers, safety, the policy client). Everything else comes with an extra (pyproject.toml):
 
     train  torch, safetensors (+ data)     twin  mujoco, gymnasium
-    data   zarr, numcodecs, imagecodecs    viz   matplotlib, pillow, opencv, rerun-sdk
+    data   zarr, numcodecs, imagecodecs, av    viz   matplotlib, pillow, opencv, rerun-sdk
     calibrate  scipy (+ twin, data)    fast  openvino, onnxruntime (inference engines)
     hardware: opencv, realsense, dynamixel, feetech, ur, spacemouse
 
@@ -48,7 +48,7 @@ EXTRA_OF: dict[str, str] = {
     "imagecodecs": "data",
     "scipy": "calibrate",  # twin system identification (least_squares)
     "pyarrow": "lerobot",  # LeRobotDataset parquet files
-    "av": "lerobot",  # PyAV: LeRobotDataset mp4 videos
+    "av": "data",  # PyAV: video camera arrays (data/video.py) and LeRobotDataset mp4 videos
     "matplotlib": "viz",
     "PIL": "viz",
     "rerun": "viz",  # rerun-sdk: live view (--view) and `tether view`

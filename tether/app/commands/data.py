@@ -162,18 +162,24 @@ def merge_command(
     out: Path = typer.Argument(..., help="The new local store to create."),
     sources: list[str] = typer.Argument(..., help="Stores to merge, in order (paths or URLs)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    image_codec: str | None = typer.Option(
+        None, "--image-codec", help="Camera frames in OUT (default: as the first source): h264, "
+        "av1, jpeg, avif, jxl, zstd, none, with options as h264:crf=20 (docs/data.md, Image "
+        "codecs). Converts a store: tether data merge new.zarr old.zarr --image-codec h264"),
 ) -> None:
     """Make one physical store of several (local or remote), episodes in order.
 
-    JPEG frames are copied as bytes when the settings match (never re-encoded). The stores
-    must share fps and streams (cameras are matched by name).
+    Frames are copied as bytes when the source's codec and settings match OUT's (never
+    re-encoded); otherwise decoded and encoded again. The stores must share fps and streams
+    (cameras are matched by name).
     Example: tether data merge all.zarr a.zarr s3://bucket/b.zarr
     """
     from rich.console import Console
 
     from tether.data.store import EpisodeStore
 
-    with EpisodeStore.merge(out, sources, overwrite=overwrite) as merged:
+    codec = {"image_codec": image_codec} if image_codec else {}
+    with EpisodeStore.merge(out, sources, overwrite=overwrite, **codec) as merged:
         n = merged.n_episodes
     Console().print(f"merged {len(sources)} store(s) into {out}: {n} episodes.", soft_wrap=True,
                     highlight=False)
@@ -242,7 +248,7 @@ def _print_summary(console, summary: dict) -> None:
     for col in ("key", "dtype", "shape", "codec", "MB raw", "MB disk"):
         streams.add_column(col)
     for s in summary["streams"]:
-        streams.add_row(s["key"], s["dtype"], str(tuple(s["shape"])), s["codec"],
+        streams.add_row(s["key"], s["dtype"], str(tuple(s["shape"])), s.get("codec_label", s["codec"]),
                         f"{s['raw_bytes'] / mb:.2f}", f"{s['disk_bytes'] / mb:.2f}")
     console.print(streams)
     episodes = Table(title="episodes")

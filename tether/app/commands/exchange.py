@@ -102,6 +102,9 @@ def import_command(
     fps: float | None = typer.Option(
         None, "--fps", help="Frame rate, for formats that do not record one (diffusion_policy)."
     ),
+    image_codec: str | None = typer.Option(
+        None, "--image-codec", help="Camera frames in the new store: h264 (default), av1, jpeg, "
+        "avif, jxl, zstd (lossless), none; options as h264:crf=20 (docs/data.md, Image codecs)."),
     option: list[str] | None = typer.Option(None, "--option", help=_OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -110,7 +113,7 @@ def import_command(
     Example: tether import replay.zarr.zip --format diffusion_policy --out data.zarr --fps 10
     """
     module = format_module(fmt, "import_dataset")
-    options = parse_options(option, fps=fps, overwrite=overwrite or None)
+    options = parse_options(option, fps=fps, overwrite=overwrite or None, image_codec=image_codec)
     from tether.data.remote import pushed_from_local
 
     with pushed_from_local(out) as local:  # a URL: imported locally, then pushed

@@ -51,8 +51,14 @@ def record_command(
     operator: str = typer.Option("", "--operator", help="Who recorded (stored with every episode)."),
     append: bool = typer.Option(False, "--append", help="Append to an existing store."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
-    zarr_format: int = typer.Option(3, "--zarr-format", help="3, or 2 for older zarr readers."),
-    image_quality: int = typer.Option(90, "--image-quality", help="JPEG quality 1-100."),
+    zarr_format: int = typer.Option(3, "--zarr-format", help="3, or 2 for older zarr readers "
+                                    "(then JPEG frames by default: they cannot decode video)."),
+    image_codec: str | None = typer.Option(
+        None, "--image-codec",
+        help="Camera frames in a new store: h264 (default; h264:crf=20,gop=16), av1, jpeg, avif, "
+             "jxl, zstd, none (docs/data.md, Image codecs). Default: the robot config's "
+             "image_codec, else h264."),
+    image_quality: int = typer.Option(90, "--image-quality", help="JPEG quality 1-100 (--image-codec jpeg)."),
     seed: int | None = typer.Option(
         None, "--seed",
         help="Seed of the first episode (twin object placement; default 0, with --append the "
@@ -91,6 +97,7 @@ def record_command(
         operator, append, overwrite, zarr_format, image_quality, seed, keyboard, teleop_param,
         overrides, sys.stdin.isatty(), view=view, base_policy=base_policy,
         tasks=_parse_tasks(tasks, task), bell=console.is_terminal if bell is None else bell,
+        image_codec=image_codec,
     )
 
 
@@ -205,7 +212,7 @@ def _shares_terminal(device: str, params: dict) -> bool:
 def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, reset_time,
             realtime, task, operator, append, overwrite, zarr_format, image_quality, seed,
             keyboard, teleop_params, overrides, is_tty, view=None, base_policy=None, tasks=None,
-            bell=False) -> None:
+            bell=False, image_codec=None) -> None:
     from tether.robot.twin.render import configure_backend
 
     configure_backend()  # before anything imports mujoco
@@ -246,6 +253,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     if is_twin and realtime:
         config = load_robot_config(robot_spec, [*overrides, "twin_params.realtime=true"])
     _check_out(out, append, overwrite)
+    image_codec, image_quality = _image_codec(image_codec, config, zarr_format, image_quality)
     from tether.app.calibration_check import warn_calibrations
 
     warn_calibrations(robot_spec, config, console.print)  # missing/stale: warn, keep recording
@@ -272,7 +280,7 @@ def _record(console, out, robot_spec, teleop_name, episodes, fps, episode_time, 
     # Connect before the store exists: a robot that cannot be reached leaves nothing behind.
     with robot, device:
         store, created = _open_store(out, append, overwrite, rate, zarr_format, image_quality,
-                                     to_dict(config), config)
+                                     to_dict(config), config, image_codec)
         pusher = None
         if remote:
             from tether.data.remote import BackgroundPusher
@@ -335,7 +343,19 @@ def _check_out(out: Path, append: bool, overwrite: bool) -> None:
                           "--overwrite to replace it, or choose another --out.")
 
 
-def _open_store(out, append, overwrite, rate, zarr_format, image_quality, robot_config, config):
+def _image_codec(given: str | None, config, zarr_format: int, image_quality: int) -> tuple[str, int]:
+    """(spec, JPEG quality): --image-codec, else the robot config's `image_codec`, else the
+    store's default; checked now, before anything connects (a typo fails here, not after the
+    first take)."""
+    from tether.data.codecs import default_image_codec, parse_image_codec
+
+    spec = given or getattr(config, "image_codec", None) or default_image_codec(zarr_format)
+    codec = parse_image_codec(spec, image_quality)
+    return codec.spec, int(codec.settings.get("quality", image_quality))
+
+
+def _open_store(out, append, overwrite, rate, zarr_format, image_quality, robot_config, config,
+                image_codec=None):
     from tether.core.config import save_config
     from tether.core.errors import StoreError
     from tether.data.store import EpisodeStore
@@ -347,8 +367,9 @@ def _open_store(out, append, overwrite, rate, zarr_format, image_quality, robot_
             raise StoreError(f"{out} was recorded at {store.fps:g} fps; record at that rate "
                              f"(--fps {store.fps:g}) or into a new store.")
         return store, False
-    store = EpisodeStore.create(out, rate, zarr_format=zarr_format, image_quality=image_quality,
-                                robot_config=robot_config, overwrite=overwrite)
+    store = EpisodeStore.create(out, rate, zarr_format=zarr_format, image_codec=image_codec,
+                                image_quality=image_quality, robot_config=robot_config,
+                                overwrite=overwrite)
     try:
         save_config(config, Path(out) / "robot_config.yaml")  # also readable without zarr
     except BaseException:
