@@ -77,8 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ddpm-runs", type=int, default=None,
                    help="timed LeRobot 100-step DDPM chunks (default: max(2, runs // 5))")
     p.add_argument("--samples", type=int, default=None, help="DataLoader samples (default 3200)")
-    p.add_argument("--train-steps", type=int, default=10, help="timed training steps")
-    p.add_argument("--train-warmup", type=int, default=3, help="training steps before them")
+    p.add_argument("--train-steps", type=int, default=8, help="timed training steps")
+    p.add_argument("--train-warmup", type=int, default=2, help="training steps before them")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
