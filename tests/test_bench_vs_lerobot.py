@@ -203,7 +203,7 @@ def test_orchestrator_end_to_end_tiny(tmp_path):
     done = subprocess.run(
         [sys.executable, str(CLI), "--side", side, "--size", "tiny", "--runs", "2", "--warmup", "1",
          "--rounds", "1", "--train-steps", "2", "--train-warmup", "1", "--ddpm-runs", "1",
-         "--cpw-min", "0", "--others-max", "99", "--workdir", str(tmp_path)],
+         "--threads", "1", "--cpw-min", "0", "--others-max", "99", "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(line)["summary"] for line in done.stdout.splitlines()
