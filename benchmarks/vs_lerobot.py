@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_results:
         rows = report.load_rows(a.from_results)
         meta = next((r for r in rows if r.get("bench") == "run"), {})
+        meta.update(next((r for r in rows if r.get("bench") == "run_end"), {}))
     else:
         a.workdir.mkdir(parents=True, exist_ok=True)
         results = a.workdir / f"results-{dt.datetime.now():%Y%m%d-%H%M%S}.jsonl"
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 "train_warmup": a.train_warmup, "train_hw": size["train_hw"]}
         rows = measure(a, items, size, results, meta)
         meta["duration_min"] = (time.time() - t_start) / 60
+        with results.open("a") as out:
+            out.write(json.dumps({"bench": "run_end", "side": "run",
+                                  "duration_min": round(meta["duration_min"], 1)}) + "\n")
         say(f"results: {results}")
     act_hw = SIZES[meta.get("size", a.size)]["act_hw"]
     figs = [f for f in report.figures(meta.get("few_steps", a.few_steps), act_hw)
@@ -147,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                    "lerobot_version": envs["lerobot"]["lerobot"],
                    "command": "make bench-lerobot" if meta.get("argv") == ["--write-docs"] else
                    "benchmarks/vs_lerobot.py " + shlex.join(meta.get("argv", [])),
-                   "duration_min": meta.get("duration_min", 0.0)}
+                   "duration_min": meta.get("duration_min", 0.0),
+                   # what actually ran (the defaults resolve inside tether)
+                   "engine": _used(rows, ("act", "diffusion_chunk"), "engine", meta["engine"]),
+                   "image_codec": _used(rows, ("dataset_write",), "image_codec",
+                                        meta["image_codec"])}
         report.write_docs(a.write_docs, report.generated_section(summaries, context))
         say(f"wrote {a.write_docs}")
     return 0
@@ -269,6 +277,13 @@ def contention(rows: list[dict], a: argparse.Namespace) -> list[str]:
 
 
 # -- context -----------------------------------------------------------------------------------
+
+
+def _used(rows: list[dict], benches: tuple[str, ...], key: str, default: str) -> str:
+    """The distinct values of `key` in tether's accepted rows of `benches` (e.g. the engines)."""
+    seen = sorted({str(r[key]) for r in rows if r.get("side") == "tether" and r.get(key)
+                   and r.get("bench") in benches and r.get("accepted", True)})
+    return ", ".join(seen) or default
 
 
 def machine() -> str:

@@ -191,8 +191,9 @@ def generated_section(summaries: list[Summary], context: dict[str, Any]) -> str:
         f"LeRobot {c['lerobot_version']} (torch {c['lerobot_torch']}), {c['threads']} threads, "
         f"batch 1 for inference, {c['rounds']} rounds alternating tether / LeRobot, each in its "
         f"own process, {c['runs']} timed runs per latency; medians over rounds. A measurement "
-        f"whose cpu/wall was below {c['cpw_min']} (or, for the data items, whose other processes "
-        f"used more than {c['others_max']} cores) was run again. Command: `{c['command']}` "
+        f"whose cpu/wall was below {c['cpw_min']} while other processes used more than "
+        f"{c['others_max']} cores (for the data items: such use alone) was run again. "
+        f"Command: `{c['command']}` "
         f"({c['duration_min']:.0f} min).",
         "",
         markdown_table(summaries),
