@@ -88,7 +88,7 @@ def measure(loader: DataLoader, seconds: float) -> tuple[float, float]:
 
 def build(path: Path, cameras: int, episodes: int, steps: int) -> None:
     banks = [camera_frames(steps, seed=c) for c in range(cameras)]
-    with EpisodeStore.create(path, 30.0) as store:
+    with EpisodeStore.create(path, 30.0, image_codec="jpeg") as store:  # codecs: benchmarks/codecs.py
         for _ in range(episodes):
             data = {f"image.cam{c}": banks[c] for c in range(cameras)}
             data["state"] = np.random.rand(steps, 14).astype(np.float32)

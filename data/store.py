@@ -96,6 +96,7 @@ class EpisodeStore:
         self._lock: StoreLock | None = lock
         self._writer: EpisodeWriter | None = None
         self._manifests: dict[int, dict[str, Any] | None] = {}
+        self._video_arrays: dict[str, Any] = {}  # key -> VideoArray (see array())
         self._recovery = Recovery(0, 0, 0, False)
         try:
             self._load()
@@ -295,10 +296,19 @@ class EpisodeStore:
         return out
 
     def array(self, key: str):
-        """The zarr array behind `key` (its length may include an uncommitted tail)."""
+        """The zarr array behind `key` (its length may include an uncommitted tail). A video
+        array comes wrapped (data/video_store.VideoArray) so that indexing it decodes frames."""
         if key not in self._h.arrays:
             raise StoreError(f"Store {self.path} has no key '{key}'. Keys: {', '.join(self.keys)}.")
-        return self._h.arrays[key]
+        array = self._h.arrays[key]
+        if is_video_array(array):
+            from tether.data.video_store import VideoArray
+
+            cached = self._video_arrays.get(key)
+            if cached is None or cached.zarr_array is not array:
+                cached = self._video_arrays[key] = VideoArray(self, key, array)
+            return cached
+        return array
 
     def array_dir(self, key: str) -> Path:
         """The folder of `key`'s array on disk (`data/<key>` or `timing/<stream>/<field>`)."""

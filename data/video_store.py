@@ -71,9 +71,10 @@ class VideoFrames:
     def __init__(self, store: EpisodeStore, key: str) -> None:
         self._store = store
         self._key = key
-        self._shape = tuple(int(d) for d in store.array(key).shape[1:])
+        array = store.array(key)
+        self._shape = tuple(int(d) for d in array.shape[1:])
         self.decoder = GopDecoder(lambda step: store.chunk_path(key, step).read_bytes(),
-                                  video_settings(store.array(key)).codec)
+                                  video_settings(array).codec)
 
     def frame_into(self, step: int, out: np.ndarray) -> np.ndarray:
         try:
@@ -95,6 +96,51 @@ class VideoFrames:
             if found is not None:
                 return found
         return store.decode_error(key, step, exc.cause)
+
+
+class VideoArray:
+    """What `EpisodeStore.array(key)` returns for a video array: the zarr array, except that
+    reading frames (`array[i]`, `array[a:b]`, `np.asarray(array)`) decodes them from their
+    groups, which zarr alone cannot. Everything else (shape, chunks, attrs, metadata) is the
+    zarr array's."""
+
+    def __init__(self, store: EpisodeStore, key: str, array: Any) -> None:
+        self._store, self._key, self.zarr_array = store, key, array
+        self._frames: VideoFrames | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.zarr_array, name)
+
+    def __len__(self) -> int:
+        return int(self.zarr_array.shape[0])
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        first, rest = (selection[0], selection[1:]) if isinstance(selection, tuple) else (selection, ())
+        n = len(self)
+        if isinstance(first, slice):
+            start, stop, step = first.indices(n)
+            frames = self._read(start, max(start, stop))[::step] if step > 0 else \
+                self._read(0, n)[first]
+        elif isinstance(first, (int, np.integer)):
+            index = int(first) + n if int(first) < 0 else int(first)
+            if not 0 <= index < n:
+                raise IndexError(f"frame {first} is out of range for {n} frames")
+            frames = self._read(index, index + 1)[0]
+        else:
+            frames = self._read(0, n)[first]
+        return frames[(slice(None), *rest)] if frames.ndim == 4 else frames[tuple(rest)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self._read(0, len(self))
+        return frames if dtype is None else frames.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"VideoArray({self._key!r}, shape={tuple(self.zarr_array.shape)})"
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if self._frames is None:
+            self._frames = VideoFrames(self._store, self._key)
+        return self._frames.read(start, stop)
 
 
 def _write_chunks(array: Any, chunks: dict[int, bytes]) -> None:

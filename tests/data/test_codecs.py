@@ -128,13 +128,19 @@ def test_video_random_access_decodes_at_most_one_group_of_its_episode(tmp_path):
             assert min(read) >= start
 
 
-def test_zarr_alone_decodes_keyframes_and_names_the_reader_for_the_rest(tmp_path):
+def test_store_arrays_index_like_zarr_and_zarr_alone_names_the_reader(tmp_path):
     path = make_store(tmp_path / "s.zarr")
     with EpisodeStore.open(path) as store:
-        array, expected = store.array("image.top"), store.get_episode(0, ["image.top"])["image.top"]
-    np.testing.assert_array_equal(array[8], expected[8])  # frame 8: a keyframe
+        array, expected = store.array("image.top"), store.read_steps(0, 24, ["image.top"])["image.top"]
+        np.testing.assert_array_equal(array[9], expected[9])  # decoded from its group
+        np.testing.assert_array_equal(array[5:20:2], expected[5:20:2])
+        np.testing.assert_array_equal(array[-1, :4, 2], expected[-1, :4, 2])
+        np.testing.assert_array_equal(np.asarray(array), expected)
+        assert array.shape == (24, H, W, 3) and array.chunks == (1, H, W, 3)
+        raw = array.zarr_array  # what zarr alone reads
+    np.testing.assert_array_equal(raw[8], expected[8])  # frame 8: a keyframe
     with pytest.raises(StoreError, match="read_steps"):
-        array[9]
+        raw[9]
 
 
 def test_video_episodes_copy_as_bytes_on_delete_and_reencode_on_conversion(tmp_path):
