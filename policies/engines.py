@@ -21,6 +21,7 @@ see docs/policies.md (Inference engines) and `benchmarks/engines.py` for the fig
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -52,8 +53,8 @@ from tether.policies.engines_runtimes import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "ENGINES", "PRECISIONS", "TOLERANCE", "Engine", "EngineChoice", "accelerate",
-           "engine_names", "load_engine_policy"]
+__all__ = ["AUTO", "AUTO_BF16_MIN_PARAMS", "ENGINES", "PRECISIONS", "TOLERANCE", "Engine", "EngineChoice", "accelerate",
+           "auto_precision", "engine_names", "load_engine_policy", "native_bf16"]
 
 #: Bump when the graphs change shape or meaning: cached artifacts of other versions are ignored.
 GRAPH_VERSION = 1
@@ -75,6 +76,7 @@ class Engine:
     precisions: tuple[str, ...] = ("fp32",)
     package: str | None = None  # import name; None: always available (part of torch)
     caches: bool = False  # writes an artifact next to the checkpoint
+    auto_bf16: bool = False  # `--precision auto` may pick bf16 (see `auto_precision`)
 
 
 #: name -> engine. `--engine` takes these names or `auto`.
@@ -85,23 +87,51 @@ ENGINES: dict[str, Engine] = {
     "onnx": Engine("onnx", "ONNX Runtime CPU (torch.onnx export)", build_onnx, package="onnxruntime",
                    caches=True),
     "openvino": Engine("openvino", "OpenVINO CPU (fp32, or bf16 where the CPU has it)",
-                       build_openvino, ("fp32", "bf16"), package="openvino", caches=True),
+                       build_openvino, ("fp32", "bf16"), package="openvino", caches=True,
+                       auto_bf16=True),
 }
 
-#: `--engine auto`: per policy type, the engines to try, best first (benchmarks/engines.py);
-#: `--precision auto` picks fp32.
+#: `--engine auto`: per policy type, the engines to try, best first (benchmarks/engines.py).
 AUTO: dict[str, tuple[str, ...]] = {
     "act": ("openvino", "onnx", "eager"),
     "diffusion": ("openvino", "onnx", "eager"),
 }
 
 
+#: `--precision auto` runs a graph in bf16 from this many parameters up (fp32 below): large
+#: graphs are bound by reading their weights (the paper U-Net: 1 GB per denoising step) or by
+#: dot products, which bf16 halves; small ones gain nothing. Measured on the twin: the same
+#: success with bf16 (docs/policies.md, Inference engines).
+AUTO_BF16_MIN_PARAMS = 20_000_000
+
+
+def auto_precision(engine: Engine, graph: Graph) -> str:
+    """What `--precision auto` runs `graph` at on `engine`: bf16 when the engine offers it for
+    auto, the CPU computes bf16 natively (AVX512-BF16 or AMX) and the graph is large; else fp32."""
+    if not engine.auto_bf16 or not native_bf16():
+        return "fp32"
+    params = sum(p.numel() for p in graph.module.parameters())
+    return "bf16" if params >= AUTO_BF16_MIN_PARAMS else "fp32"
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (Linux: /proc/cpuinfo flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass
 class EngineChoice:
     """What runs a policy: engine and precision per graph, and why any graph fell back."""
 
-    requested: str
-    precision: str
+    requested: str  # the engine asked for (auto, openvino, ...)
+    precision: str  # the precision asked for (auto, fp32, bf16); per graph in `graphs`
     graphs: dict[str, str] = field(default_factory=dict)  # graph -> "engine/precision" it runs on
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # graph -> vs eager fp32
     fallbacks: dict[str, str] = field(default_factory=dict)  # graph -> why it runs eager
@@ -154,12 +184,13 @@ def accelerate(policy: Policy, engine: str = "auto", precision: str = "auto", *,
     """The policy with its graphs on `engine` (a new policy object; `policy` is unchanged).
 
     `auto` tries the family's engines in `AUTO` order; a graph whose engine is missing, fails
-    to build or disagrees with eager beyond `TOLERANCE` runs eager, with one warning. Returns
-    `policy` itself when everything runs eager fp32.
+    to build or disagrees with eager beyond `TOLERANCE` runs eager, with one warning. Precision
+    `auto` is per graph (`auto_precision`). Returns `policy` itself when everything runs eager
+    fp32.
     """
     check(engine, precision)
     policy_type = policy.spec.policy_type
-    prec = "fp32" if precision == "auto" else precision
+    prec = precision
     choice = EngineChoice(engine, prec)
     adapter = ADAPTERS.get(policy_type)
     model = getattr(policy, "model", None)
@@ -170,12 +201,12 @@ def accelerate(policy: Policy, engine: str = "auto", precision: str = "auto", *,
     elif torch.device(device).type != "cpu":
         reason = f"engines run on the CPU; the policy is on {device}"
     if reason is not None:
-        if engine not in ("auto", "eager") or prec != "fp32":
+        if engine not in ("auto", "eager") or prec == "bf16":
             log.warning("engine %s/%s not used: %s; serving eager", engine, prec, reason)
         policy.engine = choice  # type: ignore[attr-defined]
         return policy
     candidates = AUTO.get(policy_type, ("eager",)) if engine == "auto" else (engine,)
-    if engine == "auto" and precision != "auto":  # keep only engines offering that precision
+    if engine == "auto" and prec != "auto":  # keep only engines offering that precision
         candidates = tuple(c for c in candidates if prec in ENGINES[c].precisions) or ("eager",)
     t0 = time.perf_counter()
     graphs = {g.name: g for g in adapter.graphs(model, policy.spec)}
@@ -213,7 +244,8 @@ def _build_graph(graph: Graph, candidates: tuple[str, ...], precision: str, choi
         reference = _outputs(graph.module(*graph.inputs))
     for name in candidates:
         engine = ENGINES[name]
-        p = precision if precision in engine.precisions else "fp32"
+        p = auto_precision(engine, graph) if precision == "auto" else precision
+        p = p if p in engine.precisions else "fp32"
         if name == "eager" and p == "fp32":
             break
         if engine.package is not None and not is_installed(engine.package):

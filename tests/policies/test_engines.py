@@ -19,7 +19,14 @@ from tether.core.optional import is_installed  # noqa: E402
 from tether.policies import engines  # noqa: E402
 from tether.policies.checkpoint import save_checkpoint  # noqa: E402
 from tether.policies.client import PolicyClient  # noqa: E402
-from tether.policies.engines import ENGINES, Engine, accelerate  # noqa: E402
+from tether.policies.engines import (  # noqa: E402
+    ENGINES,
+    Engine,
+    accelerate,
+    auto_precision,
+    native_bf16,
+)
+from tether.policies.engines_graphs import Graph  # noqa: E402
 from tether.policies.normalizer import Normalizer  # noqa: E402
 from tether.policies.server import PolicyServer, ServerConfig  # noqa: E402
 from tether.policies.torch_policy import make_spec  # noqa: E402
@@ -176,3 +183,12 @@ def test_accelerate_leaves_the_given_policy_alone(checkpoints):
 def test_torch_compile_serves_what_eager_serves(checkpoints, kind):
     """torch.compile takes 1-2 minutes per graph on a loaded 2-core machine: slow suite."""
     test_engine_serves_what_eager_serves(checkpoints, kind, "compile", "fp32")
+
+
+def test_auto_precision_is_bf16_only_for_large_graphs_on_cpus_with_native_bf16():
+    large = Graph("big", torch.nn.Linear(5000, 4000), (torch.zeros(1, 5000),))  # 20 M parameters
+    small = Graph("small", torch.nn.Linear(50, 40), (torch.zeros(1, 50),))
+    assert auto_precision(ENGINES["openvino"], large) == ("bf16" if native_bf16() else "fp32")
+    assert auto_precision(ENGINES["openvino"], small) == "fp32"
+    assert auto_precision(ENGINES["onnx"], large) == "fp32"  # no bf16 there
+    assert auto_precision(ENGINES["eager"], large) == "fp32"  # auto never converts eager weights
