@@ -192,3 +192,13 @@ def test_auto_precision_is_bf16_only_for_large_graphs_on_cpus_with_native_bf16()
     assert auto_precision(ENGINES["openvino"], small) == "fp32"
     assert auto_precision(ENGINES["onnx"], large) == "fp32"  # no bf16 there
     assert auto_precision(ENGINES["eager"], large) == "fp32"  # auto never converts eager weights
+
+
+def test_tether_serve_refuses_an_unknown_engine_with_the_list(checkpoints):
+    from typer.testing import CliRunner
+
+    from tether.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["serve", str(checkpoints["act"]), "--engine", "trt"])
+    assert result.exit_code == 2
+    assert "unknown engine 'trt'" in result.output and "openvino" in result.output
