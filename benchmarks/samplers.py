@@ -10,9 +10,10 @@
 Writes the `tether eval --sweep-steps` report (table + plot) under OUT/frontier.
 
 `streaming`: streaming (one network call per control step) against chunked DDIM at an equal
-per-step latency budget (1 step, replanning every tick), and at about equal average compute
-(10 steps per 8-action chunk, and 1 step per chunk), each without and with a push of the
-object mid-episode (`--push`, default 3 cm after step 20, before the grasp).
+per-step latency budget (1 step per tick: replanning every tick, or temporal ensembling of a
+chunk asked for every tick), and at about equal average compute (10 steps per 8-action chunk,
+and 1 step per chunk), each without and with a push of the object mid-episode (`--push`,
+default 3 cm after step 10 and after step 20; the grasp starts near step 30).
 
 `latency`: per-request inference time of each setting through the Policy interface, settings
 interleaved round-robin so a change of machine load hits all of them alike. Success rates do
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--out", default="reports/samplers")
-    parser.add_argument("--push", default="20:0.03", help="STEP:METERS for the streaming comparison")
+    parser.add_argument("--push", default="10:0.03,20:0.03",
+                        help="STEP:METERS pushes for the streaming comparison (comma-separated)")
     parser.add_argument("--repeats", type=int, default=30, help="latency: requests per setting")
     parser.add_argument("--threads", type=int, default=1, help="latency: torch threads")
     args = parser.parse_args()
@@ -94,6 +96,7 @@ def frontier(args) -> dict:
 STREAMING_VARIANTS = {
     "streaming (1 call/tick)": ("streaming", None, {"blend": "switch"}),
     "ddim 1 step, replan every tick": ("ddim", 1, {"blend": "switch", "request_threshold": 7}),
+    "ddim 1 step, temporal ensembling": ("ddim", 1, {"blend": "ensemble"}),
     "ddim 1 step, chunk of 8": ("ddim", 1, dict(OPEN_LOOP)),
     "ddim 10 steps, chunk of 8": ("ddim", 10, dict(OPEN_LOOP)),
 }
@@ -106,9 +109,10 @@ def streaming(args) -> dict:
 
     rows = []
     for name, (sampler, steps, rollout) in STREAMING_VARIANTS.items():
-        for push in (None, args.push):
+        for push in (None, *args.push.split(",")):
             slug = name.split(" (")[0].replace(" ", "_").replace(",", "")
-            out = Path(args.out) / "streaming" / f"{slug}{'_push' if push else ''}"
+            tail = f"_push{push.replace(':', '_')}" if push else ""
+            out = Path(args.out) / "streaming" / f"{slug}{tail}"
             config = _base(args, sampler=sampler, steps=steps, rollout=rollout, push=push, out=str(out))
             summary = evaluate(config, show_progress=False)
             records = load_records(out / "episodes")
