@@ -24,6 +24,7 @@ import copy
 import io
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,12 +164,14 @@ def build_openvino(req: BuildRequest) -> Runner:
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     n_out = len(compiled.outputs)
+    lock = threading.Lock()  # one request object: policies forked per client share it
 
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _ = keep, model  # alive as long as the runner
-        request.infer([x.detach().cpu().numpy() for x in inputs])
-        return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy())
-                     for i in range(n_out))
+        with lock:
+            request.infer([x.detach().cpu().numpy() for x in inputs])
+            return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy())
+                         for i in range(n_out))
 
     return run
 
