@@ -33,10 +33,14 @@ class EpisodeRecord:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         scalars = {k: v for k, v in asdict(self).items() if k not in ("joints", "actions")}
-        (folder / f"episode_{self.seed:06d}.json").write_text(json.dumps(scalars))
         arrays = {k: getattr(self, k) for k in ("joints", "actions") if getattr(self, k) is not None}
         if arrays:
             np.savez_compressed(folder / f"episode_{self.seed:06d}.npz", **arrays)
+        # The JSON is the episode's commit point, written last and renamed into place: the parent
+        # polls the folder for progress and must never read a half-written file.
+        tmp = folder / f".episode_{self.seed:06d}.json.tmp"
+        tmp.write_text(json.dumps(scalars))
+        tmp.replace(folder / f"episode_{self.seed:06d}.json")
 
     @classmethod
     def load(cls, json_path: Path) -> EpisodeRecord:
