@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--out", default="reports/samplers")
     parser.add_argument("--push", default="10:0.03,20:0.03",
                         help="STEP:METERS pushes for the streaming comparison (comma-separated)")
+    parser.add_argument("--ddim-steps", default=",".join(map(str, DDIM_STEPS)))
+    parser.add_argument("--dpmpp-steps", default=",".join(map(str, DPMPP_STEPS)))
     parser.add_argument("--repeats", type=int, default=30, help="latency: requests per setting")
     parser.add_argument("--threads", type=int, default=1, help="latency: torch threads")
     args = parser.parse_args()
@@ -77,7 +79,9 @@ def frontier(args) -> dict:
     from tether.app.eval.steps_sweep import sweep_steps
 
     rows = []
-    for sampler, steps in (("ddim", DDIM_STEPS), ("dpmpp", DPMPP_STEPS)):
+    from tether.app.eval.steps_sweep import parse_steps
+
+    for sampler, steps in (("ddim", parse_steps(args.ddim_steps)), ("dpmpp", parse_steps(args.dpmpp_steps))):
         base = _base(args, out=str(Path(args.out) / "frontier" / sampler), rollout=dict(OPEN_LOOP))
         rows += sweep_steps(base, steps, [sampler], show_progress=False)["settings"]
     # One table and plot over both samplers, beside the per-sampler folders.
