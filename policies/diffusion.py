@@ -71,6 +71,7 @@ class DiffusionConfig:
     # noised with per-position levels (the rolling buffer's), and actions emitted per call.
     streaming_fraction: float = 0.0
     stream_actions: int = 1
+    stream_lookahead: int = 0  # inference: estimates of later actions after them (for ensembling)
     # vision
     vision_norm: str = "group"
     vision_width: int = 64  # ResNet-18 base width; 64 is standard (pretrained weights need it)

@@ -9,7 +9,10 @@ call (with the newest observation)
    executed become clean context, `e` fresh pure-noise actions enter at the tail;
 2. denoises every action by one level with ONE network call that takes a noise level per
    position;
-3. emits the `e` actions that have just become clean.
+3. emits the `e` actions that have just become clean, optionally followed by `lookahead`
+   (`stream_lookahead`) of the call's clean estimates for the actions after them: those are
+   not final (later calls refine them) but let the runtime blend calls with temporal
+   ensembling, as it does for chunks; the first `e` rows are the buffer's own.
 
 So each action is refined over J = (horizon - obs_horizon + 1) / e calls, each made with a
 newer observation: the plan keeps up with the world at the cost of one network call per step.
@@ -23,6 +26,10 @@ context and are never changed.
 The first call of an episode has no buffer: it fills one from pure noise with J calls whose
 levels come down together, each action stopping at its resting level. That first call costs
 J network calls (like a J-step chunk); every later call costs one.
+
+The buffer assumes one call per `e` control ticks: the rollout asks every tick with the
+`ensemble` blend, or with `switch` when the reply is `e` rows (no lookahead). Asked less often, it
+still works but its plan runs late.
 
 The network must take a level per position. The 1D U-Net does with its own weights (FiLM per
 position, `tether.policies.diffusion`), but a model trained only with one level per sample has
@@ -66,6 +73,10 @@ def check_streaming_config(c: Any) -> None:
             f"stream_actions must be a whole divisor of horizon - obs_horizon + 1 = {future} "
             f"(the buffer's future actions), got {e!r}"
         )
+    look = c.stream_lookahead
+    if isinstance(look, bool) or not isinstance(look, int) or not 0 <= look <= future - e:
+        raise PolicyError(f"stream_lookahead must be an integer from 0 to {future - e} (the buffer's "
+                          f"actions after the emitted ones), got {look!r}")
     if (c.streaming_fraction > 0 or c.sampler == STREAMING) and c.denoiser != "unet":
         raise PolicyError("streaming needs the 'unet' denoiser (it takes a noise level per "
                           f"action); this config uses '{c.denoiser}'")
@@ -111,14 +122,18 @@ class StreamingSampler:
         self.schedule = StreamSchedule(scheduler.num_train_steps, horizon, start, emit)
         self.action_dim = action_dim
         self.buffer: torch.Tensor | None = None  # (1, H, A) at `schedule.resting()` levels
+        self.estimate: torch.Tensor | None = None  # (1, H, A) the last call's clean estimate
         self.calls = 0  # network calls so far (the test counts them; the report shows them)
 
     def reset(self) -> None:
         self.buffer = None
+        self.estimate = None
 
     def step(self, denoise: DenoiseFn, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Advance one control step with the newest observation (inside `denoise`): (1, e, A)."""
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+             lookahead: int = 0) -> torch.Tensor:
+        """Advance one control step with the newest observation (inside `denoise`): the `e`
+        clean actions, then `lookahead` estimates of the following ones: (1, e + lookahead, A)."""
         s = self.schedule
         if self.buffer is None:  # first call of the episode: J calls from pure noise
             x = self._noise(s.horizon, generator, device, dtype)
@@ -129,7 +144,11 @@ class StreamingSampler:
             x = torch.cat([self.buffer[:, s.emit:], fresh], dim=1)
             x = self._denoise_once(denoise, x, s.before_call(), s.resting())
         self.buffer = x
-        return x[:, s.start: s.start + s.emit]
+        head = x[:, s.start: s.start + s.emit]
+        if lookahead <= 0:
+            return head
+        ahead = self.estimate[:, s.start + s.emit: s.start + s.emit + lookahead]
+        return torch.cat([head, ahead], dim=1)
 
     def _noise(self, n: int, generator, device, dtype) -> torch.Tensor:
         return torch.randn((1, n, self.action_dim), generator=generator, dtype=dtype).to(device)
@@ -139,7 +158,8 @@ class StreamingSampler:
         self.calls += 1
         before, after = before.to(x.device), after.to(x.device)
         out = denoise(x, network_timesteps(before)[None].expand(x.shape[0], -1))
-        return denoise_step(self.scheduler, x, out, before, after)
+        x_next, self.estimate = denoise_step(self.scheduler, x, out, before, after)
+        return x_next
 
 
 def network_timesteps(levels: torch.Tensor) -> torch.Tensor:
@@ -154,8 +174,9 @@ def level_alpha_bar(scheduler, levels: torch.Tensor, dtype: torch.dtype) -> torc
 
 
 def denoise_step(scheduler, x: torch.Tensor, out: torch.Tensor, before: torch.Tensor,
-                 after: torch.Tensor) -> torch.Tensor:
-    """DDIM per position from `before` to `after` levels (H,); unchanged where they are equal."""
+                 after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDIM per position from `before` to `after` levels (H,), unchanged where they are equal;
+    returns the new buffer and the clean estimate x0 of every position."""
     a_t = level_alpha_bar(scheduler, before, x.dtype).view(1, -1, 1)
     a_next = level_alpha_bar(scheduler, after, x.dtype).view(1, -1, 1)
     x0 = scheduler.predict_x0(x, out, a_t)
@@ -163,7 +184,7 @@ def denoise_step(scheduler, x: torch.Tensor, out: torch.Tensor, before: torch.Te
     eps = (x - a_t.sqrt() * x0) / torch.where(noisy, (1 - a_t).sqrt(), torch.ones_like(a_t))
     moved = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
     moved = torch.where((after == 0).view(1, -1, 1), x0, moved)
-    return torch.where((after == before).view(1, -1, 1), x, moved)
+    return torch.where((after == before).view(1, -1, 1), x, moved), x0
 
 
 def mix_streaming_levels(scheduler, actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,

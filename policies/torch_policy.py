@@ -162,7 +162,8 @@ class DiffusionPolicy(TorchPolicy):
             if sampler == STREAMING:
                 actions = self._streaming().step(
                     lambda x, t: self.model._denoise(x, t, history), self.generator,
-                    device=history.device, dtype=history.dtype)
+                    device=history.device, dtype=history.dtype,
+                    lookahead=self.model.config.stream_lookahead)
             else:
                 if self._stream is not None:  # a chunk in between: the buffer no longer follows
                     self._stream.reset()

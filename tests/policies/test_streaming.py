@@ -75,6 +75,21 @@ def test_the_buffer_shifts_and_each_step_costs_one_network_call(emit):
     assert torch.equal(t_steady, expected) and t_steady[-1] == 99
 
 
+def test_lookahead_appends_the_calls_clean_estimates_of_the_next_actions():
+    sched = NoiseScheduler(100, prediction_type="sample")
+    plain = StreamingSampler(sched, horizon=8, start=1, action_dim=1)
+    ahead = StreamingSampler(sched, horizon=8, start=1, action_dim=1)
+    plan = lambda k: lambda x, t: ((k + torch.arange(8, dtype=x.dtype) - 1) / 20).view(1, 8, 1)  # noqa: E731
+    for k in range(3):
+        one = plain.step(plan(k), torch.Generator().manual_seed(k))
+        chunk = ahead.step(plan(k), torch.Generator().manual_seed(k), lookahead=4)
+        assert chunk.shape == (1, 5, 1)
+        torch.testing.assert_close(chunk[:, :1], one)  # the emitted action is the buffer's own
+        torch.testing.assert_close(chunk[0, :, 0], (k + torch.arange(5.0)) / 20)  # then the plan
+    with pytest.raises(PolicyError, match="stream_lookahead must be an integer from 0 to 14"):
+        DiffusionConfig(state_dim=2, action_dim=2, stream_lookahead=15).validate()
+
+
 def test_past_positions_are_kept_as_clean_context():
     sched = NoiseScheduler(100, prediction_type="sample")
     sampler = StreamingSampler(sched, horizon=8, start=1, action_dim=2)
