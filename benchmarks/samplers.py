@@ -51,6 +51,7 @@ def main() -> None:
                         help="STEP:METERS pushes for the streaming comparison (comma-separated)")
     parser.add_argument("--ddim-steps", default=",".join(map(str, DDIM_STEPS)))
     parser.add_argument("--dpmpp-steps", default=",".join(map(str, DPMPP_STEPS)))
+    parser.add_argument("--only", default="", help="streaming: variants whose name contains this")
     parser.add_argument("--repeats", type=int, default=30, help="latency: requests per setting")
     parser.add_argument("--threads", type=int, default=1, help="latency: torch threads")
     args = parser.parse_args()
@@ -96,9 +97,11 @@ def frontier(args) -> dict:
     return data
 
 
-# name -> (sampler, steps, rollout settings)
+# name -> (sampler, steps, rollout settings[, model config changes: on a copy of the checkpoint])
 STREAMING_VARIANTS = {
     "streaming (1 call/tick)": ("streaming", None, {"blend": "switch"}),
+    "streaming + 7 lookahead, temporal ensembling": ("streaming", None, {"blend": "ensemble"},
+                                                      {"stream_lookahead": 7}),
     "ddim 1 step, replan every tick": ("ddim", 1, {"blend": "switch", "request_threshold": 7}),
     "ddim 1 step, temporal ensembling": ("ddim", 1, {"blend": "ensemble"}),
     "ddim 1 step, chunk of 8": ("ddim", 1, dict(OPEN_LOOP)),
@@ -112,12 +115,16 @@ def streaming(args) -> dict:
     from tether.app.eval.steps_sweep import machine
 
     rows = []
-    for name, (sampler, steps, rollout) in STREAMING_VARIANTS.items():
+    for name, (sampler, steps, rollout, *model) in STREAMING_VARIANTS.items():
+        if args.only not in name:
+            continue
+        checkpoint = _with_model_config(args, name, model[0]) if model else args.checkpoint
         for push in (None, *args.push.split(",")):
             slug = name.split(" (")[0].replace(" ", "_").replace(",", "")
             tail = f"_push{push.replace(':', '_')}" if push else ""
             out = Path(args.out) / "streaming" / f"{slug}{tail}"
-            config = _base(args, sampler=sampler, steps=steps, rollout=rollout, push=push, out=str(out))
+            config = _base(args, sampler=sampler, steps=steps, rollout=rollout, push=push, out=str(out),
+                           checkpoint=checkpoint)
             summary = evaluate(config, show_progress=False)
             records = load_records(out / "episodes")
             ticks = sum(r.length for r in records)
@@ -135,6 +142,24 @@ def streaming(args) -> dict:
     return {"task": args.task, "checkpoint": args.checkpoint, "episodes": args.episodes,
             "machine": machine(), "rows": rows,
             "note": "success is load-independent; latencies indicative (loaded machine)"}
+
+
+def _with_model_config(args, name: str, changes: dict) -> str:
+    """A copy of the checkpoint whose policy.json model config has `changes` (inference-only
+    settings such as stream_lookahead; the weights are the same)."""
+    import shutil
+
+    from tether.policies.checkpoint import find_checkpoint
+
+    src = find_checkpoint(args.checkpoint)
+    dst = Path(args.out) / "checkpoints" / name.split(",")[0].replace(" ", "_").replace("+", "")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "policy.json").read_text())
+    meta["model_config"].update(changes)
+    (dst / "policy.json").write_text(json.dumps(meta, indent=2))
+    return str(dst)
 
 
 def latency(args) -> dict:
