@@ -179,7 +179,7 @@ class _ACTGraph(nn.Module):
 
 
 class _EngineACT(nn.Module):
-    """Stands in for ACTModel at inference: `predict(obs)` through the `act` runner."""
+    """Stands in for ACTModel at inference: `predict(obs)` through the `act_chunk` runner."""
 
     def __init__(self, model: nn.Module, runner: Runner) -> None:
         super().__init__()
@@ -196,11 +196,11 @@ def _act_graphs(model: nn.Module, spec: PolicySpec) -> list[Graph]:
     cams = list(model.config.cameras)
     state = torch.randn(1, model.config.state_dim, generator=torch.Generator().manual_seed(1))
     images = _Preparation.of(model.vision)(_example_images(spec, cams)) if cams else []
-    return [Graph("act", _ACTGraph(model).eval(), (state, *images))]
+    return [Graph("act_chunk", _ACTGraph(model).eval(), (state, *images))]
 
 
 def _act_install(model: nn.Module, runners: dict[str, Runner], graphs: dict[str, Graph]) -> nn.Module:
-    return _EngineACT(model, runners["act"]) if "act" in runners else model
+    return _EngineACT(model, runners["act_chunk"]) if "act_chunk" in runners else model
 
 
 # -- diffusion -------------------------------------------------------------------------------------

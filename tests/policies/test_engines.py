@@ -104,7 +104,7 @@ def test_engine_serves_what_eager_serves(checkpoints, kind, engine, precision):
         assert g.shape == e.shape
         assert np.abs(g - e).max() <= TOLERANCE[precision] * max(1.0, np.abs(e).max())
     if ENGINES[engine].caches:  # exported once, next to the checkpoint, and reused
-        assert any(p.name.startswith(f"{'act' if kind == 'act' else 'denoiser'}-{engine}-")
+        assert any(p.name.startswith(f"{'act_chunk' if kind == 'act' else 'denoiser'}-{engine}-")
                    for p in (ckpt / "engines").iterdir())
 
 
@@ -154,7 +154,7 @@ def test_an_engine_that_cannot_run_falls_back_to_eager_and_still_serves(
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelno == logging.WARNING and r.name.startswith("tether.policies.engines")]
     assert len(warnings) == 1 and reason in warnings[0] and "runs eager" in warnings[0]
-    assert str(policy.engine) == "eager/fp32" and reason in policy.engine.fallbacks["act"]
+    assert str(policy.engine) == "eager/fp32" and reason in policy.engine.fallbacks["act_chunk"]
     expected = _served_actions(_load(ckpt, "eager"), observations)
     for e, g in zip(expected, _served_actions(policy, observations), strict=True):
         np.testing.assert_array_equal(g, e)
