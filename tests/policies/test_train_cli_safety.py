@@ -303,7 +303,8 @@ def test_help_examples_run(tmp_path):
 
 
 def test_docs_examples_run(tmp_path):
-    commands = [line.split("#")[0].strip() for line in DOCS.read_text().splitlines()
+    text = DOCS.read_text().replace("\\\n", " ")  # join shell line continuations
+    commands = [line.split("#")[0].strip() for line in text.splitlines()
                 if line.startswith("tether train ") and "--resume" not in line and " -c " not in line]
     assert len(commands) >= 3
     for command in commands:
