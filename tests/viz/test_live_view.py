@@ -197,7 +197,7 @@ def test_rollout_streams_over_the_network_to_a_viewer_elsewhere(tmp_path, wait_u
     rerun_bin = Path(sys.executable).parent / "rerun"
     server = subprocess.Popen([str(rerun_bin), "--bind", "127.0.0.1", "--port", str(port),
                                "--save", str(received)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: _listening(port), what="the rerun server listening")
         result = runner.invoke(build_app(), [
@@ -215,7 +215,12 @@ def test_rollout_streams_over_the_network_to_a_viewer_elsewhere(tmp_path, wait_u
 
         wait_until(rows, what="the server saving every tick it received")
     finally:
-        server.terminate()
+        # the `rerun` script runs the viewer binary as a child: stop the whole process group, or
+        # the binary outlives the test
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
     assert read_rrd(received)["entities"]["/joints/position"] == 16
 
