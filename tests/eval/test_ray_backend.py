@@ -1,15 +1,22 @@
 """`tether eval --backend ray`: one Ray task per episode gives the local backend's per-episode
 results, seed for seed (success, length, every joint position and command, bit for bit).
 
-The test starts its own Ray head in this process (2 CPUs, loopback, no dashboard) and shuts it
-down after. The policy is a tiny state-only mlp trained for a few steps on scripted twin demos: an
-untrained policy is as good as any for equality, and each Ray task loads it from the checkpoint
-path itself (no weights travel through Ray).
+The Ray head runs in its own process (2 CPUs, loopback, no dashboard) and every Ray evaluation is
+a `tether eval --backend ray --address ...` process joining it, as on a real cluster. Nothing here
+imports Ray into the pytest process: Ray's core worker outlives `ray.shutdown()` in the driver and
+segfaulted the pytest worker minutes later (exit status SIGSEGV, twice, in unrelated tests; Ray's
+own signal handler hides the Python traceback). The policy is a tiny state-only mlp trained for a
+few steps on scripted twin demos: an untrained policy is as good as any for equality, and each Ray
+task loads it from the checkpoint path itself (no weights travel through Ray).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,8 +24,9 @@ from typer.testing import CliRunner
 
 from tether.cli import build_app
 
-ray = pytest.importorskip(
-    "ray", reason="ray is not installed: pip install 'tether[cluster]' (make setup installs it)")
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("ray is not installed: pip install 'tether[cluster]' (make setup installs it)",
+                allow_module_level=True)
 
 SEEDS = 3
 
@@ -38,13 +46,43 @@ def checkpoint(tmp_path_factory):
     return run
 
 
+HEAD = """
+import sys, ray
+context = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                   _node_ip_address="127.0.0.1", log_to_driver=False)
+print(context.address_info["gcs_address"], flush=True)
+sys.stdin.read()  # until the test closes stdin (or dies): then shut the head down
+ray.shutdown()
+"""
+
+
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+def ray_address(tmp_path_factory):
+    """A private Ray head in its own process; its address for `tether eval --address`."""
+    log = tmp_path_factory.mktemp("ray_head") / "head.log"
+    with log.open("w") as err:
+        head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     try:
-        yield
+        address = head.stdout.readline().strip()  # blocks until the head is up (or has died)
+        assert address, f"the Ray head did not start: {log.read_text()[-2000:]}"
+        yield address
     finally:
-        ray.shutdown()
+        head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(timeout=10)
+
+
+def tether_eval(address: str, *args: str) -> subprocess.CompletedProcess:
+    """`tether eval --backend ray` as its own process, a driver joining the head (bounded)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tether.cli", "eval", "--backend", "ray",
+                           "--address", address, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 def _episodes(report):
@@ -53,15 +91,15 @@ def _episodes(report):
     return {r.seed: r for r in load_records(report / "episodes")}
 
 
-def test_ray_tasks_reproduce_the_local_backend_episode_for_episode(checkpoint, tmp_path, local_ray):
+def test_ray_tasks_reproduce_the_local_backend_episode_for_episode(checkpoint, tmp_path, ray_address):
     from tether.app.eval.runner import EvalConfig, evaluate
 
     local = evaluate(EvalConfig(task="lift", episodes=SEEDS, workers=2, checkpoint=str(checkpoint),
                                 out=str(tmp_path / "local"), videos=0), show_progress=False)
-    result = CliRunner().invoke(build_app(), [
-        "eval", "--task", "lift", "--checkpoint", str(checkpoint), "--episodes", str(SEEDS),
-        "--backend", "ray", "--videos", "0", "--out", str(tmp_path / "ray"), "--json"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
+    result = tether_eval(ray_address, "--task", "lift", "--checkpoint", str(checkpoint),
+                         "--episodes", str(SEEDS), "--videos", "0", "--out", str(tmp_path / "ray"),
+                         "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
     on_ray = json.loads(result.stdout)
     assert on_ray["backend"] == "ray" and on_ray["seeds"] == local["seeds"]
     a, b = _episodes(tmp_path / "local"), _episodes(tmp_path / "ray")
@@ -75,12 +113,9 @@ def test_ray_tasks_reproduce_the_local_backend_episode_for_episode(checkpoint, t
 
 
 @pytest.mark.slow
-def test_ray_tasks_through_a_policy_server_match_the_local_backend(checkpoint, tmp_path, local_ray):
+def test_ray_tasks_through_a_policy_server_match_the_local_backend(checkpoint, tmp_path, ray_address):
     """The other policy source: every Ray task is a client of one `tether serve` (127.0.0.1)."""
-    import os
     import socket
-    import subprocess
-    import sys
 
     from tether.app.eval.runner import EvalConfig, evaluate
 
@@ -91,9 +126,12 @@ def test_ray_tasks_through_a_policy_server_match_the_local_backend(checkpoint, t
                                f"tcp://127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        common = {"task": "lift", "episodes": 2, "server": f"tcp://127.0.0.1:{port}", "videos": 0}
-        evaluate(EvalConfig(**common, workers=1, out=str(tmp_path / "local")), show_progress=False)
-        evaluate(EvalConfig(**common, backend="ray", out=str(tmp_path / "ray")), show_progress=False)
+        common = ["--task", "lift", "--episodes", "2", "--videos", "0"]
+        evaluate(EvalConfig(task="lift", episodes=2, videos=0, server=f"tcp://127.0.0.1:{port}",
+                            workers=1, out=str(tmp_path / "local")), show_progress=False)
+        result = tether_eval(ray_address, *common, "--server", f"tcp://127.0.0.1:{port}",
+                             "--out", str(tmp_path / "ray"))
+        assert result.returncode == 0, result.stderr[-3000:]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -104,15 +142,14 @@ def test_ray_tasks_through_a_policy_server_match_the_local_backend(checkpoint, t
         assert np.array_equal(a[seed].joints, b[seed].joints), seed
 
 
-def test_videos_come_back_through_the_object_store(tmp_path, local_ray):
+def test_videos_come_back_through_the_object_store(tmp_path, ray_address):
     """The scripted expert (default twin cameras): each task encodes its video on its node and
     returns the bytes; `--videos 1` keeps the first success in seed order and drops the other."""
-    from tether.app.eval.runner import EvalConfig, evaluate
-
     out = tmp_path / "r"
-    summary = evaluate(EvalConfig(task="lift", episodes=2, policy="scripted", backend="ray", out=str(out),
-                                  videos=1), show_progress=False)
-    assert summary["success_rate"] == 1.0
+    result = tether_eval(ray_address, "--task", "lift", "--episodes", "2", "--policy", "scripted",
+                         "--videos", "1", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["success_rate"] == 1.0
     records = _episodes(out)
     kept = [r.video for r in records.values() if r.video]
     assert len(kept) == 1 and records[min(records)].video == kept[0]
@@ -120,16 +157,13 @@ def test_videos_come_back_through_the_object_store(tmp_path, local_ray):
     assert (out / kept[0]).stat().st_size > 10_000
 
 
-def test_a_failing_task_reports_the_seed_and_the_cause(tmp_path, local_ray):
-    from tether.app.eval.runner import EvalConfig, evaluate
-    from tether.core.errors import TetherError
-
+def test_a_failing_task_reports_the_seed_and_the_cause(tmp_path, ray_address):
     # The path exists nowhere: each task fails loading it, and says so (it is not a local file,
     # so the driver cannot know it is missing on the cluster).
-    config = EvalConfig(task="lift", episodes=1, checkpoint=str(tmp_path / "nope"), backend="ray",
-                        out=str(tmp_path / "r"), videos=0)
-    with pytest.raises(TetherError, match="nope"):
-        evaluate(config, show_progress=False)
+    result = tether_eval(ray_address, "--task", "lift", "--episodes", "1", "--checkpoint",
+                         str(tmp_path / "nope"), "--videos", "0", "--out", str(tmp_path / "r"))
+    assert result.returncode != 0 and "nope" in result.stdout + result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr  # a named error, not a crash
 
 
 def test_address_without_the_ray_backend_is_refused(tmp_path):
