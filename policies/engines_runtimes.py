@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import logging
 import os
@@ -142,10 +143,26 @@ def build_onnx(req: BuildRequest) -> Runner:
 # -- OpenVINO -------------------------------------------------------------------------------------
 
 
+@functools.cache
+def openvino_core():
+    """The process's one `ov.Core`, made on first use and kept until the process exits.
+
+    OpenVINO's CPU plugin gives the thread that compiles its own alternate signal stack per
+    Core and puts back the one it found when that Core is destroyed. Cores destroyed in the
+    order they were made (a diffusion policy's two graphs, two policies loaded in turn) leave
+    the thread on an unmapped alternate stack, and its next signal with a Python handler
+    (Ctrl-C, SIGTERM, the SIGCHLD handler of a torch DataLoader with workers) kills the
+    process with SIGSEGV. One Core that is never destroyed cannot be released out of order
+    (tests/policies/test_engines_signals.py)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def build_openvino(req: BuildRequest) -> Runner:
     import openvino as ov
 
-    core = ov.Core()
+    core = openvino_core()
     xml = _artifact(req.artifact, ".xml")
     keep: tuple = ()
     if xml is not None and xml.is_file() and xml.with_suffix(".bin").is_file():

@@ -2,12 +2,11 @@
 results, seed for seed (success, length, every joint position and command, bit for bit).
 
 The Ray head runs in its own process (2 CPUs, loopback, no dashboard) and every Ray evaluation is
-a `tether eval --backend ray --address ...` process joining it, as on a real cluster. Nothing here
-imports Ray into the pytest process: Ray's core worker outlives `ray.shutdown()` in the driver and
-segfaulted the pytest worker minutes later (exit status SIGSEGV, twice, in unrelated tests; Ray's
-own signal handler hides the Python traceback). The policy is a tiny state-only mlp trained for a
-few steps on scripted twin demos: an untrained policy is as good as any for equality, and each Ray
-task loads it from the checkpoint path itself (no weights travel through Ray).
+a `tether eval --backend ray --address ...` process joining it, as on a real cluster: the path a
+user takes is tested, and Ray's threads and signal handlers stay out of the pytest process. The
+policy is a tiny state-only mlp trained for a few steps on scripted twin demos: an untrained
+policy is as good as any for equality, and each Ray task loads it from the checkpoint path itself
+(no weights travel through Ray).
 """
 
 from __future__ import annotations
