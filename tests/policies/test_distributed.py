@@ -108,6 +108,35 @@ def test_nproc_execs_torchrun_with_the_same_options(monkeypatch):
         torchrun_argv(2, dataset="d.zarr")
 
 
+def test_nproc_forwards_every_evaluation_option(monkeypatch, tmp_path):
+    """`tether train --nproc 2 --eval-...`: each torchrun process gets the evaluation options
+    (they once stopped at --eval-every: --eval-set and --eval-blend were dropped silently)."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from tether.cli import build_app
+
+    class Execd(Exception):
+        pass
+
+    def capture(path, argv):
+        raise Execd(argv)
+
+    monkeypatch.setattr(os, "execv", capture)
+    result = CliRunner().invoke(build_app(), [
+        "train", "--nproc", "2", "--dataset", str(tmp_path / "d.zarr"), "--policy", "mlp",
+        "--eval-task", "lift", "--eval-every", "10", "--eval-episodes", "4",
+        "--eval-set", "safety.max_velocity=0.5", "--eval-set", "fps=10", "--eval-blend", "switch",
+        "--eval-weights", "both", "--val-holdout", "2"])
+    assert isinstance(result.exception, Execd), result.output
+    argv = result.exception.args[0]
+    joined = " ".join(argv)
+    assert "--eval-task lift --eval-episodes 4 --eval-every 10" in joined
+    assert "--eval-set safety.max_velocity=0.5 --eval-set fps=10 --eval-blend switch" in joined
+    assert "--set eval_weights=both" in joined and "--set val_holdout=2" in joined
+
+
 # -- real processes ---------------------------------------------------------------------------------
 
 

@@ -119,7 +119,8 @@ def _register_train(app: typer.Typer) -> None:
                                  out=out, resume=resume, overwrite=overwrite, config=config,
                                  overrides=overrides, seed=seed, threads=threads,
                                  no_progress=no_progress, keep_every=keep_every, eval_task=eval_task,
-                                 eval_every=eval_every, eval_episodes=eval_episodes)
+                                 eval_every=eval_every, eval_episodes=eval_episodes,
+                                 eval_set=eval_set, eval_blend=eval_blend)
             os.execv(argv[0], argv)  # torchrun owns the processes (and Ctrl-C) from here
         try:
             if dry_run:
@@ -173,7 +174,8 @@ def selection_writer(run_dir: Path, console):
 
 
 def torchrun_argv(nproc: int, eval_task: str | None = None, eval_every: int | None = None,
-                  eval_episodes: int = 10, **options) -> list[str]:
+                  eval_episodes: int = 10, eval_set: list[str] | None = None,
+                  eval_blend: str = "ensemble", **options) -> list[str]:
     """The torchrun command `tether train --nproc N ...` execs: N processes on this host, each
     running the trainer with the same options (torchrun's own launcher, not ours).
 
@@ -205,6 +207,8 @@ def torchrun_argv(nproc: int, eval_task: str | None = None, eval_every: int | No
         module = ["-m", "tether.cli", "train"]
         args += ["--eval-task", eval_task, "--eval-episodes", str(eval_episodes)]
         args += ["--eval-every", str(eval_every)] if eval_every is not None else []
+        args += [x for item in eval_set or [] for x in ("--eval-set", item)]
+        args += ["--eval-blend", eval_blend]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
             str(nproc), *module, *args]
 
