@@ -49,6 +49,10 @@ def rollout(
     steps: int | None = typer.Option(
         None, "--steps", help="Denoising steps per request (diffusion)."
     ),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="Diffusion sampler per request: ddim, dpmpp or streaming "
+        "(default: the policy's; the policy or server checks the name)."
+    ),
     realtime: bool = typer.Option(
         True, "--realtime/--lockstep",
         help="Pace to the wall clock, or wait for every chunk (--lockstep: simulated robots only).",
@@ -113,12 +117,18 @@ def rollout(
             raise ConfigError(
                 "give exactly one of --server ENDPOINT or --policy CHECKPOINT|simple:<name>"
             )
+        if sampler is not None:
+            from tether.app.eval.steps_sweep import KNOWN_SAMPLERS
+
+            if sampler not in KNOWN_SAMPLERS:  # before a server is contacted or a model loaded
+                raise ConfigError(f"--sampler takes one of {', '.join(KNOWN_SAMPLERS)}, "
+                                  f"got '{sampler}'")
         if keyboard is None:
             keyboard = sys.stdin.isatty()
         summaries = _run(
             robot, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout,
             dict(max_steps=max_steps, blend=blend, ensemble_m=ensemble_m,
-                 request_threshold=threshold, steps=steps, realtime=realtime,
+                 request_threshold=threshold, steps=steps, sampler=sampler, realtime=realtime,
                  request_timeout_s=timeout, resample=resample),
             keyboard, view,
             dict(record=record, takeover=takeover, takeover_param=takeover_param,
