@@ -51,7 +51,7 @@ def rollout(
     ),
     sampler: str | None = typer.Option(
         None, "--sampler", help="Diffusion sampler per request: ddim, dpmpp or streaming "
-        "(default: the policy's; the policy or server checks the name)."
+        "(default: the policy's)."
     ),
     realtime: bool = typer.Option(
         True, "--realtime/--lockstep",
