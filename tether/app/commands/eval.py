@@ -78,11 +78,9 @@ def eval_command(
         _sweep_steps(config, sweep_steps, sampler, steps, sweep_run, json_out, console)
         return
     if sampler is not None:
-        from tether.app.eval.steps_sweep import parse_samplers
+        from tether.app.eval.steps_sweep import parse_sampler
 
-        if len(parse_samplers(sampler)) != 1:
-            raise TetherError("--sampler takes one name (ddim, dpmpp or streaming); a comma-separated "
-                              "list goes with --sweep-steps.")
+        parse_sampler(sampler, "; a comma-separated list goes with --sweep-steps.")
     if obs_map is not None and not obs_map.is_file():
         raise TetherError(f"--obs-map {obs_map} does not exist; write one (docs/evaluation.md, "
                           "'Any gymnasium env').")

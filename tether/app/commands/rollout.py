@@ -117,12 +117,10 @@ def rollout(
             raise ConfigError(
                 "give exactly one of --server ENDPOINT or --policy CHECKPOINT|simple:<name>"
             )
-        if sampler is not None:
-            from tether.app.eval.steps_sweep import KNOWN_SAMPLERS
+        if sampler is not None:  # before a server is contacted or a model loaded
+            from tether.app.eval.steps_sweep import parse_sampler
 
-            if sampler not in KNOWN_SAMPLERS:  # before a server is contacted or a model loaded
-                raise ConfigError(f"--sampler takes one of {', '.join(KNOWN_SAMPLERS)}, "
-                                  f"got '{sampler}'")
+            sampler = parse_sampler(sampler)
         if keyboard is None:
             keyboard = sys.stdin.isatty()
         summaries = _run(

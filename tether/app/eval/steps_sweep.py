@@ -50,9 +50,17 @@ def parse_samplers(text: str | None) -> list[str]:
     names = [p.strip() for p in (text or "ddim").split(",") if p.strip()]
     bad = [n for n in names if n not in KNOWN_SAMPLERS]
     if bad or not names:
-        raise ConfigError(f"--sampler takes {', '.join(KNOWN_SAMPLERS)} (comma-separated for a "
-                          f"sweep), got '{text}'")
+        raise ConfigError(f"--sampler takes {', '.join(KNOWN_SAMPLERS)}, got '{text}'")
     return list(dict.fromkeys(names))
+
+
+def parse_sampler(text: str, list_hint: str = "") -> str:
+    """One sampler name, for a run that is not a sweep (`tether eval` without --sweep-steps,
+    `tether rollout`); `list_hint` tells where a comma-separated list would go instead."""
+    names = parse_samplers(text)
+    if len(names) != 1:
+        raise ConfigError(f"--sampler takes one name ({', '.join(KNOWN_SAMPLERS)}){list_hint}")
+    return names[0]
 
 
 def settings(steps: list[int], samplers: list[str]) -> list[tuple[str, int | None]]:
