@@ -135,7 +135,10 @@ def test_sync_and_skew_across_epoch_and_monotonic_clocks(tmp_path, realsense, bu
     # the skew report is correct: milliseconds, not the 1.7e9 s between the epoch and the host's
     # boot, and its median agrees with the true one up to the mapping's error (the lowest
     # latency seen) and the arm's stamp (the middle of its bus round trip)
-    assert sync["skew_max_ms"] < 4 * half_period_ms
+    # (the bound is the epoch mix-up's scale, not the host's punctuality: a loaded host stalls the
+    # camera for a third of a second now and then, and the report must show that too)
+    assert sync["skew_max_ms"] < 60e3
+    assert sync["skew_max_ms"] == pytest.approx(stored_skew_ms.max(), abs=1.0)
     assert sync["skew_p50_ms"] == pytest.approx(float(np.percentile(true_skew_ms, 50)), abs=5.0)
 
 
