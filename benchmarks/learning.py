@@ -22,8 +22,9 @@ against step, EMA and raw).
     .venv/bin/python benchmarks/learning.py --smoke      # every stage, tiny, a few minutes
 
 Choices for a 2-core CPU (docs/policies.md, "Learning results"): 10 Hz control (an episode is
-~50-100 decisions), one top camera recorded at 96x128 (the cube is ~5 px wide in the ALOHA
-scene's top view) and fed at 72x96 (ACT) or 60x80 (diffusion); ACT `cpu` preset (dim 128, 2+1
+~50-100 decisions), one camera recorded at 96x128 - `top`, except ACT on transfer_cube, which
+sees the ALOHA scene's narrow `workspace` view (the cube ~10 px wide there, ~5 px in `top`) - fed
+at 72x96 (ACT) or 60x80 (diffusion); ACT `cpu` preset (dim 128, 2+1
 layers, ResNet-18 width 32, chunk 1 s, temporal ensembling with m = 0.01 as in the paper);
 diffusion U-Net 64/128/256 with a width-16 ResNet-18 at 60x80 (lift: the `tiny` U-Net 32/64/128
 at 48x64 from 100 demos, batch 64, 4000 steps), obs horizon 2, 16 predicted / 8 executed
@@ -64,6 +65,7 @@ class Recipe:
     steps: int
     preset: str = "cpu"
     demos: int = 50  # scripted training demonstrations (`--demos` overrides every recipe's)
+    cameras: tuple[str, ...] = ("top",)  # twin cameras recorded (and so seen by the policy)
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     rollout: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +73,9 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "act_transfer_cube": Recipe("transfer_cube", "act", 6000, model=ACT_MODEL,
+    # The narrow `workspace` view shows the cube ~10 px wide at 96x128 (the full `top` view: ~4
+    # px, where the 72x96 ACT input could not place the grasp: 0/50, every miss a few px off).
+    "act_transfer_cube": Recipe("transfer_cube", "act", 6000, model=ACT_MODEL, cameras=("workspace",),
                                 rollout={"blend": "ensemble", "ensemble_m": 0.01}, target=0.9),
     "act_insertion": Recipe("insertion", "act", 6000, model=ACT_MODEL,
                             rollout={"blend": "ensemble", "ensemble_m": 0.01}, target=0.5),
@@ -142,8 +146,8 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
 
     speed = [f"safety.max_velocity={TASK_SPEED[recipe.task]:g}"]
     demos = args.demos or recipe.demos
-    dataset = record(recipe.task, demos + args.val_demos,
-                     out / "data" / f"{recipe.task}_{demos}.zarr", args.reuse)
+    dataset = record(recipe.task, demos + args.val_demos, recipe.cameras,
+                     out / "data" / f"{recipe.task}_{'_'.join(recipe.cameras)}_{demos}.zarr", args.reuse)
     steps = args.steps or recipe.steps
     run_dir = out / name / "run"
     train_s = None
@@ -183,7 +187,7 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
     return {
         "task": recipe.task, "policy": recipe.policy, "preset": args.preset or recipe.preset,
         "model": recipe.model, "train": {**recipe.train, "steps": steps, "threads": args.threads},
-        "rollout": recipe.rollout, "demos": demos, "val_demos": args.val_demos,
+        "rollout": recipe.rollout, "cameras": list(recipe.cameras), "demos": demos, "val_demos": args.val_demos,
         "max_velocity": TASK_SPEED[recipe.task], "target": recipe.target,
         "train_s": train_s if train_s is not None else times.get(steps),
         "curve": curve, "selection": swept["selection"], "neighbour_spread": swept["neighbour_spread"],
@@ -196,8 +200,8 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
     }
 
 
-def record(task: str, demos: int, path: Path, reuse: bool) -> Path:
-    """Scripted demonstrations at 10 Hz, one 96x128 top camera, the task's speed limit."""
+def record(task: str, demos: int, cameras: tuple[str, ...], path: Path, reuse: bool) -> Path:
+    """Scripted demonstrations at 10 Hz, `cameras` at 96x128, the task's speed limit."""
     from rich.console import Console
 
     from tether.app.eval.demo import DemoConfig, collect
@@ -211,7 +215,7 @@ def record(task: str, demos: int, path: Path, reuse: bool) -> Path:
                 return path
     path.parent.mkdir(parents=True, exist_ok=True)
     config = DemoConfig(task=task, demos=demos, camera_height=96, camera_width=128, fps=10.0,
-                        max_velocity=TASK_SPEED[task])
+                        max_velocity=TASK_SPEED[task], cameras=list(cameras))
     collect(config, path, Console(stderr=True))
     return path
 

@@ -28,8 +28,13 @@ SO101_CAMERAS = """
     <camera name="front" pos="0.6 0 0.32" xyaxes="0 1 0 -0.5 0 0.866" fovy="55"/>
 """
 
+# `top` sees both arms whole (the 4 cm cube is ~5 px wide at 128 px); `workspace` looks down
+# from the same height at only the cube's spawn area and the handover point (x -0.18..0.38 m,
+# y +-0.21 m at 4:3), so a small image resolves the cube ~2x finer: what a CPU-sized policy
+# needs to find it (ALOHA's real cells use a second, lower camera for the same reason).
 ALOHA_CAMERAS = """
     <camera name="top" pos="0 0 0.95" xyaxes="1 0 0 0 1 0" fovy="62"/>
+    <camera name="workspace" pos="0.1 0 0.95" xyaxes="1 0 0 0 1 0" fovy="25"/>
     <camera name="angle" pos="0 -0.75 0.55" xyaxes="1 0 0 0 0.6 0.8" fovy="60"/>
 """
 
@@ -200,7 +205,7 @@ class TransferCubeTask(Task):
             ("left", VX300, "left_", (-0.469, 0.0, 0.0), 0.0),
             ("right", VX300, "right_", (0.469, 0.0, 0.0), np.pi),
         ]
-        self.cameras = ("top", "angle", "left_wrist", "right_wrist")
+        self.cameras = ("top", "workspace", "angle", "left_wrist", "right_wrist")
 
     def objects_xml(self) -> str:
         h = self.cube_half

@@ -60,3 +60,15 @@ def test_demo_evaluates_on_a_twin_at_the_recording_speed(tmp_path):
     (record_json,) = sorted((out / "episodes").glob("*.json"))
     actions = EpisodeRecord.load(record_json).actions
     assert np.abs(np.diff(actions, axis=0)).max() <= config.max_velocity / config.fps + 1e-5
+
+
+def test_demo_records_the_cameras_it_is_given(tmp_path):
+    """`DemoConfig.cameras` picks the twin's views (the learning benchmark records transfer_cube
+    through the narrow `workspace` camera); a name the task lacks is refused by the twin."""
+    config = _recipe(tmp_path, task="transfer_cube", demos=1, max_velocity=1.0, cameras=["workspace"],
+                     camera_height=48, camera_width=64)
+    dataset = tmp_path / "transfer.zarr"
+    collect(config, dataset, Console(quiet=True))
+    with EpisodeStore.open(dataset) as store:
+        assert [k for k in store.keys if k.startswith("image.")] == ["image.workspace"]
+        assert store.get_episode(0, ["image.workspace"])["image.workspace"].shape[1:] == (48, 64, 3)

@@ -121,6 +121,17 @@ def test_bimanual_aloha_layout_and_cameras():
         assert red_pixels(obs.frames["top"].image) > 10
 
 
+def test_aloha_workspace_camera_resolves_the_cube_finer_than_top():
+    """The narrow view exists so a small image can place a grasp: at the same 96x128 the cube
+    covers several times the pixels it does in `top`, on every seed (all spawns are in view)."""
+    robot = twin("transfer_cube", cameras=["top", "workspace"], width=128, height=96)
+    with robot:
+        for seed in range(4):
+            frames = robot.reset(seed).frames
+            top, workspace = red_pixels(frames["top"].image), red_pixels(frames["workspace"].image)
+            assert top > 0 and workspace > 4 * top, (seed, top, workspace)
+
+
 def test_large_images_and_depth():
     robot = twin(cameras=["top"], width=640, height=480, depth=True)
     with robot:

@@ -51,6 +51,7 @@ class DemoConfig:
     # 120x160 keeps JPEG decoding cheap in training while the report's videos stay legible.
     camera_height: int = 120
     camera_width: int = 160
+    cameras: list[str] | None = None  # twin camera names (default: the task's, e.g. ["top"])
     workers: int = 2
     videos: int = 2
     seed: int = 0  # demonstrations use seeds seed.. ; evaluation uses 100000.. (held out)
@@ -65,8 +66,9 @@ class DemoConfig:
 
     def record_overrides(self) -> list[str]:
         """Robot config overrides of the twin the demonstrations are recorded on."""
+        cameras = [] if self.cameras is None else [f"twin_params.cameras=[{','.join(self.cameras)}]"]
         return [f"fps={self.fps:g}", f"twin_params.height={self.camera_height}",
-                f"twin_params.width={self.camera_width}", *self.speed_overrides()]
+                f"twin_params.width={self.camera_width}", *cameras, *self.speed_overrides()]
 
     def eval_config(self, server: str) -> EvalConfig:
         """The evaluation of the served policy: held-out seeds (100000..), on a twin at the
