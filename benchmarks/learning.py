@@ -75,7 +75,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # The narrow `workspace` view shows the cube ~10 px wide at 96x128 (the full `top` view: ~4
     # px, where the 72x96 ACT input could not place the grasp: 0/50, every miss a few px off).
-    "act_transfer_cube": Recipe("transfer_cube", "act", 6000, model=ACT_MODEL, cameras=("workspace",),
+    "act_transfer_cube": Recipe("transfer_cube", "act", 12000, model=ACT_MODEL, cameras=("workspace",),
                                 rollout={"blend": "ensemble", "ensemble_m": 0.01}, target=0.9),
     "act_insertion": Recipe("insertion", "act", 6000, model=ACT_MODEL,
                             rollout={"blend": "ensemble", "ensemble_m": 0.01}, target=0.5),
@@ -151,7 +151,8 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
     steps = args.steps or recipe.steps
     run_dir = out / name / "run"
     train_s = None
-    if not (args.reuse and (run_dir / "checkpoints" / "last").is_dir()):
+    done = _trained_steps(run_dir) if args.reuse else None
+    if done is None or done < steps:
         config = TrainConfig(
             dataset=str(dataset), policy=recipe.policy, preset=args.preset or recipe.preset,
             out=str(run_dir), steps=steps, threads=args.threads, model=dict(recipe.model),
@@ -159,8 +160,9 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
             save_every=max(1, steps // max(1, args.snapshots)), progress=True,
             log_every=max(1, min(50, steps // 20)), **recipe.train)
         t0 = time.time()
-        train(config, overwrite=True)
-        train_s = time.time() - t0
+        # --reuse continues a run that was stopped (Ctrl-C, SIGTERM) instead of starting again
+        train(config, resume=done is not None, overwrite=done is None)
+        train_s = time.time() - t0 if done is None else None  # resumed: from the log's times
     base = EvalConfig(task=recipe.task, episodes=args.snapshot_episodes, workers=args.workers,
                       seed=200_000, out=str(out / name / "sweep"), videos=0, robot=speed,
                       rollout=dict(recipe.rollout))
@@ -218,6 +220,12 @@ def record(task: str, demos: int, cameras: tuple[str, ...], path: Path, reuse: b
                         max_velocity=TASK_SPEED[task], cameras=list(cameras))
     collect(config, path, Console(stderr=True))
     return path
+
+
+def _trained_steps(run_dir: Path) -> int | None:
+    """The step of the run's last checkpoint (None without one): a stopped run saved one too."""
+    state = run_dir / "checkpoints" / "last" / "train_state.json"
+    return int(json.loads(state.read_text())["step"]) if state.is_file() else None
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
