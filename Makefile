@@ -39,9 +39,13 @@ demo: setup
 # Two pytest workers (pytest-xdist), one test file each at a time: the suite is CPU-bound on
 # 2 cores, and its tests hold under load (`make test-stress`), so a second worker is safe.
 PYTEST_WORKERS := -n 2 --dist loadfile
+# A bound on the whole default suite (~7 min here): when a worker process dies, xdist may wait
+# for it forever; SIGINT at the bound makes pytest stop and print what ran and what failed.
+SUITE_TIMEOUT ?= 1800
 
 test: setup
-	MUJOCO_GL=egl $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_WORKERS)
+	MUJOCO_GL=egl timeout --signal=INT --kill-after=60 $(SUITE_TIMEOUT) \
+		$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_WORKERS)
 
 test-slow: setup
 	MUJOCO_GL=egl $(BIN)/python -m pytest -m slow -q
