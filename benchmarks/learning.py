@@ -7,7 +7,7 @@ For every recipe (task x policy, `RECIPES` below):
 1. record `--demos` scripted demonstrations (seeds 0..) plus `--val-demos` more for the
    validation loss, at 10 Hz with one top camera, at the recipe's joint speed limit (the store
    is shared by the recipes of a task);
-2. train with `--snapshots` evenly spaced inference snapshots (`keep_every`), one torch thread;
+2. train with `--snapshots` evenly spaced inference snapshots (`keep_every`), two torch threads;
 3. evaluate every snapshot on `--snapshot-episodes` seeds from 200000 (EMA weights; `--raw`
    adds the raw ones) and pick one by the confidence-interval rule of tether.app.eval.selection;
 4. evaluate the pick on `--episodes` *other* held-out seeds (100000..), so the reported rate is
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="Held-out episodes for the chosen snapshot.")
     parser.add_argument("--raw", action="store_true", help="Also evaluate every snapshot's raw (non-EMA) weights.")
     parser.add_argument("--preset", default=None, help="Override the recipes' preset (tiny for a smoke run).")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for training.")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training (the machine is the run's alone).")
     parser.add_argument("--workers", type=int, default=2, help="Evaluation worker processes (one torch thread each; a single worker gets 2 threads, 10x slower on a busy machine).")
     parser.add_argument("--reuse", action="store_true", help="Keep finished recordings and runs.")
     parser.add_argument("--smoke", action="store_true",
