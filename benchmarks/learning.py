@@ -5,8 +5,8 @@ held-out seeds, with the curve of success against training time.
 For every recipe (task x policy, `RECIPES` below):
 
 1. record `--demos` scripted demonstrations (seeds 0..) plus `--val-demos` more for the
-   validation loss, at 10 Hz with one top camera, at the recipe's joint speed limit (the store
-   is shared by the recipes of a task);
+   validation loss, at 10 Hz through the recipe's cameras, at the task's joint speed limit
+   (one store per task, cameras and demo count, shared by the recipes that match);
 2. train with `--snapshots` evenly spaced inference snapshots (`keep_every`), two torch threads;
 3. evaluate every snapshot on `--snapshot-episodes` seeds from 200000 (EMA weights; `--raw`
    adds the raw ones) and pick one by the confidence-interval rule of tether.app.eval.selection;

@@ -30,8 +30,8 @@ SO101_CAMERAS = """
 
 # `top` sees both arms whole (the 4 cm cube is ~5 px wide at 128 px); `workspace` looks down
 # from the same height at only the cube's spawn area and the handover point (x -0.18..0.38 m,
-# y +-0.21 m at 4:3), so a small image resolves the cube ~2x finer: what a CPU-sized policy
-# needs to find it (ALOHA's real cells use a second, lower camera for the same reason).
+# y +-0.21 m at 4:3), so a small image resolves the cube ~2.4x finer (7x the pixels): what a
+# CPU-sized policy at 72x96 needs to place a grasp (through `top` it missed by a few pixels).
 ALOHA_CAMERAS = """
     <camera name="top" pos="0 0 0.95" xyaxes="1 0 0 0 1 0" fovy="62"/>
     <camera name="workspace" pos="0.1 0 0.95" xyaxes="1 0 0 0 1 0" fovy="25"/>
