@@ -10,12 +10,14 @@ recipe fell from ~90% to ~50% success. These checks look at that cause directly,
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from tether.app.eval.config import EvalConfig
 from tether.app.eval.demo import DemoConfig, collect
 from tether.app.eval.records import EpisodeRecord
 from tether.app.eval.runner import evaluate
+from tether.core.errors import ConfigError
 from tether.data.store import EpisodeStore
 
 
@@ -72,3 +74,6 @@ def test_demo_records_the_cameras_it_is_given(tmp_path):
     with EpisodeStore.open(dataset) as store:
         assert [k for k in store.keys if k.startswith("image.")] == ["image.workspace"]
         assert store.get_episode(0, ["image.workspace"])["image.workspace"].shape[1:] == (48, 64, 3)
+    lift = _recipe(tmp_path, task="lift", demos=1, cameras=["workspace"])
+    with pytest.raises(ConfigError, match="Task 'lift' has no camera 'workspace'"):
+        collect(lift, tmp_path / "lift.zarr", Console(quiet=True))
