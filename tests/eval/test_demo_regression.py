@@ -64,16 +64,26 @@ def test_demo_evaluates_on_a_twin_at_the_recording_speed(tmp_path):
     assert np.abs(np.diff(actions, axis=0)).max() <= config.max_velocity / config.fps + 1e-5
 
 
-def test_demo_records_the_cameras_it_is_given(tmp_path):
+def test_demo_records_the_cameras_and_per_joint_speeds_it_is_given(tmp_path):
     """`DemoConfig.cameras` picks the twin's views (the learning benchmark records transfer_cube
-    through the narrow `workspace` camera); a name the task lacks is refused by the twin."""
-    config = _recipe(tmp_path, task="transfer_cube", demos=1, max_velocity=1.0, cameras=["workspace"],
-                     camera_height=48, camera_width=64)
+    through the narrow `workspace` camera); a name the task lacks is refused by the twin.
+
+    A list `max_velocity` limits each joint on its own, as the benchmark's transfer_cube recipe
+    does: joints at 1 rad/s, the gripper at 10/s so the recorded close is the expert's own rather
+    than a ramp trailing the fingers (a single number would hold the gripper to 1/s as well)."""
+    config = _recipe(tmp_path, task="transfer_cube", demos=1, max_velocity=[1.0] * 6 + [10.0],
+                     cameras=["workspace"], camera_height=48, camera_width=64)
+    assert config.speed_overrides() == ["safety.max_velocity=[1,1,1,1,1,1,10]"]
     dataset = tmp_path / "transfer.zarr"
     collect(config, dataset, Console(quiet=True))
     with EpisodeStore.open(dataset) as store:
         assert [k for k in store.keys if k.startswith("image.")] == ["image.workspace"]
         assert store.get_episode(0, ["image.workspace"])["image.workspace"].shape[1:] == (48, 64, 3)
+        moved = np.abs(np.diff(store.get_episode(0, ["action"])["action"], axis=0)).max(axis=0)
+    grippers = [6, 13]  # each ViperX: 6 joints, then its gripper
+    joints = np.delete(moved, grippers)
+    assert joints.max() <= 1.0 / config.fps + 1e-5, joints
+    assert moved[grippers].max() > 1.5 / config.fps, moved[grippers]  # faster than the joints may go
     lift = _recipe(tmp_path, task="lift", demos=1, cameras=["workspace"])
     with pytest.raises(ConfigError, match="Task 'lift' has no camera 'workspace'"):
         collect(lift, tmp_path / "lift.zarr", Console(quiet=True))

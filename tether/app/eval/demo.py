@@ -42,7 +42,8 @@ class DemoConfig:
     # twin's own default (3 rad/s) lets the expert run at its plan's peaks (~1.2 rad/s, the
     # gripper shut in 0.6 s): demos become ~35 instead of ~46 decisions with 5x larger steps per
     # action, and the same ACT recipe then lifts in ~50% of episodes instead of ~90%.
-    max_velocity: float | None = 0.5
+    # A list gives one limit per joint (every arm alike), e.g. a gripper faster than the joints.
+    max_velocity: float | list[float] | None = 0.5
     preset: str = "cpu"
     train_steps: int | None = 2200  # fits the 10-minute budget on 2 cores (the preset says 5000)
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +63,8 @@ class DemoConfig:
         one action to mean."""
         if self.max_velocity is None:
             return []
+        if isinstance(self.max_velocity, (list, tuple)):
+            return [f"safety.max_velocity=[{','.join(f'{v:g}' for v in self.max_velocity)}]"]
         return [f"safety.max_velocity={self.max_velocity:g}"]
 
     def record_overrides(self) -> list[str]:
