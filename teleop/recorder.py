@@ -184,7 +184,10 @@ class Recorder:
             else DirectStreams(self.robot, latency=self.latency)
         )
         monitor = SyncMonitor(self.fps, on_warning=self._warn)
-        writer = _WriterThread(self.store.begin_episode(self.flush_every))
+        # Live, the loop never waits on the disk (it warns below); offline nobody is waiting on
+        # the arm, so the loop waits for the writer instead of queueing the whole episode in memory.
+        writer = _WriterThread(self.store.begin_episode(self.flush_every),
+                               max_backlog=None if self.realtime else int(2 * self.fps))
         safety_before = dict(self.robot.safety_counts())
         loop = RateLoop(self.fps, realtime=self.realtime)
         self._loop = loop
@@ -386,11 +389,16 @@ class Recorder:
 
 
 class _WriterThread:
-    """Appends tick records to the store's tail in the background; the loop never waits on it."""
+    """Appends tick records to the store's tail in the background.
 
-    def __init__(self, writer: EpisodeWriter) -> None:
+    Unbounded (`max_backlog` None) the loop never waits on it: a live recording must keep its
+    rate, and a growing backlog is reported instead. Bounded, `put` waits once that many ticks
+    are queued: an offline recording then runs at the disk's pace.
+    """
+
+    def __init__(self, writer: EpisodeWriter, max_backlog: int | None = None) -> None:
         self.writer = writer
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_backlog) if max_backlog else 0)
         self.error: BaseException | None = None
         self.max_backlog = 0
         self._thread = threading.Thread(target=self._run, name="rec-writer", daemon=True)

@@ -134,3 +134,31 @@ def test_record_and_inspect_cli(tmp_path):
     assert image["codec"] == "h264" and image["raw_bytes"] > 3 * image["disk_bytes"]  # the default
     again = runner.invoke(build_app(), ["record", "--out", str(out), "--episodes", "1"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_offline_recording_waits_for_a_slow_disk_instead_of_queueing(tmp_path, monkeypatch):
+    """Offline (scripted demos, nobody at the arm) the loop runs as fast as the twin steps; a
+    disk slower than that used to fill the writer's queue and warn "the disk is falling behind"
+    as if an operator's take were at risk. Now the loop waits: nothing queued past 2 s of ticks,
+    no warning, every tick stored."""
+    import time
+
+    from tether.data import writer as writer_module
+
+    append = writer_module.EpisodeWriter.append
+
+    def slow_append(self, step):  # a disk that takes 15 ms per tick
+        time.sleep(0.015)
+        return append(self, step)
+
+    monkeypatch.setattr(writer_module.EpisodeWriter, "append", slow_append)
+    robot = make_robot("twin:lift", ["twin_params.width=64", "twin_params.height=48"])
+    expert = make_teleop("scripted", robot)
+    with EpisodeStore.create(tmp_path / "slow.zarr", robot.fps) as store, robot:
+        recorder = Recorder(robot, expert, store, realtime=False, task="lift")
+        (result,) = recorder.run(1, max_steps=120)
+        assert result.outcome == SAVED
+        meta = store.episode_metadata(0)
+        assert meta["stats"]["writer"]["max_backlog"] <= 2 * robot.fps
+        assert not [w for w in recorder.warnings if "falling behind" in w], recorder.warnings
+        assert len(store.get_episode(0, ["action"])["action"]) == result.steps
