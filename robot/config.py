@@ -7,6 +7,7 @@ arbitrary code): see `robot/factory.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from tether.core.schema import validate_name
@@ -64,3 +65,16 @@ class RobotConfig:
     # How `tether record` stores this robot's camera frames in a new store (a codec spec such as
     # "h264", "h264:crf=20", "jpeg"; docs/data.md, Image codecs); None: the store's default.
     image_codec: str | None = None
+
+
+def twin_camera_overrides(cameras: Sequence[str], width: int | None = None,
+                          height: int | None = None) -> list[str]:
+    """Overrides (`key=value`, as `--set` takes them) for a twin that renders exactly `cameras`
+    at `width` x `height`. One spelling for every caller that builds a twin for a recording or a
+    policy (evaluation, demos, quality mixes), so a change of the syntax cannot miss one."""
+    out = [f"twin_params.cameras=[{','.join(cameras)}]"]
+    if width is not None:
+        out.append(f"twin_params.width={int(width)}")
+    if height is not None:
+        out.append(f"twin_params.height={int(height)}")
+    return out

@@ -129,14 +129,14 @@ def record_mix(out: str | Path, plan: Sequence[str], *, fps: float = 10.0, camer
     options (jitter_rad, pauses)."""
     from tether.core.config import to_dict
     from tether.data.store import EpisodeStore
+    from tether.robot.config import twin_camera_overrides
     from tether.robot.factory import load_robot_config, make_robot
     from tether.robot.twin.expert import ScriptedExpert
     from tether.robot.twin.render import configure_backend
     from tether.teleop.recorder import SAVED, Recorder
 
     configure_backend()
-    overrides = [f"fps={fps}", f"twin_params.cameras=[{','.join(cameras)}]",
-                 f"twin_params.width={width}", f"twin_params.height={height}"]
+    overrides = [f"fps={fps}", *twin_camera_overrides(cameras, width, height)]
     config = load_robot_config("twin:lift", overrides)
     robot = make_robot(config)
     truth: list[str] = []

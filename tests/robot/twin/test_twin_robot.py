@@ -303,6 +303,16 @@ def test_cameras_from_a_cli_override_string():
         robot.reset(-5)
 
 
+def test_camera_overrides_build_the_twin_they_name():
+    """The one spelling evaluation, demos and quality mixes use for a twin's cameras."""
+    from tether.robot.config import twin_camera_overrides
+
+    robot = make_robot("twin:transfer_cube", twin_camera_overrides(["workspace", "right_wrist"], 64, 48))
+    assert list(robot.cameras) == ["workspace", "right_wrist"]
+    assert {(c.spec.height, c.spec.width) for c in robot.cameras.values()} == {(48, 64)}
+    assert list(make_robot("twin:lift", twin_camera_overrides([])).cameras) == []
+
+
 def test_cameras_render_from_another_thread_than_the_one_that_connected():
     import threading
 

@@ -69,9 +69,12 @@ class DemoConfig:
 
     def record_overrides(self) -> list[str]:
         """Robot config overrides of the twin the demonstrations are recorded on."""
-        cameras = [] if self.cameras is None else [f"twin_params.cameras=[{','.join(self.cameras)}]"]
-        return [f"fps={self.fps:g}", f"twin_params.height={self.camera_height}",
-                f"twin_params.width={self.camera_width}", *cameras, *self.speed_overrides()]
+        from tether.robot.config import twin_camera_overrides
+
+        size = [f"twin_params.height={self.camera_height}", f"twin_params.width={self.camera_width}"]
+        if self.cameras is not None:
+            size = twin_camera_overrides(self.cameras, self.camera_width, self.camera_height)
+        return [f"fps={self.fps:g}", *size, *self.speed_overrides()]
 
     def eval_config(self, server: str) -> EvalConfig:
         """The evaluation of the served policy: held-out seeds (100000..), on a twin at the

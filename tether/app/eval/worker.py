@@ -112,18 +112,18 @@ def twin_overrides_for(spec: PolicySpec) -> list[str]:
     at 10 Hz with exactly that camera and size: a different rate changes what one action means,
     and a different image makes the spec check refuse the policy before anything moves.
     """
+    from tether.robot.config import twin_camera_overrides
+
     rate = [f"fps={spec.fps:g}"]
     images = [a for a in spec.observation if is_image_key(a.name)]
     if not images:
-        return rate + ["twin_params.cameras=[]"]
+        return rate + twin_camera_overrides([])
     sizes = {tuple(a.shape[:2]) for a in images}
     if len(sizes) != 1:
         raise ConfigError(f"the policy's cameras differ in size ({sorted(sizes)}); the twin renders "
                           "every camera at one size.")
     (height, width), = sizes
-    names = ", ".join(camera_of(a.name) for a in images)
-    return rate + [f"twin_params.cameras=[{names}]", f"twin_params.width={width}",
-            f"twin_params.height={height}"]
+    return rate + twin_camera_overrides([camera_of(a.name) for a in images], width, height)
 
 
 def _spec_of(source) -> PolicySpec:
