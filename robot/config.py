@@ -6,8 +6,8 @@ arbitrary code): see `robot/factory.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tether.core.schema import validate_name
