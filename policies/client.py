@@ -269,9 +269,10 @@ class PolicyClient:
         self._call(ResetRequest(next(self._ids)), ResetReply)
 
     def infer(self, observation: Mapping[str, np.ndarray], steps: int | None = None,
-              sampler: str | None = None) -> ChunkReply:
+              sampler: str | None = None, lookahead: int | None = None) -> ChunkReply:
         """Send one observation and wait for its chunk (at most timeout_s)."""
-        request_id = self.send_infer(observation, steps=steps, wait_s=self.timeout_s, sampler=sampler)
+        request_id = self.send_infer(observation, steps=steps, wait_s=self.timeout_s, sampler=sampler,
+                                     lookahead=lookahead)
         reply = self.poll_reply(self.timeout_s)
         if reply is None:
             self._pending.pop(request_id, None)
@@ -287,6 +288,7 @@ class PolicyClient:
         tag: Any = None,
         wait_s: float = 0.0,
         sampler: str | None = None,
+        lookahead: int | None = None,
     ) -> int:
         """Send an infer request without waiting for the reply; returns its id.
 
@@ -295,6 +297,7 @@ class PolicyClient:
         """
         max_steps = protocol.max_steps_of(self._info.spec.extra) if self._info else None
         protocol.check_steps(steps, max_steps or protocol.MAX_STEPS)  # before anything is sent
+        protocol.check_lookahead(lookahead)
         self.connect()
         request = InferRequest(
             next(self._ids),
@@ -302,6 +305,7 @@ class PolicyClient:
             steps=None if steps is None else int(steps),
             t_sent=time.monotonic(),
             sampler=sampler,
+            lookahead=None if lookahead is None else int(lookahead),
         )
         if not self._send(request.encode(), wait_s):
             raise self._timeout(request.OP, sent=False)

@@ -57,6 +57,7 @@ MAX_FRAMES = 1 + MAX_ARRAYS  # the header and one frame per array
 MAX_ID_CHARS = 128
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_ELEMENTS = DEFAULT_MAX_MESSAGE_BYTES * 16  # per array; any one dimension is bounded by it too
+MAX_LOOKAHEAD = 1024  # `lookahead` bound on the wire; the policy narrows it to its buffer
 MAX_STEPS = 10000  # `steps` bound when the policy states none (diffusion: its training steps)
 
 # Error replies a later retry may succeed with (the server was momentarily full); every other
@@ -292,7 +293,9 @@ class InferRequest(Request):
 
     `steps` (diffusion's denoising steps) is 1..MAX_STEPS here; the server narrows it to the
     policy's own range (`check_steps`). `sampler` (diffusion: ddim, dpmpp, streaming) is a
-    short name the policy checks. Decoded observation arrays are zero-copy, read-only
+    short name the policy checks. `lookahead` (the streaming sampler: clean estimates of the
+    actions after the emitted ones, for temporal ensembling) is 0..MAX_LOOKAHEAD here, and the
+    policy checks it against its buffer. Decoded observation arrays are zero-copy, read-only
     views of the frames: keep the frames alive while you use them.
     """
 
@@ -302,16 +305,18 @@ class InferRequest(Request):
     steps: int | None = None
     t_sent: float | None = None
     sampler: str | None = None
+    lookahead: int | None = None
 
     def _header(self) -> dict[str, Any]:
-        return _optional(steps=self.steps, sampler=self.sampler, t_sent=self.t_sent)
+        return _optional(steps=self.steps, sampler=self.sampler, lookahead=self.lookahead,
+                         t_sent=self.t_sent)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return dict(self.observation)
 
     def policy_options(self) -> dict[str, Any]:
         """The keyword options for `Policy.predict_chunk` this request sets (none by default)."""
-        return _optional(steps=self.steps, sampler=self.sampler)
+        return _optional(steps=self.steps, sampler=self.sampler, lookahead=self.lookahead)
 
     @classmethod
     def _from(cls, message: Message) -> InferRequest:
@@ -323,6 +328,8 @@ class InferRequest(Request):
         if sampler is not None and not 0 < len(sampler) <= 32:
             raise MessageError("bad_field", f"'sampler' must be a short name, got {sampler[:40]!r}",
                                field="sampler")
+        lookahead = head.get("lookahead")
+        check_lookahead(lookahead)
         for name, array in message.arrays.items():
             _check_finite(name, array)
         return cls(
@@ -331,6 +338,7 @@ class InferRequest(Request):
             steps=None if steps is None else int(steps),
             t_sent=t_sent,
             sampler=sampler,
+            lookahead=None if lookahead is None else int(lookahead),
         )
 
 
@@ -621,6 +629,20 @@ def max_steps_of(extra: Mapping[str, Any]) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS:
         return value
     return MAX_STEPS
+
+
+def check_lookahead(lookahead: Any) -> None:
+    """Raise MessageError(bad_field) unless `lookahead` is None or an int in 0..MAX_LOOKAHEAD."""
+    if lookahead is None:
+        return
+    if isinstance(lookahead, bool) or not isinstance(lookahead, (int, np.integer)) \
+            or not 0 <= int(lookahead) <= MAX_LOOKAHEAD:
+        raise MessageError(
+            "bad_field",
+            f"'lookahead' must be an integer from 0 to {MAX_LOOKAHEAD} (streaming actions after "
+            f"the emitted ones), got {lookahead!r}",
+            field="lookahead",
+        )
 
 
 def check_steps(steps: Any, max_steps: int = MAX_STEPS) -> None:

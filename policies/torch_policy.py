@@ -117,11 +117,13 @@ class DiffusionPolicy(TorchPolicy):
         self.generator = torch.Generator().manual_seed(0)
         self.sampler: str = self.model.config.sampler
         self.steps: int | None = None  # None: the config's inference_steps
+        self.lookahead: int = self.model.config.stream_lookahead
         self._stream = None  # a StreamingSampler once the streaming sampler is used
 
-    def set_sampling(self, sampler: str | None = None, steps: int | None = None) -> None:
-        """Change the defaults used when a request names no sampler / steps (`tether serve
-        --sampler`, `tether eval --sampler`); checked at once so a bad name fails at start-up."""
+    def set_sampling(self, sampler: str | None = None, steps: int | None = None,
+                     lookahead: int | None = None) -> None:
+        """Change the defaults used when a request names no sampler / steps / lookahead (`tether
+        serve --sampler --stream-lookahead`); checked at once so a bad value fails at start-up."""
         from tether.policies.samplers import check_sampler
 
         if sampler is not None:
@@ -131,6 +133,8 @@ class DiffusionPolicy(TorchPolicy):
             self._check_steps(steps)
             self.model.scheduler.timesteps(int(steps))  # in range, or the error names it
             self.steps = int(steps)
+        if lookahead is not None:
+            self.lookahead = self._check_lookahead(lookahead)
 
     def reset(self) -> None:
         self._history.clear()
@@ -139,7 +143,8 @@ class DiffusionPolicy(TorchPolicy):
             self._stream.reset()
 
     def _predict_chunk(self, observation: dict[str, np.ndarray], steps: int | None = None,
-                       sampler: str | None = None, **options) -> np.ndarray:
+                       sampler: str | None = None, lookahead: int | None = None,
+                       **options) -> np.ndarray:
         from tether.policies.samplers import STREAMING, check_sampler
 
         sampler = check_sampler(self.sampler if sampler is None else sampler)
@@ -148,6 +153,12 @@ class DiffusionPolicy(TorchPolicy):
         if sampler == STREAMING and steps is not None:
             raise PolicyError("the streaming sampler denoises one level per call; 'steps' does not "
                               "apply to it (drop --steps, or pick --sampler ddim/dpmpp)")
+        if lookahead is not None:
+            if sampler != STREAMING:
+                raise PolicyError(f"'lookahead' extends the streaming sampler's reply; the {sampler} "
+                                  "sampler returns whole chunks (drop --stream-lookahead, or pick "
+                                  "--sampler streaming)")
+            lookahead = self._check_lookahead(lookahead)
         self._check_streaming(sampler)
         current = self._to_tensors(observation)
         cams = self.model.config.cameras
@@ -163,13 +174,24 @@ class DiffusionPolicy(TorchPolicy):
                 actions = self._streaming().step(
                     lambda x, t: self.model._denoise(x, t, history), self.generator,
                     device=history.device, dtype=history.dtype,
-                    lookahead=self.model.config.stream_lookahead)
+                    lookahead=self.lookahead if lookahead is None else lookahead)
             else:
                 if self._stream is not None:  # a chunk in between: the buffer no longer follows
                     self._stream.reset()
                 steps = self.steps if steps is None else int(steps)
                 actions = self.model.sample_actions(history, steps, self.generator, sampler)
         return self._finish(actions)
+
+    def _check_lookahead(self, lookahead) -> int:
+        """0..(future actions - stream_actions): the buffer's clean estimates after the emitted
+        actions are all a reply can carry."""
+        c = self.model.config
+        most = c.horizon - (c.obs_horizon - 1) - c.stream_actions
+        if isinstance(lookahead, bool) or not isinstance(lookahead, (int, np.integer)) \
+                or not 0 <= int(lookahead) <= most:
+            raise PolicyError(f"lookahead must be an integer from 0 to {most} (the streaming "
+                              f"buffer's actions after the {c.stream_actions} emitted), got {lookahead!r}")
+        return int(lookahead)
 
     def _check_steps(self, steps) -> None:
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):

@@ -1,4 +1,5 @@
-"""Shared test setup: headless MuJoCo rendering, and the two timing helpers every test uses.
+"""Shared test setup: headless MuJoCo rendering, the two timing helpers every test uses, and
+a tiny diffusion checkpoint for tests of sampler options.
 
 Tests check behaviour, never how fast this host is: instead of sleeping a fixed time and then
 asserting, they poll for the condition with a generous deadline (`wait_until`), and instead of
@@ -80,6 +81,36 @@ def wait_until_fixture() -> Callable[..., Any]:
 def check_tick_accounting_fixture() -> Callable[..., None]:
     """`check_tick_accounting(loop_stats_dict)`: ticks + skipped account for the elapsed time."""
     return check_tick_accounting
+
+
+def save_state_diffusion_checkpoint(root, streaming_fraction: float = 0.0):
+    """A tiny state-only diffusion checkpoint for twin:lift (6 joints, random weights, horizon 8):
+    for tests where which sampler or option ran is what counts, not what the policy does."""
+    import numpy as np
+    import torch
+
+    from tether.policies.checkpoint import save_checkpoint
+    from tether.policies.diffusion import DiffusionConfig, DiffusionModel
+    from tether.policies.normalizer import Normalizer
+    from tether.policies.torch_policy import make_spec
+
+    torch.manual_seed(0)
+    model = DiffusionModel(DiffusionConfig(state_dim=6, action_dim=6, cameras=[], horizon=8,
+                                           n_action_steps=4, down_dims=[16, 32], n_groups=4,
+                                           step_embed_dim=16, streaming_fraction=streaming_fraction))
+    stats = {k: {"min": -np.ones(6), "max": np.ones(6), "mean": np.zeros(6), "std": np.ones(6)}
+             for k in ("state", "action")}
+    norm = Normalizer.from_stats(stats, {"state": "min_max", "action": "min_max"})
+    spec = make_spec("diffusion", 6, {}, 6, 4, 30.0, norm)
+    return save_checkpoint(root / "dp", model=model, normalizer=norm, policy_type="diffusion",
+                           spec=spec, step=0)
+
+
+@pytest.fixture(name="state_diffusion_checkpoint", scope="session")
+def state_diffusion_checkpoint_fixture() -> Callable[..., Any]:
+    """`state_diffusion_checkpoint(root, streaming_fraction=0.0) -> Path` (see above)."""
+    pytest.importorskip("torch")
+    return save_state_diffusion_checkpoint
 
 
 @pytest.fixture(scope="session")

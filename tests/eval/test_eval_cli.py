@@ -71,6 +71,24 @@ def test_eval_reports_a_missing_checkpoint(tmp_path):
     assert "nope" in (result.output + str(result.exception))
 
 
+def test_eval_stream_lookahead_reaches_the_policy_and_is_refused_beside_chunks(
+        tmp_path, state_diffusion_checkpoint):
+    """`--stream-lookahead k` rides on every request of the evaluation (a value past the
+    checkpoint's buffer fails naming the range, so it got there); beside a chunk sampler it is
+    refused before any worker starts."""
+    checkpoint = str(state_diffusion_checkpoint(tmp_path, streaming_fraction=0.5))
+    app = build_app()
+    base = ["eval", "--task", "lift", "--checkpoint", checkpoint, "--episodes", "1", "--workers", "0",
+            "--videos", "0", "--out", str(tmp_path / "r"), "--sampler"]
+    ran = runner.invoke(app, [*base, "streaming", "--stream-lookahead", "3"])
+    assert ran.exit_code == 0, ran.output
+    too_far = runner.invoke(app, [*base, "streaming", "--stream-lookahead", "7"])
+    assert too_far.exit_code != 0
+    assert "lookahead must be an integer from 0 to 6" in " ".join(too_far.output.split())
+    chunks = runner.invoke(app, [*base, "ddim", "--stream-lookahead", "3"])
+    assert chunks.exit_code == 2 and "applies to the streaming sampler" in " ".join(chunks.output.split())
+
+
 @pytest.mark.slow
 def test_scripted_expert_success_over_100_episodes(tmp_path):
     from tether.app.eval.runner import EvalConfig, evaluate

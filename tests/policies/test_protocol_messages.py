@@ -70,6 +70,7 @@ MESSAGES = {
     "reset request": ResetRequest(4),
     "reset reply": ResetReply(4, t_recv=1.0, t_reply=2.0),
     "infer request": InferRequest(5, _observation(), steps=10, t_sent=1.5),
+    "infer request streaming": InferRequest(7, _observation(), sampler="streaming", lookahead=4),
     "infer request bare": InferRequest(6, {"state": np.zeros(3, np.float64)}),
     "infer reply": InferReply(5, _action(), t_recv=1.0, t_reply=1.25, queue_ms=0.5, infer_ms=3.0),
     "error reply": ErrorReply(7, "bad_shape", "array 'state' has shape (7,), expected (14,)"),
@@ -234,6 +235,15 @@ BAD_REQUESTS = {
         protocol.encode({"id": 1, "op": "infer", "steps": protocol.MAX_STEPS + 1}),
         "bad_field",
         "steps",
+    ),
+    "lookahead negative": (protocol.encode({"id": 1, "op": "infer", "lookahead": -1}), "bad_field",
+                           "lookahead"),
+    "lookahead string": (protocol.encode({"id": 1, "op": "infer", "lookahead": "4"}), "bad_field",
+                         "lookahead"),
+    "lookahead too many": (
+        protocol.encode({"id": 1, "op": "infer", "lookahead": protocol.MAX_LOOKAHEAD + 1}),
+        "bad_field",
+        "lookahead",
     ),
     "t_sent inf": (
         protocol.encode({"id": 1, "op": "ping", "t_sent": math.inf}),

@@ -210,3 +210,38 @@ def test_a_forked_robot_gets_its_own_buffer(streaming_policy):
     other = streaming_policy.fork()
     assert other._stream is None or other._stream.buffer is None
     assert streaming_policy._stream.buffer is not None
+
+
+def test_lookahead_is_chosen_per_request_and_as_a_server_default(streaming_policy):
+    """The measured best streaming variant (lookahead + temporal ensembling) needs no edited
+    checkpoint: `lookahead` travels per request (`tether eval|rollout --stream-lookahead`), and
+    `set_sampling` gives a server its default (`tether serve --stream-lookahead`)."""
+    from tether.core.errors import ProtocolError
+    from tether.policies.client import PolicyClient, RemoteError
+    from tether.policies.server import PolicyServer, ServerConfig
+
+    state = np.array([0.6, -0.5], np.float32)
+    plan = state[None] * (0.3 + 0.6 * np.arange(H) / H)[:, None]
+    with PolicyServer(streaming_policy.fork(), ServerConfig("tcp://127.0.0.1:0")) as server:
+        with PolicyClient(server.endpoint, timeout_s=20.0) as client:
+            client.reset()
+            for _ in range(3):
+                ahead = client.infer({"state": state}, lookahead=4).actions
+            plain = client.infer({"state": state}).actions
+            with pytest.raises(RemoteError, match="'lookahead' extends the streaming sampler's reply"):
+                client.infer({"state": state}, sampler="ddim", lookahead=2)
+            with pytest.raises(RemoteError, match=f"lookahead must be an integer from 0 to {H - 2}"):
+                client.infer({"state": state}, lookahead=H)
+            with pytest.raises(ProtocolError, match="'lookahead' must be an integer"):
+                client.infer({"state": state}, lookahead=-1)  # refused before it is sent
+            assert client.infer({"state": state}).actions.shape == (1, 2)  # still serving
+    assert ahead.shape == (5, 2) and plain.shape == (1, 2)
+    # the emitted action, then the call's clean estimates of the plan's next four positions
+    np.testing.assert_allclose(ahead, plan[1:6], atol=0.1)
+
+    served = streaming_policy.fork()
+    served.set_sampling(lookahead=3)
+    assert served.predict_chunk({"state": state}).shape == (4, 2)
+    assert served.predict_chunk({"state": state}, lookahead=0).shape == (1, 2)  # a request's wins
+    with pytest.raises(PolicyError, match="lookahead must be an integer"):
+        served.set_sampling(lookahead=H)

@@ -21,27 +21,8 @@ def rollout(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def diffusion_checkpoint(tmp_path_factory) -> Path:
-    """A tiny state-only diffusion checkpoint (random weights): which sampler ran is what counts."""
-    import numpy as np
-    import torch
-
-    from tether.policies.checkpoint import save_checkpoint
-    from tether.policies.diffusion import DiffusionConfig, DiffusionModel
-    from tether.policies.normalizer import Normalizer
-    from tether.policies.torch_policy import make_spec
-
-    torch.manual_seed(0)
-    model = DiffusionModel(DiffusionConfig(state_dim=6, action_dim=6, cameras=[], horizon=8,
-                                           n_action_steps=4, down_dims=[16, 32], n_groups=4,
-                                           step_embed_dim=16))
-    stats = {k: {"min": -np.ones(6), "max": np.ones(6), "mean": np.zeros(6), "std": np.ones(6)}
-             for k in ("state", "action")}
-    norm = Normalizer.from_stats(stats, {"state": "min_max", "action": "min_max"})
-    spec = make_spec("diffusion", 6, {}, 6, 4, 30.0, norm)
-    root = tmp_path_factory.mktemp("sampler")
-    return save_checkpoint(root / "dp", model=model, normalizer=norm, policy_type="diffusion",
-                           spec=spec, step=0)
+def diffusion_checkpoint(tmp_path_factory, state_diffusion_checkpoint) -> Path:
+    return state_diffusion_checkpoint(tmp_path_factory.mktemp("sampler"))
 
 
 def test_a_chunk_sampler_runs_and_streaming_reaches_the_policy(diffusion_checkpoint):
@@ -60,3 +41,23 @@ def test_an_unknown_sampler_is_refused_naming_the_choices():
     text = " ".join((refused.stdout + refused.stderr).split())
     assert refused.returncode == 2, text
     assert "ddim, dpmpp, streaming" in text and "'euler'" in text and "Traceback" not in text
+
+
+def test_stream_lookahead_reaches_the_streaming_sampler_and_is_refused_beside_chunks(
+        tmp_path, state_diffusion_checkpoint):
+    """`--stream-lookahead k`: every request asks the streaming sampler for k extra actions (the
+    ensembled variant measured best); beside a chunk sampler it is refused before anything runs,
+    and beyond the checkpoint's buffer the policy names the range."""
+    streaming = state_diffusion_checkpoint(tmp_path, streaming_fraction=0.5)
+    ran = rollout("--policy", str(streaming), "--sampler", "streaming", "--stream-lookahead", "3",
+                  "--blend", "ensemble")
+    assert ran.returncode == 0, ran.stdout + ran.stderr[-3000:]
+    assert "8 steps" in " ".join(ran.stdout.split())
+    too_far = rollout("--policy", str(streaming), "--sampler", "streaming", "--stream-lookahead", "7")
+    text = " ".join((too_far.stdout + too_far.stderr).split())
+    assert too_far.returncode == 2 and "lookahead must be an integer from 0 to 6" in text, text
+    assert "Traceback" not in text
+    beside_chunks = rollout("--policy", "simple:hold", "--sampler", "dpmpp", "--stream-lookahead", "2")
+    text = " ".join((beside_chunks.stdout + beside_chunks.stderr).split())
+    assert beside_chunks.returncode == 2, text
+    assert "--stream-lookahead applies to the streaming sampler" in text and "Traceback" not in text

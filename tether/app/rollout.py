@@ -82,6 +82,8 @@ class RolloutConfig:
         None = every tick for "ensemble", half a chunk for "switch".
     steps: denoising steps per request (diffusion policies), None = the policy's default.
     sampler: diffusion sampler per request (ddim, dpmpp, streaming), None = the policy's default.
+    stream_lookahead: the streaming sampler's clean estimates of the next actions appended to
+        each reply, per request (for `ensemble`); None = the policy's default.
     request_timeout_s: a request unanswered this long is abandoned and sent again (reconnecting).
     start_timeout_s: how long to wait for the first chunk before giving up (the clock and the
         arm start only once it is there).
@@ -100,6 +102,7 @@ class RolloutConfig:
     request_threshold: int | None = None
     steps: int | None = None
     sampler: str | None = None
+    stream_lookahead: int | None = None
     request_timeout_s: float = 0.5
     start_timeout_s: float = 10.0
     stop_on_success: bool = True
@@ -213,7 +216,7 @@ def run_episode(
     compensate, or None (see the module doc).
     """
     config = config or RolloutConfig()
-    chunk_source = as_chunk_source(source, config.steps, config.sampler)
+    chunk_source = as_chunk_source(source, config.steps, config.sampler, config.stream_lookahead)
     return _Episode(
         robot, chunk_source, config, seed, on_progress, units, telemetry, takeover, on_row,
         latency,
@@ -284,10 +287,12 @@ class LocalSource(ChunkSource):
 
     synchronous = True
 
-    def __init__(self, policy: Policy, steps: int | None, sampler: str | None = None) -> None:
+    def __init__(self, policy: Policy, steps: int | None, sampler: str | None = None,
+                 lookahead: int | None = None) -> None:
         self.policy = policy
         self.spec = policy.spec
-        self.options = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
+        self.options = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("lookahead", lookahead))
+                        if v is not None}
         self._ready: Chunk | None = None
 
     def check(self, robot) -> None:
@@ -322,10 +327,12 @@ class RemoteSource(ChunkSource):
 
     synchronous = False
 
-    def __init__(self, client, steps: int | None, sampler: str | None = None) -> None:
+    def __init__(self, client, steps: int | None, sampler: str | None = None,
+                 lookahead: int | None = None) -> None:
         self.client = client
         self.steps = steps
         self.sampler = sampler
+        self.lookahead = lookahead
         self.spec = client.info().spec
 
     def check(self, robot) -> None:
@@ -341,7 +348,7 @@ class RemoteSource(ChunkSource):
 
     def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
         self.client.send_infer(observation, steps=self.steps, tag=step, wait_s=wait_s,
-                               sampler=self.sampler)
+                               sampler=self.sampler, lookahead=self.lookahead)
 
     def poll(self, timeout_s: float) -> Chunk | None:
         reply = self.client.poll_reply(timeout_s)
@@ -359,16 +366,17 @@ class RemoteSource(ChunkSource):
         self.client.discard_pending()
 
 
-def as_chunk_source(source, steps: int | None = None, sampler: str | None = None) -> ChunkSource:
+def as_chunk_source(source, steps: int | None = None, sampler: str | None = None,
+                    lookahead: int | None = None) -> ChunkSource:
     """Wrap a Policy or a PolicyClient (anything else is a TypeError)."""
     if isinstance(source, ChunkSource):
         return source
     if isinstance(source, Policy):
-        return LocalSource(source, steps, sampler)
+        return LocalSource(source, steps, sampler, lookahead)
     from tether.policies.client import PolicyClient
 
     if isinstance(source, PolicyClient):
-        return RemoteSource(source, steps, sampler)
+        return RemoteSource(source, steps, sampler, lookahead)
     raise TypeError(f"expected a Policy or a PolicyClient, got {type(source).__name__}")
 
 

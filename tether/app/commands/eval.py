@@ -32,6 +32,9 @@ def eval_command(
     push: str | None = typer.Option(None, "--push", help="STEP:METERS: push the object sideways "
                                     "after that control step (twin; a reaction test), e.g. 15:0.03."),
     blend: str = typer.Option("ensemble", "--blend", help="ensemble (temporal ensembling) or switch."),
+    stream_lookahead: int | None = typer.Option(
+        None, "--stream-lookahead", min=0, help="Streaming sampler: append the call's clean estimates "
+        "of this many next actions to each reply, for --blend ensemble (default: the checkpoint's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     env: str | None = typer.Option(None, "--env", help="A gymnasium env id instead of the twin task, "
                                    "e.g. Pendulum-v1 or tether/TwinLift-v0."),
@@ -69,7 +72,8 @@ def eval_command(
         Push.parse(push)  # a bad value fails before any worker starts
     config = EvalConfig(task=task, episodes=episodes, workers=workers, seed=seed,
                         checkpoint=checkpoint, server=server, policy=policy, out=str(out),
-                        videos=videos, steps=steps, rollout={"blend": blend}, env=env,
+                        videos=videos, steps=steps, env=env,
+                        rollout={"blend": blend, **_lookahead(stream_lookahead, sampler)},
                         obs_map=None if obs_map is None else str(obs_map.resolve()),
                         backend=backend, address=address, robot=list(overrides),
                         sampler=sampler, push=push)
@@ -108,6 +112,19 @@ def eval_command(
             f"[bold]{env or task}[/]: success {summary['successes']}/{summary['episodes']} = "
             f"{summary['success_rate']:.0%} (95% CI {low:.0%}-{high:.0%}); report: {out / 'report.html'}"
         )
+
+
+def _lookahead(stream_lookahead: int | None, sampler: str | None) -> dict[str, int]:
+    """The rollout setting for --stream-lookahead; refused up front beside a chunk sampler only
+    (a sweep's chunk-sampler rows run without it; no --sampler leaves it to the checkpoint)."""
+    from tether.core.errors import ConfigError
+
+    if stream_lookahead is None:
+        return {}
+    if sampler is not None and "streaming" not in sampler.split(","):
+        raise ConfigError(f"--stream-lookahead applies to the streaming sampler; --sampler {sampler} "
+                          "returns whole chunks (add streaming, or drop --stream-lookahead)")
+    return {"stream_lookahead": stream_lookahead}
 
 
 def _sweep_steps(config, steps_text: str, sampler: str | None, steps: int | None,

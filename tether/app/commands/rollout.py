@@ -53,6 +53,10 @@ def rollout(
         None, "--sampler", help="Diffusion sampler per request: ddim, dpmpp or streaming "
         "(default: the policy's)."
     ),
+    stream_lookahead: int | None = typer.Option(
+        None, "--stream-lookahead", min=0, help="Streaming sampler: append the call's clean "
+        "estimates of this many next actions to each reply, for --blend ensemble."
+    ),
     realtime: bool = typer.Option(
         True, "--realtime/--lockstep",
         help="Pace to the wall clock, or wait for every chunk (--lockstep: simulated robots only).",
@@ -121,12 +125,16 @@ def rollout(
             from tether.app.eval.steps_sweep import parse_sampler
 
             sampler = parse_sampler(sampler)
+        if stream_lookahead is not None and sampler not in (None, "streaming"):
+            raise ConfigError(f"--stream-lookahead applies to the streaming sampler; --sampler "
+                              f"{sampler} returns whole chunks (drop --stream-lookahead)")
         if keyboard is None:
             keyboard = sys.stdin.isatty()
         summaries = _run(
             robot, server, policy, episodes, seed, overrides, keys, timeout, connect_timeout,
             dict(max_steps=max_steps, blend=blend, ensemble_m=ensemble_m,
-                 request_threshold=threshold, steps=steps, sampler=sampler, realtime=realtime,
+                 request_threshold=threshold, steps=steps, sampler=sampler,
+                 stream_lookahead=stream_lookahead, realtime=realtime,
                  request_timeout_s=timeout, resample=resample),
             keyboard, view,
             dict(record=record, takeover=takeover, takeover_param=takeover_param,

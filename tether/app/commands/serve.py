@@ -52,6 +52,10 @@ def serve(
     steps: int | None = typer.Option(
         None, "--steps", help="Diffusion: default denoising steps (a request's own wins)."
     ),
+    stream_lookahead: int | None = typer.Option(
+        None, "--stream-lookahead", min=0, help="Diffusion, streaming sampler: default count of "
+        "next-action estimates appended to each reply (a request's own 'lookahead' wins)."
+    ),
     engine: str = typer.Option(
         "auto", "--engine", help="Inference engine for checkpoints: auto | eager | compile | "
         "onnx | openvino (auto: the fastest installed; a failure falls back to eager, logged)."
@@ -76,7 +80,7 @@ def serve(
     from tether.policies.server import PolicyServer, ServerConfig, is_local_address
 
     loaded = load_served_policy(policy, robot, chunk_size, delay_ms / 1e3, device, sampler, steps,
-                                engine, precision, engine_cache)
+                                engine, precision, engine_cache, stream_lookahead)
     config = ServerConfig(
         address=bind, keys_dir=keys, max_message_bytes=int(max_message_mb * 1024 * 1024)
     )
@@ -106,17 +110,19 @@ def _announce(spec, endpoint: str, keys: Path | None, engine=None) -> None:
 def load_served_policy(
     policy: str, robot: str | None, chunk_size: int, delay_s: float, device: str,
     sampler: str | None = None, steps: int | None = None, engine: str = "auto",
-    precision: str = "auto", engine_cache: bool = True,
+    precision: str = "auto", engine_cache: bool = True, lookahead: int | None = None,
 ):
     """A checkpoint (run by `engine`, see tether.policies.engines), or a simple policy built
-    for `robot`, optionally slowed by `delay_s`; `sampler` / `steps` set a diffusion
-    checkpoint's defaults."""
+    for `robot`, optionally slowed by `delay_s`; `sampler` / `steps` / `lookahead` set a
+    diffusion checkpoint's defaults."""
     from tether.core.errors import ConfigError
     from tether.policies.simple import SlowPolicy, make_simple_policy
 
+    sampling = sampler is not None or steps is not None or lookahead is not None
     if policy.startswith(SIMPLE_PREFIX):
-        if sampler is not None or steps is not None:
-            raise ConfigError("--sampler/--steps apply to diffusion checkpoints, not simple: policies")
+        if sampling:
+            raise ConfigError("--sampler/--steps/--stream-lookahead apply to diffusion checkpoints, "
+                              "not simple: policies")
         if engine != "auto" or precision != "auto":
             raise ConfigError("--engine/--precision apply to checkpoints, not simple: policies")
         if robot is None:
@@ -136,12 +142,12 @@ def load_served_policy(
     from tether.policies.engines import load_engine_policy
 
     loaded = load_engine_policy(path, engine, precision, device=device, cache=engine_cache)
-    if sampler is not None or steps is not None:
+    if sampling:
         set_sampling = getattr(loaded, "set_sampling", None)
         if set_sampling is None:
-            raise ConfigError(f"--sampler/--steps apply to diffusion checkpoints; {policy} is a "
-                              f"{loaded.spec.policy_type} policy: drop them")
-        set_sampling(sampler, steps)
+            raise ConfigError(f"--sampler/--steps/--stream-lookahead apply to diffusion checkpoints; "
+                              f"{policy} is a {loaded.spec.policy_type} policy: drop them")
+        set_sampling(sampler, steps, lookahead)
     return SlowPolicy(loaded, delay_s) if delay_s > 0 else loaded
 
 

@@ -80,7 +80,10 @@ def sweep_steps(base: EvalConfig, steps: list[int], samplers: list[str],
     rows = []
     for sampler, n in settings(steps, samplers):
         name = f"{sampler}" if n is None else f"{sampler}_{n}"
-        config = replace(base, steps=n, sampler=sampler, out=str(out_root / name))
+        rollout = dict(base.rollout)
+        if sampler != STREAMING:  # the streaming row's --stream-lookahead; chunks have no tail
+            rollout.pop("stream_lookahead", None)
+        config = replace(base, steps=n, sampler=sampler, out=str(out_root / name), rollout=rollout)
         summary = evaluate(config, show_progress=show_progress)
         rows.append(_row(sampler, n, summary, out_root / name))
     data = {
