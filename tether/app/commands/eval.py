@@ -121,7 +121,7 @@ def _lookahead(stream_lookahead: int | None, sampler: str | None) -> dict[str, i
 
     if stream_lookahead is None:
         return {}
-    if sampler is not None and "streaming" not in sampler.split(","):
+    if sampler is not None and "streaming" not in {s.strip() for s in sampler.split(",")}:
         raise ConfigError(f"--stream-lookahead applies to the streaming sampler; --sampler {sampler} "
                           "returns whole chunks (add streaming, or drop --stream-lookahead)")
     return {"stream_lookahead": stream_lookahead}
