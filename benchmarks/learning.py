@@ -23,9 +23,11 @@ against step, EMA and raw).
 
 Choices for a 2-core CPU (docs/policies.md, "Learning results"): 10 Hz control (an episode is
 ~50-100 decisions), one camera recorded at 96x128 - `top`, except ACT on transfer_cube, which
-sees the ALOHA scene's narrow `workspace` view (the cube ~10 px wide there, ~5 px in `top`) - fed
-at 72x96 (ACT) or 60x80 (diffusion); ACT `cpu` preset (dim 128, 2+1
-layers, ResNet-18 width 32, chunk 1 s, temporal ensembling with m = 0.01 as in the paper);
+sees the ALOHA scene's narrow `workspace` view (the cube ~10 px wide there, ~5 px in `top`), and
+ACT on insertion, which sees the SO-101's `wrist` camera - fed at 72x96 (ACT) or 60x80
+(diffusion); the task's joint speed limit (transfer_cube, insertion: the gripper at 10/s);
+ACT `cpu` preset (dim 128, 2+1 layers, ResNet-18 width 32, chunk 1 s, temporal ensembling with
+m = 0.01 as in the paper);
 diffusion U-Net 64/128/256 with a width-16 ResNet-18 at 60x80 (lift: the `tiny` U-Net 32/64/128
 at 48x64 from 100 demos, batch 64, 4000 steps), obs horizon 2, 16 predicted / 8 executed
 actions, sample prediction, 10 DDIM steps, EMA 0.995. Steps are what fits ~30-60 min per run on
@@ -60,8 +62,9 @@ DIFFUSION_LIFT_TRAIN = {"lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "ba
 # the finger reading, so ACT learned to command "a little more closed than now". Where the
 # fingers stopped at 0.72 on the cube (0.5 in the demos' firm grasp) that copy was a fixed point:
 # no squeeze, the arm holding the cube 3-4 cm up until time ran out (6 of the 14 failures in 30
-# episodes of the 56% run). At 10/s the recorded close is the expert's own 0.6 s one.
-TASK_SPEED: dict[str, float | list[float]] = {"lift": 0.5, "insertion": 1.0,
+# episodes of the 56% run; 2 of 13 in the same 30 seeds after). At 10/s the recorded close is the
+# expert's own 0.6 s one. Insertion's SO-101 (5 joints, then the gripper) gets the same.
+TASK_SPEED: dict[str, float | list[float]] = {"lift": 0.5, "insertion": [1.0] * 5 + [10.0],
                                               "transfer_cube": [1.0] * 6 + [10.0]}
 
 
@@ -84,7 +87,9 @@ RECIPES: dict[str, Recipe] = {
     # px, where the 72x96 ACT input could not place the grasp: 0/50, every miss a few px off).
     "act_transfer_cube": Recipe("transfer_cube", "act", 12000, model=ACT_MODEL, cameras=("workspace",),
                                 rollout={"blend": "ensemble", "ensemble_m": 0.01}, target=0.9),
-    "act_insertion": Recipe("insertion", "act", 6000, model=ACT_MODEL,
+    # The SO-101's wrist camera sees the peg and the socket large from the home pose and keeps
+    # them in view through the grasp and the approach (in `top` the 2 cm peg is ~3 px at 72x96).
+    "act_insertion": Recipe("insertion", "act", 8000, model=ACT_MODEL, cameras=("wrist",),
                             rollout={"blend": "ensemble", "ensemble_m": 0.01}, target=0.5),
     # Diffusion Policy executes 8 actions of each 16-step prediction, then asks again. Lift uses
     # the checkpoint recipe of the sampling frontier (docs/policies.md: 84-92% at every DDIM step
