@@ -1,8 +1,8 @@
 """Choosing a checkpoint by twin success with a confidence interval (issue 19, item 5).
 
 The rule (tether.app.eval.selection): the highest rate leads; every evaluation inside the
-leader's 95% Wilson interval is indistinguishable from it; the latest of those wins, EMA before
-raw at the same step. The CLI test trains a tiny ACT with `--eval-every`, both weights and a
+leader's 95% Wilson interval, or holding the leader's rate in its own, is indistinguishable from
+it; the latest of those wins, EMA before raw at the same step. The CLI test trains a tiny ACT with `--eval-every`, both weights and a
 validation hold-out, and checks what lands in the run directory.
 """
 
@@ -32,6 +32,16 @@ def test_indistinguishable_rates_go_to_the_latest_and_ema_first():
     assert sorted(choice.tied) == [0, 1, 2]
     assert choice.index == 2  # step 200, EMA before raw
     assert "indistinguishable" in choice.note
+
+
+def test_near_zero_a_lone_success_does_not_outrank_later_zeros():
+    """1/20 leads, its interval (1-24%) excludes 0%, but 0/20's own interval (0-16%) holds 5%:
+    the two cannot be told apart, so the latest step wins (an insertion run picked step 2000 of
+    8000 for its one success before this)."""
+    evals = [Scored(1000, 0, 20), Scored(2000, 1, 20), Scored(3000, 0, 20), Scored(8000, 0, 20)]
+    choice = choose(evals)
+    assert choice.leader == 1 and sorted(choice.tied) == [0, 1, 2, 3]
+    assert choice.index == 3
 
 
 def test_more_episodes_separate_what_few_cannot():

@@ -7,8 +7,10 @@ therefore mostly picks noise. The rule here, stated once and used by `tether tra
 and `tether eval --sweep` alike:
 
 1. The *leader* is the evaluation with the highest success rate.
-2. Every evaluation whose success rate lies inside the leader's 95% Wilson interval is
-   *indistinguishable* from it at this number of episodes.
+2. Every evaluation whose success rate lies inside the leader's 95% Wilson interval, or whose
+   own interval holds the leader's rate, is *indistinguishable* from it at this number of
+   episodes (both ways: near 0% the leader's interval can exclude 0/20 while 0/20's interval
+   holds 1/20, and the two cannot be told apart).
 3. Among the indistinguishable ones, pick the latest step (more training, and the EMA has
    averaged over more of it); at the same step, EMA weights before raw ones.
 
@@ -73,7 +75,8 @@ class Choice:
                            "ci95": [low, high]},
                 "tied": len(self.tied), "note": self.note,
                 "rule": "highest success rate leads; of the evaluations inside the leader's 95% "
-                        "Wilson interval the latest step wins, EMA before raw at the same step"}
+                        "Wilson interval, or holding its rate in their own, the latest step wins, "
+                        "EMA before raw at the same step"}
 
 
 def choose(candidates: Sequence[Scored], confidence: float = 0.95) -> Choice:
@@ -88,16 +91,23 @@ def choose(candidates: Sequence[Scored], confidence: float = 0.95) -> Choice:
     leader = max(range(len(candidates)), key=lambda i: (candidates[i].rate, order(i)))
     low, high = wilson_interval(candidates[leader].successes, candidates[leader].episodes, confidence)
     eps = 1e-12
-    tied = [i for i, c in enumerate(candidates) if low - eps <= c.rate <= high + eps]
+    lead_rate = candidates[leader].rate
+
+    def indistinguishable(c: Scored) -> bool:
+        own_low, own_high = wilson_interval(c.successes, c.episodes, confidence)
+        return low - eps <= c.rate <= high + eps or own_low - eps <= lead_rate <= own_high + eps
+
+    tied = [i for i, c in enumerate(candidates) if indistinguishable(c)]
     index = max(tied, key=order)
     lead, chosen = candidates[leader], candidates[index]
     if len(tied) == 1:
         note = (f"step {lead.step} ({lead.weights}) leads with {lead.rate:.0%}; no other evaluation "
-                f"is inside its {confidence:.0%} interval {low:.0%}-{high:.0%}")
+                f"is inside its {confidence:.0%} interval {low:.0%}-{high:.0%} or holds "
+                f"{lead.rate:.0%} in its own")
     else:
-        note = (f"{len(tied)} evaluations are inside the leader's {confidence:.0%} interval "
-                f"{low:.0%}-{high:.0%} (step {lead.step} {lead.weights}, {lead.rate:.0%} of "
-                f"{lead.episodes}): indistinguishable at this many episodes; took the latest, step "
+        note = (f"{len(tied)} evaluations are indistinguishable from the leader (its {confidence:.0%} "
+                f"interval {low:.0%}-{high:.0%}; step {lead.step} {lead.weights}, {lead.rate:.0%} of "
+                f"{lead.episodes}) at this many episodes; took the latest, step "
                 f"{chosen.step} {chosen.weights} ({chosen.rate:.0%})")
     return Choice(index=index, leader=leader, tied=tied, note=note)
 

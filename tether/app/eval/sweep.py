@@ -2,8 +2,8 @@
 
 Training loss correlates poorly with task success, so checkpoints are picked by twin success
 rate: each one gets the same held-out seeds, with its EMA weights, its raw weights, or both, and
-the rule of `tether.app.eval.selection` (the latest evaluation inside the leader's 95% Wilson
-interval) marks the best. `sweep.json` and `selection.html` (success and losses against step)
+the rule of `tether.app.eval.selection` (the latest evaluation indistinguishable from the
+leader by 95% Wilson intervals) marks the best. `sweep.json` and `selection.html` (success and losses against step)
 are written beside the per-checkpoint reports.
 
 `twin_scorer` is the in-process evaluator `tether train --eval-every` uses: it returns counts,
