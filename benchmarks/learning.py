@@ -22,15 +22,14 @@ against step, EMA and raw).
     .venv/bin/python benchmarks/learning.py --smoke      # every stage, tiny, a few minutes
 
 Choices for a 2-core CPU (docs/policies.md, "Learning results"): 10 Hz control (an episode is
-~50-100 decisions), one camera recorded at 96x128 - `top`, except ACT on transfer_cube, which
-sees the ALOHA scene's narrow `workspace` view (the cube ~10 px wide there, ~5 px in `top`), and
-ACT on insertion, which sees the SO-101's `wrist` camera - fed at 72x96 (ACT) or 60x80
-(diffusion); the task's joint speed limit (transfer_cube, insertion: the gripper at 10/s);
-ACT `cpu` preset (dim 128, 2+1 layers, ResNet-18 width 32, chunk 1 s, temporal ensembling with
-m = 0.01 as in the paper);
-diffusion U-Net 64/128/256 with a width-16 ResNet-18 at 60x80 (lift: the `tiny` U-Net 32/64/128
-at 48x64 from 100 demos, batch 64, 4000 steps), obs horizon 2, 16 predicted / 8 executed
-actions, sample prediction, 10 DDIM steps, EMA 0.995. Steps are what fits ~30-60 min per run on
+~50-100 decisions), one camera recorded at 96x128 - `top` on lift, the ALOHA scene's narrow
+`workspace` view on transfer_cube (the cube ~10 px wide there, ~5 px in `top`), the SO-101's
+`wrist` camera on insertion - fed at 72x96 (diffusion on lift: 48x64); the task's joint speed
+limit (transfer_cube, insertion: the gripper at 10/s); ACT `cpu` preset (dim 128, 2+1 layers,
+ResNet-18 width 32, chunk 1 s, temporal ensembling with m = 0.01 as in the paper); diffusion
+`tiny` preset (U-Net 32/64/128, width-16 ResNet-18; lift from 100 demos, 4000 steps), batch 64,
+lr 1e-3, obs horizon 2, 16 predicted / 8 executed actions, sample prediction, 10 DDIM steps,
+EMA 0.995. Steps are what fits ~30-60 min per run on
 a quiet machine; on a loaded one runs take 3-5x longer (success rates do not depend on load:
 evaluation is lockstep).
 """
@@ -49,12 +48,9 @@ from typing import Any
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 ACT_MODEL = {"image_size": [72, 96], "chunk_seconds": 1.0}
-DIFFUSION_MODEL = {"image_size": [60, 80], "vision_width": 16, "down_dims": [64, 128, 256],
-                   "prediction_type": "sample", "inference_steps": 10}
-DIFFUSION_TRAIN = {"lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.995, "batch_size": 32}
 # The `tiny` preset (U-Net 32/64/128, width-16 ResNet-18 at 48x64) trained longer and harder.
-DIFFUSION_LIFT_MODEL = {"prediction_type": "sample", "streaming_fraction": 0.5}
-DIFFUSION_LIFT_TRAIN = {"lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "batch_size": 64}
+DIFFUSION_TINY_MODEL = {"prediction_type": "sample", "streaming_fraction": 0.5}
+DIFFUSION_TINY_TRAIN = {"lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "batch_size": 64}
 # What the scripted expert needs per task at 10 Hz (rad/s; the ViperX tasks need longer moves
 # per tick than lift: at 0.5 the transfer and insertion experts fail every episode).
 # transfer_cube lists its ViperX joints (6 joints, then the gripper in 0..1 per second): a single
@@ -95,10 +91,14 @@ RECIPES: dict[str, Recipe] = {
     # the checkpoint recipe of the sampling frontier (docs/policies.md: 84-92% at every DDIM step
     # count): the tiny U-Net, 100 demos, 4000 steps; the 64/128/256 U-Net at 1600 steps got 68%.
     "diffusion_lift": Recipe("lift", "diffusion", 4000, preset="tiny", demos=100,
-                             model=DIFFUSION_LIFT_MODEL, train=DIFFUSION_LIFT_TRAIN,
+                             model=DIFFUSION_TINY_MODEL, train=DIFFUSION_TINY_TRAIN,
                              rollout={"blend": "switch", "request_threshold": 0}, target=0.8),
-    "diffusion_transfer_cube": Recipe("transfer_cube", "diffusion", 3000, model=DIFFUSION_MODEL,
-                                      train=DIFFUSION_TRAIN,
+    # The same recipe through ACT's view and data: the `workspace` camera fed at ACT's 72x96
+    # (at the tiny preset's 48x64 the cube would be ~5 px, where ACT through `top` got 0/50).
+    "diffusion_transfer_cube": Recipe("transfer_cube", "diffusion", 3000, preset="tiny",
+                                      cameras=("workspace",),
+                                      model={**DIFFUSION_TINY_MODEL, "image_size": [72, 96]},
+                                      train=DIFFUSION_TINY_TRAIN,
                                       rollout={"blend": "switch", "request_threshold": 0}),
 }
 
