@@ -409,12 +409,25 @@ class _WriterThread:
         return self._queue.qsize()
 
     def put(self, record: dict[str, np.ndarray]) -> None:
-        self._queue.put(record)
+        self._put(record)
         self.max_backlog = max(self.max_backlog, self._queue.qsize())
+
+    def _put(self, item: dict[str, np.ndarray] | None) -> None:
+        """Queue `item`, waiting while the queue is full (bounded) - but never on a writer thread
+        that died of something unexpected: that becomes `error`, and the loop stops on it."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    if self.error is None:
+                        self.error = StoreError("the recorder's writer thread stopped unexpectedly")
+                    return
 
     def finish(self, metadata: Mapping[str, Any] | None) -> int | None:
         """Drain, then commit with `metadata` (or discard when None). Returns the episode index."""
-        self._queue.put(None)
+        self._put(None)
         self._thread.join()
         if self.error is not None:
             if self.writer.active:

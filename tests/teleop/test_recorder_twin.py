@@ -162,3 +162,24 @@ def test_offline_recording_waits_for_a_slow_disk_instead_of_queueing(tmp_path, m
         assert meta["stats"]["writer"]["max_backlog"] <= 2 * robot.fps
         assert not [w for w in recorder.warnings if "falling behind" in w], recorder.warnings
         assert len(store.get_episode(0, ["action"])["action"]) == result.steps
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the point
+def test_offline_recording_stops_with_an_error_when_the_writer_thread_dies(tmp_path, monkeypatch):
+    """The bounded offline queue must not wait forever on a writer that died of something the
+    writer does not expect (not a StoreError or OSError): the take ends with a StoreError naming
+    it, and the store keeps no half episode."""
+    from tether.core.errors import StoreError
+    from tether.data import writer as writer_module
+
+    def broken_append(self, step):
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(writer_module.EpisodeWriter, "append", broken_append)
+    robot = make_robot("twin:lift", ["twin_params.width=64", "twin_params.height=48"])
+    expert = make_teleop("scripted", robot)
+    with EpisodeStore.create(tmp_path / "broken.zarr", robot.fps) as store, robot:
+        recorder = Recorder(robot, expert, store, realtime=False, task="lift")
+        with pytest.raises(StoreError, match="writer thread stopped"):
+            recorder.record_episode(max_steps=300)
+        assert store.n_episodes == 0
