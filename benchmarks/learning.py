@@ -6,7 +6,7 @@ For every recipe (task x policy, `RECIPES` below):
 
 1. record `--demos` scripted demonstrations (seeds 0..) plus `--val-demos` more for the
    validation loss, at 10 Hz through the recipe's cameras, at the task's joint speed limit
-   (one store per task, cameras and demo count, shared by the recipes that match);
+   (one store per task, cameras, demo count and speed limit, shared by the recipes that match);
 2. train with `--snapshots` evenly spaced inference snapshots (`keep_every`), two torch threads;
 3. evaluate every snapshot on `--snapshot-episodes` seeds from 200000 (EMA weights; `--raw`
    adds the raw ones) and pick one by the confidence-interval rule of tether.app.eval.selection;
@@ -159,7 +159,7 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
     speed = speed_overrides(recipe.task)
     demos = args.demos or recipe.demos
     dataset = record(recipe.task, demos + args.val_demos, recipe.cameras,
-                     out / "data" / f"{recipe.task}_{'_'.join(recipe.cameras)}_{demos}.zarr", args.reuse)
+                     out / "data" / store_name(recipe, demos), args.reuse)
     steps = args.steps or recipe.steps
     run_dir = out / name / "run"
     train_s = None
@@ -212,6 +212,14 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
         "report": str(out / name / "report" / "report.html"),
         "selection_report": str(out / name / "sweep" / "selection.html"),
     }
+
+
+def store_name(recipe: Recipe, demos: int) -> str:
+    """The demonstrations' store, named by everything that shapes them (task, cameras, count and
+    speed limit), so `--reuse` never trains a recipe on demos recorded under other settings."""
+    speed = TASK_SPEED[recipe.task]
+    limit = "-".join(f"{v:g}" for v in speed) if isinstance(speed, list) else f"{speed:g}"
+    return f"{recipe.task}_{'_'.join(recipe.cameras)}_{demos}_v{limit}.zarr"
 
 
 def speed_overrides(task: str) -> list[str]:
