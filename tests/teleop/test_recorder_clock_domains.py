@@ -120,14 +120,17 @@ def test_sync_and_skew_across_epoch_and_monotonic_clocks(tmp_path, realsense, bu
     # shared host a frame can reach the recorder after the tick that wanted it; the recorder then
     # keeps the older frame and must say so. The contract: when its own stamps show the host kept
     # up (at most 10% of rows skewed by more than half a period), the choice is right - most rows
-    # exact, none further than the neighbouring frame, median true skew within half a period;
-    # when it did not, the skew is in the stored stamps and the report (checked below), not hidden.
+    # exact, none further than the neighbouring frame unless its own stored skew says it was late
+    # (a frame that reached the recorder after its tick: 103 ms stored for a row 3 frames off in
+    # one CI run), median true skew within half a period; when the host did not keep up, the skew
+    # is in the stored stamps and the report (checked below), not hidden.
     nearest = [_nearest_frame(realsense, i, t) for i, t in zip(indices, t_arm, strict=True)]
     off = np.abs(np.array(indices) - np.array(nearest))
     assert len(indices) >= 0.5 * 1.5 * FPS
     stored_skew_ms = np.abs(camera_t["t_host"] - timing["state.arm"]["t_host"]) * 1e3
     if np.mean(stored_skew_ms > half_period_ms) <= 0.1:
-        assert np.mean(off == 0) >= 0.75 and np.all(off <= 1), (indices, nearest, stored_skew_ms)
+        flagged = stored_skew_ms > half_period_ms
+        assert np.mean(off == 0) >= 0.75 and np.all((off <= 1) | flagged), (indices, nearest, stored_skew_ms)
         assert np.percentile(true_skew_ms, 50) <= half_period_ms
     assert np.all(np.diff(indices) >= 0)
 
