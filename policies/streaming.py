@@ -61,6 +61,12 @@ DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,H,A), 
 FILL_SHARE = 0.3  # of streaming training samples: levels of the first call's fill stages
 
 
+def max_lookahead(c: Any) -> int:
+    """The most clean estimates a streaming reply can carry after its emitted actions: the
+    buffer's future actions (horizon - obs_horizon + 1) less the `stream_actions` emitted."""
+    return c.horizon - (c.obs_horizon - 1) - c.stream_actions
+
+
 def check_streaming_config(c: Any) -> None:
     """Validate a DiffusionConfig's sampler and streaming fields (PolicyError naming the fix)."""
     check_sampler(c.sampler)
@@ -74,8 +80,8 @@ def check_streaming_config(c: Any) -> None:
             f"(the buffer's future actions), got {e!r}"
         )
     look = c.stream_lookahead
-    if isinstance(look, bool) or not isinstance(look, int) or not 0 <= look <= future - e:
-        raise PolicyError(f"stream_lookahead must be an integer from 0 to {future - e} (the buffer's "
+    if isinstance(look, bool) or not isinstance(look, int) or not 0 <= look <= max_lookahead(c):
+        raise PolicyError(f"stream_lookahead must be an integer from 0 to {max_lookahead(c)} (the buffer's "
                           f"actions after the emitted ones), got {look!r}")
     if (c.streaming_fraction > 0 or c.sampler == STREAMING) and c.denoiser != "unet":
         raise PolicyError("streaming needs the 'unet' denoiser (it takes a noise level per "

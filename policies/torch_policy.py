@@ -185,8 +185,10 @@ class DiffusionPolicy(TorchPolicy):
     def _check_lookahead(self, lookahead) -> int:
         """0..(future actions - stream_actions): the buffer's clean estimates after the emitted
         actions are all a reply can carry."""
+        from tether.policies.streaming import max_lookahead
+
         c = self.model.config
-        most = c.horizon - (c.obs_horizon - 1) - c.stream_actions
+        most = max_lookahead(c)
         if isinstance(lookahead, bool) or not isinstance(lookahead, (int, np.integer)) \
                 or not 0 <= int(lookahead) <= most:
             raise PolicyError(f"lookahead must be an integer from 0 to {most} (the streaming "
