@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -108,6 +108,13 @@ class RolloutConfig:
     stop_on_success: bool = True
     record_frames: bool = False
     resample: bool = False
+
+    def sampling_options(self) -> dict[str, Any]:
+        """The per-request sampling options that are set (`Policy.predict_chunk`'s keywords and
+        the inference request's fields): one mapping, so a new option is one more entry here
+        rather than one more parameter through every chunk source."""
+        return {k: v for k, v in (("steps", self.steps), ("sampler", self.sampler),
+                                  ("lookahead", self.stream_lookahead)) if v is not None}
 
     def __post_init__(self) -> None:
         if self.blend not in ("ensemble", "switch"):
@@ -216,7 +223,7 @@ def run_episode(
     compensate, or None (see the module doc).
     """
     config = config or RolloutConfig()
-    chunk_source = as_chunk_source(source, config.steps, config.sampler, config.stream_lookahead)
+    chunk_source = as_chunk_source(source, config.sampling_options())
     return _Episode(
         robot, chunk_source, config, seed, on_progress, units, telemetry, takeover, on_row,
         latency,
@@ -287,12 +294,10 @@ class LocalSource(ChunkSource):
 
     synchronous = True
 
-    def __init__(self, policy: Policy, steps: int | None, sampler: str | None = None,
-                 lookahead: int | None = None) -> None:
+    def __init__(self, policy: Policy, options: Mapping[str, Any] | None = None) -> None:
         self.policy = policy
         self.spec = policy.spec
-        self.options = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("lookahead", lookahead))
-                        if v is not None}
+        self.options = dict(options or {})  # RolloutConfig.sampling_options()
         self._ready: Chunk | None = None
 
     def check(self, robot) -> None:
@@ -327,12 +332,9 @@ class RemoteSource(ChunkSource):
 
     synchronous = False
 
-    def __init__(self, client, steps: int | None, sampler: str | None = None,
-                 lookahead: int | None = None) -> None:
+    def __init__(self, client, options: Mapping[str, Any] | None = None) -> None:
         self.client = client
-        self.steps = steps
-        self.sampler = sampler
-        self.lookahead = lookahead
+        self.options = dict(options or {})  # RolloutConfig.sampling_options()
         self.spec = client.info().spec
 
     def check(self, robot) -> None:
@@ -347,8 +349,7 @@ class RemoteSource(ChunkSource):
         self.client.reset()
 
     def request(self, observation: dict[str, np.ndarray], step: int, wait_s: float = 0.0) -> None:
-        self.client.send_infer(observation, steps=self.steps, tag=step, wait_s=wait_s,
-                               sampler=self.sampler, lookahead=self.lookahead)
+        self.client.send_infer(observation, tag=step, wait_s=wait_s, **self.options)
 
     def poll(self, timeout_s: float) -> Chunk | None:
         reply = self.client.poll_reply(timeout_s)
@@ -366,17 +367,17 @@ class RemoteSource(ChunkSource):
         self.client.discard_pending()
 
 
-def as_chunk_source(source, steps: int | None = None, sampler: str | None = None,
-                    lookahead: int | None = None) -> ChunkSource:
-    """Wrap a Policy or a PolicyClient (anything else is a TypeError)."""
+def as_chunk_source(source, options: Mapping[str, Any] | None = None) -> ChunkSource:
+    """Wrap a Policy or a PolicyClient (anything else is a TypeError); `options` are the
+    per-request sampling options (RolloutConfig.sampling_options())."""
     if isinstance(source, ChunkSource):
         return source
     if isinstance(source, Policy):
-        return LocalSource(source, steps, sampler, lookahead)
+        return LocalSource(source, options)
     from tether.policies.client import PolicyClient
 
     if isinstance(source, PolicyClient):
-        return RemoteSource(source, steps, sampler, lookahead)
+        return RemoteSource(source, options)
     raise TypeError(f"expected a Policy or a PolicyClient, got {type(source).__name__}")
 
 

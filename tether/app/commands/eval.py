@@ -115,15 +115,12 @@ def eval_command(
 
 
 def _lookahead(stream_lookahead: int | None, sampler: str | None) -> dict[str, int]:
-    """The rollout setting for --stream-lookahead; refused up front beside a chunk sampler only
-    (a sweep's chunk-sampler rows run without it; no --sampler leaves it to the checkpoint)."""
-    from tether.core.errors import ConfigError
+    """The rollout setting for --stream-lookahead (refused beside chunk samplers only)."""
+    from tether.app.eval.steps_sweep import check_stream_lookahead, parse_samplers
 
     if stream_lookahead is None:
         return {}
-    if sampler is not None and "streaming" not in {s.strip() for s in sampler.split(",")}:
-        raise ConfigError(f"--stream-lookahead applies to the streaming sampler; --sampler {sampler} "
-                          "returns whole chunks (add streaming, or drop --stream-lookahead)")
+    check_stream_lookahead(stream_lookahead, None if sampler is None else parse_samplers(sampler))
     return {"stream_lookahead": stream_lookahead}
 
 

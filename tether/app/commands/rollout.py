@@ -121,13 +121,11 @@ def rollout(
             raise ConfigError(
                 "give exactly one of --server ENDPOINT or --policy CHECKPOINT|simple:<name>"
             )
-        if sampler is not None:  # before a server is contacted or a model loaded
-            from tether.app.eval.steps_sweep import parse_sampler
+        from tether.app.eval.steps_sweep import check_stream_lookahead, parse_sampler
 
+        if sampler is not None:  # before a server is contacted or a model loaded
             sampler = parse_sampler(sampler)
-        if stream_lookahead is not None and sampler not in (None, "streaming"):
-            raise ConfigError(f"--stream-lookahead applies to the streaming sampler; --sampler "
-                              f"{sampler} returns whole chunks (drop --stream-lookahead)")
+        check_stream_lookahead(stream_lookahead, None if sampler is None else [sampler])
         if keyboard is None:
             keyboard = sys.stdin.isatty()
         summaries = _run(

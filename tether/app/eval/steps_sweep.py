@@ -63,6 +63,18 @@ def parse_sampler(text: str, list_hint: str = "") -> str:
     return names[0]
 
 
+def check_stream_lookahead(stream_lookahead: int | None, samplers: list[str] | None) -> None:
+    """Refuse --stream-lookahead up front when no chosen sampler streams (`tether eval`,
+    `tether rollout`): only the streaming sampler appends next-action estimates, a chunk sampler
+    would silently ignore it. None (no --sampler) leaves the choice to the checkpoint, and in a
+    sweep the chunk rows simply run without it."""
+    if stream_lookahead is None or samplers is None or STREAMING in samplers:
+        return
+    raise ConfigError(f"--stream-lookahead applies to the streaming sampler; --sampler "
+                      f"{','.join(samplers)} returns whole chunks (add streaming, or drop "
+                      "--stream-lookahead)")
+
+
 def settings(steps: list[int], samplers: list[str]) -> list[tuple[str, int | None]]:
     """(sampler, steps) pairs to evaluate; streaming appears once, without steps."""
     return [(s, None) if s == STREAMING else (s, n) for s in samplers
