@@ -62,6 +62,14 @@ DIFFUSION_TINY_TRAIN = {"lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "ba
 # expert's own 0.6 s one. Insertion's SO-101 (5 joints, then the gripper) gets the same.
 TASK_SPEED: dict[str, float | list[float]] = {"lift": 0.5, "insertion": [1.0] * 5 + [10.0],
                                               "transfer_cube": [1.0] * 6 + [10.0]}
+# The object yaw distribution (twin_params.yaw_randomization) per task. The ACT paper's sim
+# transfer_cube and insertion vary positions only (sample_box_pose / sample_insertion_pose fix
+# the quaternion); the twin's default adds +-45 deg of yaw, and on transfer_cube that yaw was
+# what failed: the wrist turned the fingers 45 deg off the cube's faces (the cube ~10 px wide
+# at 72x96, and the face-aligned grasp jumps by 90 deg where the yaw crosses +-45), so the
+# fingers closed on the cube's corners (finger reading ~0.72 instead of the demos' 0.5) and the
+# policy, in a state no demo had, stalled. Measured: docs/policies.md, "Learning results".
+TASK_YAW: dict[str, float] = {"lift": 1.0, "insertion": 0.0, "transfer_cube": 0.0}
 
 
 @dataclass
@@ -156,7 +164,7 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
     from tether.app.eval.sweep import sweep
     from tether.policies.trainer import TrainConfig, train
 
-    speed = speed_overrides(recipe.task)
+    twin = twin_overrides(recipe.task)
     demos = args.demos or recipe.demos
     dataset = record(recipe.task, demos + args.val_demos, recipe.cameras,
                      out / "data" / store_name(recipe, demos), args.reuse)
@@ -176,7 +184,7 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
         train(config, resume=done is not None, overwrite=done is None)
         train_s = time.time() - t0 if done is None else None  # resumed: from the log's times
     base = EvalConfig(task=recipe.task, episodes=args.snapshot_episodes, workers=args.workers,
-                      seed=200_000, out=str(out / name / "sweep"), videos=0, robot=speed,
+                      seed=200_000, out=str(out / name / "sweep"), videos=0, robot=twin,
                       rollout=dict(recipe.rollout))
     swept = sweep(run_dir, base, show_progress=False, weights=("ema", "raw") if args.raw else ("ema",),
                   only_snapshots=True)
@@ -187,7 +195,7 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
 
         final_ckpt = str(raw_view(Path(final_ckpt), out / name / "final_raw"))
     final = evaluate(EvalConfig(task=recipe.task, episodes=args.episodes, workers=args.workers,
-                                seed=100_000, out=str(out / name / "report"), videos=2, robot=speed,
+                                seed=100_000, out=str(out / name / "report"), videos=2, robot=twin,
                                 checkpoint=final_ckpt, rollout=dict(recipe.rollout)),
                      show_progress=False)
     times = _train_times(run_dir)
@@ -202,7 +210,8 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
         "task": recipe.task, "policy": recipe.policy, "preset": args.preset or recipe.preset,
         "model": recipe.model, "train": {**recipe.train, "steps": steps, "threads": args.threads},
         "rollout": recipe.rollout, "cameras": list(recipe.cameras), "demos": demos, "val_demos": args.val_demos,
-        "max_velocity": TASK_SPEED[recipe.task], "target": recipe.target,
+        "max_velocity": TASK_SPEED[recipe.task], "yaw_randomization": TASK_YAW[recipe.task],
+        "target": recipe.target,
         "train_s": train_s if train_s is not None else times.get(steps),
         "curve": curve, "selection": swept["selection"], "neighbour_spread": swept["neighbour_spread"],
         "chosen": {"checkpoint": chosen["checkpoint"], "weights": chosen["weights"], "step": chosen["step"]},
@@ -215,25 +224,33 @@ def run_recipe(name: str, recipe: Recipe, args, out: Path) -> dict[str, Any]:
 
 
 def store_name(recipe: Recipe, demos: int) -> str:
-    """The demonstrations' store, named by everything that shapes them (task, cameras, count and
-    speed limit), so `--reuse` never trains a recipe on demos recorded under other settings."""
+    """The demonstrations' store, named by everything that shapes them (task, cameras, count,
+    speed limit, yaw distribution), so `--reuse` never trains a recipe on demos recorded under
+    other settings."""
     speed = TASK_SPEED[recipe.task]
     limit = "-".join(f"{v:g}" for v in speed) if isinstance(speed, list) else f"{speed:g}"
-    return f"{recipe.task}_{'_'.join(recipe.cameras)}_{demos}_v{limit}.zarr"
+    return f"{recipe.task}_{'_'.join(recipe.cameras)}_{demos}_v{limit}_yaw{TASK_YAW[recipe.task]:g}.zarr"
 
 
-def speed_overrides(task: str) -> list[str]:
-    """The twin's joint speed limit for `task`, while recording and evaluating alike."""
+def demo_config(task: str, **fields: Any):
+    """The DemoConfig of `task`'s speed limit and yaw distribution (recording and evaluation)."""
     from tether.app.eval.demo import DemoConfig
 
-    return DemoConfig(task=task, max_velocity=TASK_SPEED[task]).speed_overrides()
+    return DemoConfig(task=task, max_velocity=TASK_SPEED[task], yaw_randomization=TASK_YAW[task],
+                      **fields)
+
+
+def twin_overrides(task: str) -> list[str]:
+    """The twin settings `task`'s demonstrations were recorded under (speed limit, object yaw),
+    for every evaluation of a policy trained on them."""
+    return demo_config(task).task_overrides()
 
 
 def record(task: str, demos: int, cameras: tuple[str, ...], path: Path, reuse: bool) -> Path:
     """Scripted demonstrations at 10 Hz, `cameras` at 96x128, the task's speed limit."""
     from rich.console import Console
 
-    from tether.app.eval.demo import DemoConfig, collect
+    from tether.app.eval.demo import collect
     from tether.data.store import EpisodeStore
     from tether.robot.twin.render import configure_backend
 
@@ -243,8 +260,8 @@ def record(task: str, demos: int, cameras: tuple[str, ...], path: Path, reuse: b
             if store.n_episodes == demos:
                 return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = DemoConfig(task=task, demos=demos, camera_height=96, camera_width=128, fps=10.0,
-                        max_velocity=TASK_SPEED[task], cameras=list(cameras))
+    config = demo_config(task, demos=demos, camera_height=96, camera_width=128, fps=10.0,
+                         cameras=list(cameras))
     collect(config, path, Console(stderr=True))
     return path
 

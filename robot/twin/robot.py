@@ -48,6 +48,8 @@ class TwinParams:
     dynamics: a twin dynamics file (`tether calibrate twin`, robot/twin/params.py): per-joint
         gains, damping, armature, friction; its command latency applies unless
         command_latency_s is set here.
+    yaw_randomization: scale of the task's random object yaws, 0..1 (default 1, the full
+        range; 0 varies positions only, the distribution of the ACT paper's sim tasks).
     """
 
     cameras: list[str] | None = None
@@ -62,6 +64,7 @@ class TwinParams:
     camera_jitter_s: float = 0.0
     seed: int = 0
     dynamics: str | None = None
+    yaw_randomization: float = 1.0
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> TwinParams:
@@ -88,6 +91,9 @@ class TwinParams:
             raise ConfigError(f"twin_params.dynamics must be a file path, got {params['dynamics']!r}")
         if not isinstance(params.get("seed", 0), int) or params.get("seed", 0) < 0:
             raise ConfigError(f"twin_params.seed must be a non-negative integer, got {params['seed']!r}")
+        yaw = params.get("yaw_randomization", 1.0)
+        if isinstance(yaw, bool) or not isinstance(yaw, int | float) or not 0.0 <= yaw <= 1.0:
+            raise ConfigError(f"twin_params.yaw_randomization must be a number from 0 to 1, got {yaw!r}")
         out = cls(**params)
         if out.cameras is not None and (
             not isinstance(out.cameras, list | tuple) or not all(isinstance(c, str) for c in out.cameras)
@@ -357,4 +363,5 @@ def make_twin_robot(config: RobotConfig) -> TwinRobot:
         raise ConfigError(f"Bad twin_params {config.twin_params!r}: {exc}") from exc
     if not config.fps > 0:
         raise ConfigError(f"Robot fps must be positive, got {config.fps}")
+    task.yaw_randomization = float(params.yaw_randomization)
     return TwinRobot(task, params, fps=config.fps, safety=config.safety, name=config.name)

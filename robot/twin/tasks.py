@@ -52,6 +52,10 @@ class Task:
     cameras: tuple[str, ...] = ()
     default_cameras: tuple[str, ...] = ("top",)
     hold_s: float = 0.5  # how long success must hold before an expert calls the episode done
+    # Scales every random object yaw (1: the task's full range; 0: objects keep their base
+    # orientation and only positions vary, as in the ACT paper's simulated tasks, whose
+    # sample_box_pose / sample_insertion_pose fix the quaternion). Set from twin_params.
+    yaw_randomization: float = 1.0
 
     def max_steps(self, fps: float) -> int:
         """Episode length in control ticks at `fps`."""
@@ -80,6 +84,11 @@ class Task:
         raise NotImplementedError
 
     # --- helpers for subclasses and experts ----------------------------------------------------
+    def random_yaw(self, rng: np.random.Generator, half_range: float) -> float:
+        """A yaw in +-half_range scaled by `yaw_randomization`; one draw whatever the scale, so
+        a seed places objects at the same positions with or without yaw."""
+        return float(rng.uniform(-half_range, half_range)) * self.yaw_randomization
+
     @staticmethod
     def set_free_pose(sim: TwinSim, body: str, pos, yaw: float) -> None:
         adr = sim.joint_qposadr(body)
@@ -127,7 +136,7 @@ class LiftTask(Task):
     def place_objects(self, sim: TwinSim, rng: np.random.Generator) -> None:
         x = rng.uniform(0.13, 0.21)
         y = rng.uniform(-0.08, 0.08)
-        yaw = rng.uniform(-np.pi / 4, np.pi / 4)
+        yaw = self.random_yaw(rng, np.pi / 4)
         self.set_free_pose(sim, "cube", [x, y, TABLE_Z + self.cube_half], yaw)
 
     def is_success(self, sim: TwinSim) -> bool:
@@ -167,10 +176,10 @@ class InsertionTask(Task):
         peg_xy = [rng.uniform(0.13, 0.2), rng.uniform(0.03, 0.09)]
         self.set_free_pose(
             sim, "peg", [peg_xy[0], peg_xy[1], TABLE_Z + self.peg_half[2]],
-            rng.uniform(-np.pi / 4, np.pi / 4),
+            self.random_yaw(rng, np.pi / 4),
         )
         sock_xy = [rng.uniform(0.14, 0.2), rng.uniform(-0.09, -0.04)]
-        yaw = rng.uniform(-np.pi / 8, np.pi / 8)
+        yaw = self.random_yaw(rng, np.pi / 8)
         mocap = sim.model.body_mocapid[sim.body_id("socket")]
         sim.data.mocap_pos[mocap] = [sock_xy[0], sock_xy[1], TABLE_Z]
         sim.data.mocap_quat[mocap] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
@@ -223,7 +232,7 @@ class TransferCubeTask(Task):
     def place_objects(self, sim: TwinSim, rng: np.random.Generator) -> None:
         x = rng.uniform(0.0, 0.2)
         y = rng.uniform(-0.1, 0.1)
-        yaw = rng.uniform(-np.pi / 4, np.pi / 4)
+        yaw = self.random_yaw(rng, np.pi / 4)
         self.set_free_pose(sim, "cube", [x, y, TABLE_Z + self.cube_half], yaw)
 
     def is_success(self, sim: TwinSim) -> bool:

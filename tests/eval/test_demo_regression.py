@@ -87,3 +87,21 @@ def test_demo_records_the_cameras_and_per_joint_speeds_it_is_given(tmp_path):
     lift = _recipe(tmp_path, task="lift", demos=1, cameras=["workspace"])
     with pytest.raises(ConfigError, match="Task 'lift' has no camera 'workspace'"):
         collect(lift, tmp_path / "lift.zarr", Console(quiet=True))
+
+
+def test_demo_records_and_evaluates_under_one_object_yaw_distribution(tmp_path):
+    """`yaw_randomization` (the ACT paper's position-only distribution at 0) shapes the data, so
+    the recording twin and the evaluation twin must both get it; the default full range adds
+    nothing to the overrides."""
+    from tether.robot.factory import make_robot
+
+    assert _recipe(tmp_path).task_overrides() == _recipe(tmp_path).speed_overrides()
+    config = _recipe(tmp_path, task="transfer_cube", yaw_randomization=0.0,
+                     max_velocity=[1.0] * 6 + [10.0])
+    assert "twin_params.yaw_randomization=0" in config.task_overrides()
+    assert set(config.task_overrides()) <= set(config.record_overrides())
+    assert config.eval_config("tcp://127.0.0.1:5555").robot == config.task_overrides()
+    for overrides in (config.record_overrides(), config.eval_config("tcp://127.0.0.1:5555").robot):
+        robot = make_robot("twin:transfer_cube", [*overrides, "twin_params.cameras=[]"])
+        robot.reset(5)
+        np.testing.assert_allclose(robot.privileged_state()["cube_quat"], [1, 0, 0, 0], atol=1e-9)

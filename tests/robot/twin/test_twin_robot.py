@@ -96,6 +96,28 @@ def test_seeds_spread_cube_poses_over_the_workspace():
     assert np.allclose(xs[:, 2], 0.02, atol=1e-6)  # resting on the table
 
 
+@pytest.mark.parametrize("task", ["lift", "transfer_cube", "insertion"])
+def test_yaw_randomization_zero_fixes_orientations_and_keeps_positions(task):
+    """The ACT paper's sim tasks vary positions only; yaw_randomization=0 gives that
+    distribution, with each seed's objects at the same positions as the full-yaw twin's."""
+    full, fixed = twin(task, cameras=[]), twin(task, cameras=[], yaw_randomization=0.0)
+    yaws = []
+    for seed in (1, 2, 3):
+        full.reset(seed)
+        fixed.reset(seed)
+        a, b = full.privileged_state(), fixed.privileged_state()
+        for key in a:
+            if key.endswith("_pos"):
+                np.testing.assert_allclose(a[key], b[key], atol=1e-9, err_msg=f"{task} {key} seed {seed}")
+            if key.endswith("_quat"):
+                yaws.append(abs(a[key][3]))
+                np.testing.assert_allclose(b[key], [1, 0, 0, 0], atol=1e-9)
+        if task == "insertion":
+            assert fixed.task.socket_pose(fixed.sim)[1] == pytest.approx(0.0, abs=1e-9)
+            assert full.task.socket_pose(full.sim)[1] != pytest.approx(0.0, abs=1e-3)
+    assert max(yaws) > 0.05, "the default twin must still turn its objects"
+
+
 def test_actions_pass_through_the_safety_layer(lift):
     lift.reset(0)
     far = lift.home + 1.0
@@ -222,6 +244,9 @@ def test_realtime_mode_paces_physics_to_the_wall_clock(wait_until):
         ({"realtime": "yes"}, ["realtime", "true or false"]),
         ({"camera_fps": 0}, ["camera_fps"]),
         ({"seed": -1}, ["seed"]),
+        ({"yaw_randomization": 1.5}, ["yaw_randomization", "from 0 to 1"]),
+        ({"yaw_randomization": "none"}, ["yaw_randomization", "from 0 to 1"]),
+        ({"yaw_randomization": True}, ["yaw_randomization"]),
     ],
 )
 def test_bad_twin_params_are_rejected_with_a_clear_message(params, words):

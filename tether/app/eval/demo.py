@@ -44,6 +44,9 @@ class DemoConfig:
     # action, and the same ACT recipe then lifts in ~50% of episodes instead of ~90%.
     # A list gives one limit per joint (every arm alike), e.g. a gripper faster than the joints.
     max_velocity: float | list[float] | None = 0.5
+    # Scale of the task's random object yaw (twin_params.yaw_randomization): 1 the full range,
+    # 0 positions only (the ACT paper's sim tasks fix the object's orientation).
+    yaw_randomization: float = 1.0
     preset: str = "cpu"
     train_steps: int | None = 2200  # fits the 10-minute budget on 2 cores (the preset says 5000)
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -67,6 +70,13 @@ class DemoConfig:
             return [f"safety.max_velocity=[{','.join(f'{v:g}' for v in self.max_velocity)}]"]
         return [f"safety.max_velocity={self.max_velocity:g}"]
 
+    def task_overrides(self) -> list[str]:
+        """What the recording and the evaluation twin must share besides rate and cameras (which
+        come from the policy's spec): the speed limit and the object yaw distribution."""
+        yaw = [] if self.yaw_randomization == 1.0 else [
+            f"twin_params.yaw_randomization={self.yaw_randomization:g}"]
+        return [*self.speed_overrides(), *yaw]
+
     def record_overrides(self) -> list[str]:
         """Robot config overrides of the twin the demonstrations are recorded on."""
         from tether.robot.config import twin_camera_overrides
@@ -74,7 +84,7 @@ class DemoConfig:
         size = [f"twin_params.height={self.camera_height}", f"twin_params.width={self.camera_width}"]
         if self.cameras is not None:
             size = twin_camera_overrides(self.cameras, self.camera_width, self.camera_height)
-        return [f"fps={self.fps:g}", *size, *self.speed_overrides()]
+        return [f"fps={self.fps:g}", *size, *self.task_overrides()]
 
     def eval_config(self, server: str) -> EvalConfig:
         """The evaluation of the served policy: held-out seeds (100000..), on a twin at the
@@ -83,7 +93,7 @@ class DemoConfig:
 
         return EvalConfig(task=self.task, episodes=self.eval_episodes, workers=self.workers,
                           seed=100_000, server=server, out=str(Path(self.out) / "report"),
-                          videos=self.videos, robot=self.speed_overrides())
+                          videos=self.videos, robot=self.task_overrides())
 
     @classmethod
     def quick(cls, out: str | Path = "runs/demo-quick", workers: int = 2) -> DemoConfig:
