@@ -61,10 +61,15 @@ DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,H,A), 
 FILL_SHARE = 0.3  # of streaming training samples: levels of the first call's fill stages
 
 
+def future_actions(c: Any) -> int:
+    """The buffer's future actions: the horizon less the obs_horizon - 1 past ones."""
+    return c.horizon - (c.obs_horizon - 1)
+
+
 def max_lookahead(c: Any) -> int:
     """The most clean estimates a streaming reply can carry after its emitted actions: the
-    buffer's future actions (horizon - obs_horizon + 1) less the `stream_actions` emitted."""
-    return c.horizon - (c.obs_horizon - 1) - c.stream_actions
+    buffer's future actions less the `stream_actions` emitted."""
+    return future_actions(c) - c.stream_actions
 
 
 def check_streaming_config(c: Any) -> None:
@@ -72,16 +77,16 @@ def check_streaming_config(c: Any) -> None:
     check_sampler(c.sampler)
     if not 0.0 <= float(c.streaming_fraction) <= 1.0:
         raise PolicyError(f"streaming_fraction must be in [0, 1], got {c.streaming_fraction}")
-    future = c.horizon - (c.obs_horizon - 1)
+    future = future_actions(c)
     e = c.stream_actions
     if isinstance(e, bool) or not isinstance(e, int) or e < 1 or future % e:
         raise PolicyError(
             f"stream_actions must be a whole divisor of horizon - obs_horizon + 1 = {future} "
             f"(the buffer's future actions), got {e!r}"
         )
-    look = c.stream_lookahead
-    if isinstance(look, bool) or not isinstance(look, int) or not 0 <= look <= max_lookahead(c):
-        raise PolicyError(f"stream_lookahead must be an integer from 0 to {max_lookahead(c)} (the buffer's "
+    look, most = c.stream_lookahead, max_lookahead(c)
+    if isinstance(look, bool) or not isinstance(look, int) or not 0 <= look <= most:
+        raise PolicyError(f"stream_lookahead must be an integer from 0 to {most} (the buffer's "
                           f"actions after the emitted ones), got {look!r}")
     if (c.streaming_fraction > 0 or c.sampler == STREAMING) and c.denoiser != "unet":
         raise PolicyError("streaming needs the 'unet' denoiser (it takes a noise level per "
